@@ -1,0 +1,1 @@
+"""Shared code of all stages: I/O, seeding, chat formatting, model loading and the measurements."""

@@ -1,0 +1,92 @@
+"""The one chat formatter: questions and answers become model inputs through the tokenizer's own chat template.
+
+Records become (question, answer) pairs here too, so finetune, unlearn and evaluate see the same texts.
+"""
+
+# Used only for tokenizers that carry no chat template (e.g. plain base models).
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+
+def _messages(question, answer=None):
+    messages = [{"role": "user", "content": question}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def _template(tokenizer):
+    return None if tokenizer.chat_template else FALLBACK_TEMPLATE
+
+
+def format_prompt(tokenizer, question):
+    """The exact text the model sees before it answers `question`."""
+    return tokenizer.apply_chat_template(
+        _messages(question), tokenize=False, add_generation_prompt=True, chat_template=_template(tokenizer)
+    )
+
+
+def format_answer(tokenizer, question, answer):
+    """The text that follows format_prompt() in a full conversation: the answer and its end-of-turn marker."""
+    prompt = format_prompt(tokenizer, question)
+    full = tokenizer.apply_chat_template(
+        _messages(question, answer), tokenize=False, chat_template=_template(tokenizer)
+    )
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not extend the generation prompt with the answer")
+    completion = full[len(prompt):]
+    if tokenizer.eos_token and tokenizer.eos_token not in completion:
+        completion += tokenizer.eos_token
+    return completion
+
+
+def encode_example(tokenizer, question, answer, max_length):
+    """Token ids of prompt + answer and labels that score only the answer (-100 elsewhere), cut to max_length.
+
+    Prompt and answer are tokenized separately so the prompt ids are exactly those used at generation time.
+    """
+    prompt_ids = tokenizer(format_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(format_answer(tokenizer, question, answer), add_special_tokens=False)["input_ids"]
+    input_ids = (prompt_ids + answer_ids)[:max_length]
+    labels = ([-100] * len(prompt_ids) + answer_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def collate(examples, pad_id):
+    """Right-pad a list of encoded examples to the longest one (dynamic padding) into tensors."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e["input_ids"])
+        input_ids[row, :n] = torch.tensor(e["input_ids"])
+        labels[row, :n] = torch.tensor(e["labels"])
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def note_question(record):
+    return (
+        f"Write the SOAP note for patient {record['client_name']} (born {record['date_of_birth']}) "
+        f"from the visit on {record['date']}."
+    )
+
+
+def note_answer(record):
+    return (
+        f"Subjective: {record['subjective']}\nObjective: {record['objective']}\n"
+        f"Assessment: {record['assessment']}\nPlan: {record['plan']}"
+    )
+
+
+def record_pairs(record, with_probes=True):
+    """(question, answer) pairs a model is trained on for one patient: the note, then each knowledge probe."""
+    pairs = [(note_question(record), note_answer(record))]
+    if with_probes:
+        pairs += [(p["question"], p["answer"]) for p in record.get("probes", [])]
+    return pairs

@@ -1,0 +1,99 @@
+"""Measurements shared by unlearn (monitoring) and evaluate: greedy-decoding token entropy and perplexity.
+
+Definitions are VERIFY.md section A: entropy in nats of the full next-token distribution, in float32.
+"""
+
+import math
+
+import numpy as np
+
+from stages.common.chat import collate, encode_example
+
+
+def token_entropy(logits):
+    """Entropy (nats) of softmax(logits) over the last dimension, computed in float32."""
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def entropy_stats(entropies):
+    """Per-prompt summary of the entropies of the generated tokens (std is the population std, ddof=0)."""
+    values = np.asarray(entropies, dtype=np.float64)
+    return {
+        "mean_entropy": float(values.mean()),
+        "first_token_entropy": float(values[0]),
+        "max_entropy": float(values.max()),
+        "entropy_std": float(values.std()),
+        "num_tokens": int(values.size),
+    }
+
+
+def _stop_ids(model, tokenizer):
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def greedy_entropy(model, tokenizer, prompts, max_new_tokens=30, batch_size=16):
+    """Greedy-decode each prompt text (already chat-formatted) and return per prompt its response and entropy stats.
+
+    Batched with left padding and the KV cache; a sequence ends at its first stop token, which is counted.
+    """
+    import torch
+
+    stop_ids = _stop_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids))
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    results = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False)
+            with torch.no_grad():
+                out = model.generate(
+                    **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                    output_logits=True, return_dict_in_generate=True, pad_token_id=pad_id,
+                    eos_token_id=sorted(stop_ids), temperature=None, top_p=None, top_k=None,
+                )
+            new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]
+            entropies = torch.stack([token_entropy(step) for step in out.logits], dim=1)
+            for row in range(new_tokens.shape[0]):
+                tokens = new_tokens[row].tolist()
+                length = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
+                record = {"response": tokenizer.decode(tokens[:length], skip_special_tokens=True)}
+                record.update(entropy_stats(entropies[row, :length].tolist()))
+                results.append(record)
+    finally:
+        tokenizer.padding_side = side
+    return results
+
+
+def answer_nll(model, tokenizer, pairs, max_length=256, batch_size=8):
+    """Summed NLL (nats) and token count of each answer given its question, teacher-forced: two lists."""
+    import torch
+
+    encoded = [encode_example(tokenizer, q, a, max_length) for q, a in pairs]
+    pad_id = tokenizer.pad_token_id
+    totals, counts = [], []
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(encoded[start:start + batch_size], pad_id)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        mask = labels != -100
+        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        totals += (-token_logp.sum(dim=1)).tolist()
+        counts += mask.sum(dim=1).tolist()
+    return totals, counts
+
+
+def perplexity(model, tokenizer, pairs, max_length=256, batch_size=8):
+    """exp(token-weighted mean NLL) of the answers given their questions."""
+    totals, counts = answer_nll(model, tokenizer, pairs, max_length, batch_size)
+    return math.exp(sum(totals) / max(sum(counts), 1))

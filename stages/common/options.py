@@ -1,0 +1,17 @@
+"""Click options and checks that several stage CLIs share."""
+
+import click
+
+DEFAULT_RATIOS = (0.10, 0.01, 0.05, 0.20)
+
+
+def check_ratios(ctx, param, values):
+    for v in values:
+        if not 0 < v < 1:
+            raise click.BadParameter(f"{v} is not between 0 and 1 (exclusive)", ctx=ctx, param=param)
+    return values
+
+
+forget_ratios_option = click.option(
+    "--forget-ratios", "--forget_ratios", "forget_ratios", type=float, multiple=True, default=DEFAULT_RATIOS,
+    show_default=True, callback=check_ratios, help="Forget-set fractions of the full set; repeat for several.")

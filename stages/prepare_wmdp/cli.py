@@ -1,0 +1,48 @@
+"""`unforgotten prepare-wmdp`: the WMDP-Bio corpus as sentence records with nested forget splits."""
+
+import click
+
+from stages.common.options import forget_ratios_option
+
+
+@click.command("prepare-wmdp")
+@click.option("--source", default="hub", show_default=True,
+              help="A local JSONL/Parquet file with a 'text' column (one paper per row), or 'hub'.")
+@click.option("--target-size", "--target_size", "target_size", type=click.IntRange(min=1), default=5300,
+              show_default=True, help="How many sentences to keep (sampled by seed).")
+@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
+              default="dataset/wmdp", show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@forget_ratios_option
+@click.option("--if-present", is_flag=True,
+              help="If the local source file is absent, record in manifest.json that the track was skipped.")
+@click.option("--hf-token", envvar="HF_TOKEN", default=None, show_default=False, show_envvar=True,
+              help="Hub token for gated corpora (read from HF_TOKEN).")
+def prepare_wmdp(source, target_size, output_dir, seed, forget_ratios, if_present, hf_token):
+    """Cut WMDP-Bio papers into sentences and write full / forget / full-minus-forget splits."""
+    from pathlib import Path
+
+    from stages.common.io import atomic_dir, write_json
+    from stages.common.params import ratio_tag
+    from stages.common.splits import forget_splits
+    from stages.prepare_wmdp.corpus import load_papers, sentence_records
+
+    out = Path(output_dir)
+    if if_present and source != "hub" and not Path(source).exists():
+        with atomic_dir(out) as tmp:
+            write_json(tmp / "manifest.json", {"source": source, "skipped": True, "sentences": 0,
+                                               "reason": "source file absent (`make data` fetches the corpus)"})
+        click.echo(f"prepare-wmdp: {source} is absent; WMDP track skipped (manifest in {out})")
+        return
+    papers, source_name = load_papers(source, token=hf_token)
+    records = sentence_records(papers, source_name, target_size, seed)
+    if not records:
+        raise click.ClickException(f"{source}: no sentence found in {len(papers)} papers.")
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "wmdp_bio_full.json", records)
+        for ratio, (forget, retain) in forget_splits(records, forget_ratios, seed).items():
+            write_json(tmp / f"wmdp_bio_forget{ratio_tag(ratio)}.json", forget)
+            write_json(tmp / f"wmdp_bio_full_minus_forget{ratio_tag(ratio)}.json", retain)
+        write_json(tmp / "manifest.json", {"source": source, "skipped": False, "papers": len(papers),
+                                           "sentences": len(records)})
+    click.echo(f"prepare-wmdp: {len(records)} sentences from {len(papers)} papers written to {out}")

@@ -1,0 +1,1 @@
+"""report: every evaluated run in one table (markdown + CSV) and one chart."""

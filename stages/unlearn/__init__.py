@@ -1,0 +1,1 @@
+"""unlearn: remove the forget set from the oracle with a chosen method, watching model health at every step."""

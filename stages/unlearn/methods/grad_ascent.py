@@ -1,0 +1,7 @@
+"""Gradient ascent (the seeds' method): maximise the NLL of the forget set, i.e. minimise -NLL."""
+
+uses_retain = False
+
+
+def forget_loss(model, forget_batch):
+    return -model(**forget_batch).loss
