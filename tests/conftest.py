@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny random Llama (real SmolLM2 tokenizer, random weights from a config) and small data."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing file must fail fast, never wait on a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer Llama with the embedded model's tokenizer, saved like any local model directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stages.common.models import load_tokenizer
+
+    tokenizer = load_tokenizer("embedded")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def notes_file(tmp_path_factory):
+    """40 template notes from the real generate code."""
+    from stages.common.io import write_jsonl
+    from stages.generate.facts import sample_patients
+    from stages.generate.template import template_records
+
+    path = tmp_path_factory.mktemp("notes") / "notes.jsonl"
+    write_jsonl(path, template_records(sample_patients(40, seed=7), seed=7))
+    return path
+
+
+@pytest.fixture(scope="session")
+def medical_dir(tmp_path_factory, notes_file):
+    """prepare-medical's outputs for the 40 notes."""
+    from click.testing import CliRunner
+
+    from stages.cli import main
+
+    out = tmp_path_factory.mktemp("dataset")
+    result = CliRunner().invoke(main, ["prepare-medical", "-i", str(notes_file), "-o", str(out), "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    return out

@@ -1,0 +1,39 @@
+from stages.common.chat import collate, encode_example, format_answer, format_prompt, note_question, record_pairs
+
+
+def test_prompt_uses_the_tokenizers_chat_template(tiny_model_dir):
+    from stages.common.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    prompt = format_prompt(tokenizer, "What is BP?")
+    assert prompt.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nWhat is BP?<|im_end|>" in prompt
+    assert format_answer(tokenizer, "What is BP?", "120/80").startswith("120/80<|im_end|>")
+
+
+def test_labels_score_only_the_answer(tiny_model_dir):
+    from stages.common.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    example = encode_example(tokenizer, "Who?", "Maria Lopez", max_length=512)
+    prompt_ids = tokenizer(format_prompt(tokenizer, "Who?"), add_special_tokens=False)["input_ids"]
+    assert example["input_ids"][:len(prompt_ids)] == prompt_ids
+    assert example["labels"][:len(prompt_ids)] == [-100] * len(prompt_ids)
+    answer = [t for t in example["labels"] if t != -100]
+    assert tokenizer.decode(answer).startswith("Maria Lopez<|im_end|>")
+    cut = encode_example(tokenizer, "Who?", "Maria Lopez", max_length=len(prompt_ids) + 2)
+    assert len(cut["input_ids"]) == len(cut["labels"]) == len(prompt_ids) + 2
+
+
+def test_collate_pads_to_the_longest_example_only():
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_record_pairs_put_the_note_first_and_probes_on_request():
+    record = {"client_name": "A B", "date_of_birth": "1990-01-01", "date": "2024-01-01", "subjective": "s",
+              "objective": "o", "assessment": "a", "plan": "p", "probes": [{"question": "q", "answer": "x"}]}
+    assert record_pairs(record, with_probes=False) == [(note_question(record), "Subjective: s\nObjective: o\n"
+                                                        "Assessment: a\nPlan: p")]
+    assert record_pairs(record, with_probes=True)[1] == ("q", "x")

@@ -1,0 +1,94 @@
+"""The measurements against independent computations: scipy, numpy and a naive one-prompt recompute loop."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import entropy as scipy_entropy
+
+from stages.common.chat import format_prompt
+from stages.common.measure import answer_nll, entropy_stats, greedy_entropy, perplexity, token_entropy
+
+
+def test_token_entropy_matches_scipy():
+    logits = torch.randn(5, 300) * 3
+    ours = token_entropy(logits).numpy()
+    reference = [scipy_entropy(torch.softmax(row.double(), -1).numpy()) for row in logits]
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_entropy_stats_match_numpy():
+    values = [0.5, 2.0, 1.25, 0.0]
+    stats = entropy_stats(values)
+    assert stats == pytest.approx({"mean_entropy": np.mean(values), "first_token_entropy": 0.5,
+                                   "max_entropy": 2.0, "entropy_std": np.std(values), "num_tokens": 4})
+
+
+def naive_greedy_entropy(model, tokenizer, prompt, max_new_tokens):
+    """The seeds' method: one prompt, recompute the whole sequence for every new token."""
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    entropies, tokens = [], []
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1].float()
+        logp = torch.log_softmax(logits, -1)
+        entropies.append(float(-(logp.exp() * logp).sum()))
+        token = int(logits.argmax())
+        tokens.append(token)
+        if token == tokenizer.eos_token_id:
+            break
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return tokens, entropies
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from stages.common.models import load_model, load_tokenizer
+
+    return load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+
+
+def test_batched_greedy_entropy_equals_the_naive_loop(tiny):
+    model, tokenizer = tiny
+    questions = ["Hi", "Write the SOAP note for patient Maria K. Lopez (born 1980-02-03).", "What is 2+2?",
+                 "A much longer question about a patient whose blood pressure was 150/95 at the last visit?"]
+    prompts = [format_prompt(tokenizer, q) for q in questions]
+    batched = greedy_entropy(model, tokenizer, prompts, max_new_tokens=12, batch_size=3)
+    for prompt, row in zip(prompts, batched):
+        tokens, entropies = naive_greedy_entropy(model, tokenizer, prompt, 12)
+        assert row["num_tokens"] == len(tokens)
+        assert row["response"] == tokenizer.decode(tokens, skip_special_tokens=True)
+        reference = entropy_stats(entropies)
+        for key in ("mean_entropy", "first_token_entropy", "max_entropy", "entropy_std"):
+            assert abs(row[key] - reference[key]) < 1e-4, key
+
+
+def test_generation_stops_at_the_first_end_of_turn(tiny):
+    model, tokenizer = tiny
+    eos = tokenizer.eos_token_id
+    with torch.no_grad():
+        model.lm_head.weight.data[eos] += 1000.0  # the eos logit now always wins
+    try:
+        (row,) = greedy_entropy(model, tokenizer, [format_prompt(tokenizer, "Hi")], max_new_tokens=10)
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.data[eos] -= 1000.0
+    assert row["num_tokens"] == 1 and row["response"] == ""
+
+
+def test_answer_nll_and_perplexity_match_a_per_example_loop(tiny):
+    model, tokenizer = tiny
+    pairs = [("Who?", "Maria Lopez"), ("Dose?", "lisinopril 10 mg once daily and a longer tail of words")]
+    totals, counts = answer_nll(model, tokenizer, pairs, batch_size=2)
+    from stages.common.chat import encode_example
+
+    for (q, a), total, count in zip(pairs, totals, counts):
+        e = encode_example(tokenizer, q, a, 256)
+        ids = torch.tensor([e["input_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        nll = [-float(logp[i - 1, t]) for i, t in enumerate(e["labels"]) if t != -100]
+        assert count == len(nll)
+        assert total == pytest.approx(sum(nll), rel=1e-4)
+    assert perplexity(model, tokenizer, pairs) == pytest.approx(math.exp(sum(totals) / sum(counts)))

@@ -1,0 +1,64 @@
+import json
+
+from click.testing import CliRunner
+
+from stages.cli import main
+from stages.prepare_wmdp.corpus import split_sentences
+
+PAPERS = [
+    "Influenza A viruses are classified by surface proteins, e.g. hemagglutinin and neuraminidase. "
+    "Fig. 2 shows the phylogeny of the isolates. Cells were treated with 3.5 mg of the compound per litre. "
+    "Replication peaked at 48 hours post infection.",
+    "Bacterial spores survive desiccation for decades. As reported by Smith et al. in an earlier study, "
+    "germination requires specific nutrients. Heat activation at 70 C increases germination rates.",
+]
+
+
+def write_corpus(path):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in PAPERS))
+    return path
+
+
+def test_sentence_splitting_respects_abbreviations_and_numbers():
+    sentences = split_sentences(PAPERS[0])
+    assert sentences == [
+        "Influenza A viruses are classified by surface proteins, e.g. hemagglutinin and neuraminidase.",
+        "Fig. 2 shows the phylogeny of the isolates.",
+        "Cells were treated with 3.5 mg of the compound per litre.",
+        "Replication peaked at 48 hours post infection.",
+    ]
+    assert "Smith et al. in an earlier study" in split_sentences(PAPERS[1])[1]
+
+
+def test_local_corpus_becomes_nested_sentence_splits(tmp_path):
+    source = write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "wmdp"
+    result = CliRunner().invoke(main, ["prepare-wmdp", "--source", str(source), "--output-dir", str(out),
+                                       "--target-size", "6", "--forget-ratios", "0.2", "--forget-ratios", "0.5"])
+    assert result.exit_code == 0, result.output
+    full = json.loads((out / "wmdp_bio_full.json").read_text())
+    assert len(full) == 6
+    assert set(full[0]) == {"text", "source", "type", "paper_index", "sentence_index"}
+    assert {r["type"] for r in full} == {"paper_sentence"} and {r["source"] for r in full} == {"wmdp-bio-retain"}
+    small = json.loads((out / "wmdp_bio_forget20.json").read_text())
+    large = json.loads((out / "wmdp_bio_forget50.json").read_text())
+    assert small and all(r in large for r in small)
+    rest = json.loads((out / "wmdp_bio_full_minus_forget50.json").read_text())
+    assert len(large) + len(rest) == 6
+
+
+def test_absent_source_with_if_present_records_a_skip(tmp_path):
+    out = tmp_path / "wmdp"
+    result = CliRunner().invoke(main, ["prepare-wmdp", "--source", str(tmp_path / "none.jsonl"), "--if-present",
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0
+    assert json.loads((out / "manifest.json").read_text())["skipped"] is True
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+
+
+def test_absent_source_without_if_present_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["prepare-wmdp", "--source", str(tmp_path / "none.jsonl"),
+                                       "--output-dir", str(tmp_path / "wmdp")])
+    assert result.exit_code == 1
+    assert "none.jsonl: no such file." in result.output
+    assert not (tmp_path / "wmdp").exists()
