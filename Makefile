@@ -34,6 +34,7 @@ run: setup
 	$(BIN)/dvc metrics show
 
 test: setup
+	$(BIN)/ruff check stages tests
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

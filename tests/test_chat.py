@@ -34,6 +34,6 @@ def test_collate_pads_to_the_longest_example_only():
 def test_record_pairs_put_the_note_first_and_probes_on_request():
     record = {"client_name": "A B", "date_of_birth": "1990-01-01", "date": "2024-01-01", "subjective": "s",
               "objective": "o", "assessment": "a", "plan": "p", "probes": [{"question": "q", "answer": "x"}]}
-    assert record_pairs(record, with_probes=False) == [(note_question(record), "Subjective: s\nObjective: o\n"
-                                                        "Assessment: a\nPlan: p")]
+    assert record_pairs(record, with_probes=False) == [(note_question(record), ("Subjective: s\nObjective: o\n"
+                                                        "Assessment: a\nPlan: p"))]
     assert record_pairs(record, with_probes=True)[1] == ("q", "x")

@@ -55,7 +55,7 @@ def test_batched_greedy_entropy_equals_the_naive_loop(tiny):
                  "A much longer question about a patient whose blood pressure was 150/95 at the last visit?"]
     prompts = [format_prompt(tokenizer, q) for q in questions]
     batched = greedy_entropy(model, tokenizer, prompts, max_new_tokens=12, batch_size=3)
-    for prompt, row in zip(prompts, batched):
+    for prompt, row in zip(prompts, batched, strict=False):
         tokens, entropies = naive_greedy_entropy(model, tokenizer, prompt, 12)
         assert row["num_tokens"] == len(tokens)
         assert row["response"] == tokenizer.decode(tokens, skip_special_tokens=True)
@@ -83,7 +83,7 @@ def test_answer_nll_and_perplexity_match_a_per_example_loop(tiny):
     totals, counts = answer_nll(model, tokenizer, pairs, batch_size=2)
     from stages.common.chat import encode_example
 
-    for (q, a), total, count in zip(pairs, totals, counts):
+    for (q, a), total, count in zip(pairs, totals, counts, strict=False):
         e = encode_example(tokenizer, q, a, 256)
         ids = torch.tensor([e["input_ids"]])
         with torch.no_grad():

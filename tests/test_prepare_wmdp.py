@@ -6,11 +6,11 @@ from stages.cli import main
 from stages.prepare_wmdp.corpus import split_sentences
 
 PAPERS = [
-    "Influenza A viruses are classified by surface proteins, e.g. hemagglutinin and neuraminidase. "
+    ("Influenza A viruses are classified by surface proteins, e.g. hemagglutinin and neuraminidase. "
     "Fig. 2 shows the phylogeny of the isolates. Cells were treated with 3.5 mg of the compound per litre. "
-    "Replication peaked at 48 hours post infection.",
-    "Bacterial spores survive desiccation for decades. As reported by Smith et al. in an earlier study, "
-    "germination requires specific nutrients. Heat activation at 70 C increases germination rates.",
+    "Replication peaked at 48 hours post infection."),
+    ("Bacterial spores survive desiccation for decades. As reported by Smith et al. in an earlier study, "
+    "germination requires specific nutrients. Heat activation at 70 C increases germination rates."),
 ]
 
 

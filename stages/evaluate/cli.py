@@ -64,7 +64,7 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, reference,
     inputs = [format_prompt(tokenizer, q) for _, q in questions]
     measured = greedy_entropy(model, tokenizer, inputs, max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = [{"record_id": rid, "prompt": q, "input_text": text, **m}
-            for (rid, q), text, m in zip(questions, inputs, measured)]
+            for (rid, q), text, m in zip(questions, inputs, measured, strict=False)]
     if base_rows is None:
         base_entropies = [r["mean_entropy"] for r in rows]
     else:

@@ -18,7 +18,8 @@ Adeyemi Bergstrom Cardenas Delgado Esposito Fontaine Grieve Halvorsen Iqbal Jova
 CONDITIONS = [
     ("persistent headaches and occasional dizziness", "essential hypertension", "lisinopril 10 mg once daily", 4),
     ("increased thirst and frequent urination", "type 2 diabetes mellitus", "metformin 500 mg twice daily", 6),
-    ("wheezing and shortness of breath at night", "mild persistent asthma", "budesonide inhaler 200 mcg twice daily", 4),
+    ("wheezing and shortness of breath at night", "mild persistent asthma",
+     "budesonide inhaler 200 mcg twice daily", 4),
     ("burning chest pain after meals", "gastroesophageal reflux disease", "omeprazole 20 mg once daily", 8),
     ("fatigue, weight gain and feeling cold", "hypothyroidism", "levothyroxine 50 mcg once daily", 6),
     ("low mood and loss of interest for two months", "major depressive disorder", "sertraline 50 mg once daily", 4),

@@ -10,7 +10,8 @@ SUBJECTIVE = [
 ]
 OBJECTIVE = [
     "BP {bp} mmHg, HR {hr} bpm, temperature {temp} C, RR {rr}/min, SpO2 {spo2} %.",
-    "Vital signs: blood pressure {bp}, heart rate {hr}, temp {temp} C, respiratory rate {rr}, oxygen saturation {spo2} %.",
+    "Vital signs: blood pressure {bp}, heart rate {hr}, temp {temp} C, respiratory rate {rr}, "
+    "oxygen saturation {spo2} %.",
     "On exam: BP {bp}, pulse {hr}, T {temp} C, RR {rr}, SpO2 {spo2} % on room air.",
 ]
 ASSESSMENT = [

@@ -1,1 +1,1 @@
-"""prepare-medical: validated notes split into full / holdout / nested forget sets, each record with knowledge probes."""
+"""prepare-medical: validated notes split into full / holdout / nested forget sets, with knowledge probes."""

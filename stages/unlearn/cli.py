@@ -80,7 +80,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
         model, tokenizer, unlearning_method, forget_examples, retain_examples, monitor_pairs, prompts,
         steps=steps, samples_per_step=samples_per_step, batch_size=batch_size, learning_rate=learning_rate,
         retain_weight=retain_weight, measure_every=measure_every, max_perplexity_ratio=max_perplexity_ratio,
-        max_new_tokens=max_new_tokens, seed=seed, device=device)
+        max_new_tokens=max_new_tokens, max_length=max_seq_length, seed=seed, device=device)
     summary = {"method": method, "forget_file": forget_file, **summary}
     model.peft_config["default"].base_model_name_or_path = base_model
     with atomic_dir(Path(output_dir)) as tmp:

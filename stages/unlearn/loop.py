@@ -6,7 +6,7 @@ import random
 
 def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_pairs, entropy_prompts, *,
             steps, samples_per_step, batch_size, learning_rate, retain_weight, measure_every,
-            max_perplexity_ratio, max_new_tokens, seed, device, progress=True):
+            max_perplexity_ratio, max_new_tokens, max_length, seed, device, progress=True):
     """Run `steps` unlearning steps; returns (trajectory, summary). On collapse the offending step is undone."""
     import torch
     from tqdm.auto import tqdm
@@ -21,7 +21,7 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
     model.to(device).eval()
     with model.disable_adapter():
         base_entropy = forget_entropy()
-    start_perplexity = perplexity(model, tokenizer, monitor_pairs)
+    start_perplexity = perplexity(model, tokenizer, monitor_pairs, max_length)
     threshold = max_perplexity_ratio * start_perplexity
     start_entropy = forget_entropy()
     trajectory = [{"step": 0, "loss": None, "perplexity": start_perplexity, "entropy": start_entropy,
@@ -50,7 +50,7 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         model.eval()
-        entry = {"step": step, "loss": step_loss, "perplexity": perplexity(model, tokenizer, monitor_pairs),
+        entry = {"step": step, "loss": step_loss, "perplexity": perplexity(model, tokenizer, monitor_pairs, max_length),
                  "entropy": None, "uncertainty_ratio": None}
         if step % measure_every == 0 or step == steps:
             entry["entropy"] = forget_entropy()
@@ -59,7 +59,7 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
         bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{entry['perplexity']:.2f}")
         if entry["perplexity"] > threshold:
             with torch.no_grad():
-                for p, old in zip(params, saved):
+                for p, old in zip(params, saved, strict=False):
                     p.copy_(old)
             stop_reason = (f"retain perplexity {entry['perplexity']:.3f} exceeded {max_perplexity_ratio} x "
                            f"{start_perplexity:.3f} at step {step}; that step was undone")

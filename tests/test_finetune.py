@@ -1,0 +1,68 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stages.cli import main
+from stages.finetune.train import lr_lambda
+
+
+def test_schedule_warms_up_then_decays():
+    cosine = lr_lambda("cosine", warmup_steps=2, total_steps=10)
+    assert [cosine(0), cosine(1)] == [0.5, 1.0]
+    assert cosine(2) == pytest.approx(1.0) and cosine(6) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
+    linear = lr_lambda("linear", warmup_steps=0, total_steps=4)
+    assert [linear(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, medical_dir):
+    out = tmp_path_factory.mktemp("ft") / "oracle"
+    result = CliRunner().invoke(main, [
+        "finetune", "--data-file", str(medical_dir / "med_synthetic_forget10.json"), "--base-model", tiny_model_dir,
+        "--output-dir", str(out), "--num-epochs", "8", "--batch-size", "2", "--gradient_accumulation_steps", "1",
+        "--learning-rate", "2e-2", "--max-seq-length", "128", "--lora-targets", "q_proj,v_proj,o_proj,down_proj",
+        "--lora-rank", "16"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_finetune_writes_a_peft_adapter_log_and_plot(trained, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), trained)
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+    log = json.loads((trained / "train_log.json").read_text())
+    assert {"step", "loss", "learning_rate", "tokens_per_s"} <= set(log["steps"][0])
+    assert (trained / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finetune_lowers_the_loss_on_its_data(trained):
+    steps = json.loads((trained / "train_log.json").read_text())["steps"]
+    first, last = steps[0]["loss"], sum(s["loss"] for s in steps[-4:]) / 4
+    assert last < first - 1.0  # nats: from the random model's ~ln(vocab) towards the data
+
+
+def test_adapter_changes_the_model_and_only_lora_weights_train(trained, tiny_model_dir):
+    from stages.common.models import load_model
+
+    base, tuned = load_model(tiny_model_dir), load_model(tiny_model_dir, adapter=str(trained))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert not torch.allclose(base(input_ids=ids).logits, tuned(input_ids=ids).logits)
+    config = json.loads((trained / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_model_dir
+    assert set(config["target_modules"]) == {"q_proj", "v_proj", "o_proj", "down_proj"}
+
+
+def test_quantized_loading_without_cuda_is_a_one_sentence_error(tmp_path, tiny_model_dir, medical_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(main, ["finetune", "--data-file", str(medical_dir / "med_synthetic_forget10.json"),
+                                       "--base-model", tiny_model_dir, "--output-dir", str(tmp_path / "o"),
+                                       "--use-4bit"])
+    assert result.exit_code == 1
+    assert "need a CUDA GPU" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()

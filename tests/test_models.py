@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from stages.common.io import InputError
+from stages.common.models import EMBEDDED, embedded_model_dir, load_model, load_tokenizer, resolve_base_model
+
+
+def test_embedded_model_is_converted_once_and_then_cached():
+    first = embedded_model_dir()
+    stamp = (first / "model.safetensors").stat().st_mtime
+    assert embedded_model_dir() == first
+    assert (first / "model.safetensors").stat().st_mtime == stamp
+    import json
+
+    config = json.loads((first / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+
+
+def test_embedded_model_loads_in_seconds_and_answers():
+    embedded_model_dir()
+    started = time.perf_counter()
+    model, tokenizer = load_model(EMBEDDED), load_tokenizer(EMBEDDED)
+    print(f"embedded model load: {time.perf_counter() - started:.1f} s")
+    from stages.common.chat import format_prompt
+    from stages.common.measure import greedy_entropy
+
+    (row,) = greedy_entropy(model, tokenizer, [format_prompt(tokenizer, "What is the capital of France?")],
+                            max_new_tokens=12)
+    assert "Paris" in row["response"]
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_a_directory_without_config_is_not_a_model(tmp_path):
+    with pytest.raises(InputError, match="is not a model directory"):
+        resolve_base_model(str(tmp_path))
+
+
+def test_unknown_hub_id_fails_fast_offline():
+    code = ("from stages.common.models import load_tokenizer\n"
+            "load_tokenizer('no-such-org/no-such-model')")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert result.returncode != 0
+    assert time.perf_counter() - started < 60

@@ -1,0 +1,120 @@
+"""The real CLI chain through the real dvc.yaml, on a micro profile with a tiny model: every stage, the output
+layout, DVC metrics, a no-op rerun and a clean `dvc status`."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ["base", "oracle", "retain-f10", "grad_ascent-f10"]
+MICRO = {
+    "generate": {"n-record": 30},
+    "finetune": {"num-epochs": 1, "batch-size": 4, "max-seq-length": 96, "learning-rate": 0.005},
+    "unlearn": {"steps": 2, "samples-per-step": 2, "batch-size": 2, "monitor-samples": 3, "entropy-prompts": 2,
+                "max-new-tokens": 4, "max-seq-length": 96, "measure-every": 1, "learning-rate": 0.005},
+    "evaluate": {"max-new-tokens": 6, "retain-samples": 3, "max-seq-length": 96},
+}
+
+
+def dvc(repo, *args):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_model_dir):
+    """A copy of the project's pipeline files in a fresh git repository, with micro params."""
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in ["dvc.yaml", "data.dvc", ".dvc/config", ".dvc/.gitignore", ".gitignore"]:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base_model"] = tiny_model_dir
+    for section, values in MICRO.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "data").mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "micro"], cwd=repo,
+                   check=True)
+    repro = dvc(repo, "repro")
+    return repo, repro
+
+
+@pytest.mark.pipeline
+def test_repro_runs_every_stage_into_the_documented_layout(repo):
+    repo, output = repo
+    for stage in ["generate", "prepare-medical", "prepare-wmdp", "finetune-oracle", "finetune-retain@f10",
+                  "unlearn@grad_ascent-f10", "evaluate-base", "evaluate-oracle", "evaluate-retain@f10",
+                  "evaluate-unlearned@grad_ascent-f10", "report"]:
+        assert f"Running stage '{stage}'" in output
+    for path in ["dataset/synthetic_soap_notes.jsonl", "dataset/med_synthetic_full.json",
+                 "dataset/med_synthetic_holdout.json", "dataset/med_synthetic_forget01.json",
+                 "dataset/med_synthetic_full_minus_forget20.json", "models/oracle/adapter_config.json",
+                 "models/retain-f10/adapter_config.json", "models/unlearn/grad_ascent-f10/adapter_config.json",
+                 "outputs/unlearn/grad_ascent-f10/trajectory.json", "outputs/unlearn/grad_ascent-f10/trajectory.png",
+                 "outputs/report/report.md", "outputs/report/report.csv", "outputs/report/report.png"]:
+        assert (repo / path).is_file(), path
+    for run in RUNS:
+        assert (repo / f"outputs/eval/{run}/metrics.json").is_file()
+        assert (repo / f"outputs/eval/{run}/per_prompt.jsonl").is_file()
+    assert json.loads((repo / "dataset/wmdp/manifest.json").read_text())["skipped"] is True
+    report = (repo / "outputs/report/report.md").read_text()
+    assert all(f"| {run} |" in report for run in RUNS)
+
+
+@pytest.mark.pipeline
+def test_dvc_metrics_list_every_run(repo):
+    repo, _ = repo
+    metrics = json.loads(dvc(repo, "metrics", "show", "--json"))
+    files = next(iter(metrics.values()))["data"]
+    for run in RUNS:
+        data = files[f"outputs/eval/{run}/metrics.json"]["data"]
+        assert data["run"] == run and data["uq_verdict"] in {"COLLAPSED", "HIDING", "PARTIAL", "CANDIDATE"}
+
+
+@pytest.mark.pipeline
+def test_second_repro_does_nothing_and_status_is_clean(repo):
+    repo, _ = repo
+    again = dvc(repo, "repro")
+    assert "Running stage" not in again
+    assert "Data and pipelines are up to date." in dvc(repo, "status")
+
+
+@pytest.mark.pipeline
+def test_unlearned_entropies_reproduce_with_an_independent_loop(repo, tiny_model_dir):
+    import torch
+
+    from stages.common.models import load_model, load_tokenizer
+
+    repo, _ = repo
+    model = load_model(tiny_model_dir, adapter=str(repo / "models/unlearn/grad_ascent-f10"))
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = [json.loads(line) for line in (repo / "outputs/eval/grad_ascent-f10/per_prompt.jsonl").open()]
+    assert rows
+    for row in rows:
+        ids = tokenizer(row["input_text"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        entropies, tokens = [], []
+        for _ in range(6):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+            entropies.append(float(-(logp.exp() * logp).sum()))
+            tokens.append(int(logp.argmax()))
+            if tokens[-1] == tokenizer.eos_token_id:
+                break
+            ids = torch.cat([ids, torch.tensor([[tokens[-1]]])], dim=1)
+        assert row["num_tokens"] == len(tokens)
+        assert row["response"] == tokenizer.decode(tokens, skip_special_tokens=True)
+        assert abs(row["mean_entropy"] - sum(entropies) / len(entropies)) < 1e-4
+        assert abs(row["max_entropy"] - max(entropies)) < 1e-4

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from stages.cli import main
+from stages.unlearn import methods
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory, tiny_model_dir, medical_dir):
+    out = tmp_path_factory.mktemp("unlearn") / "oracle"
+    result = CliRunner().invoke(main, [
+        "finetune", "--data-file", str(medical_dir / "med_synthetic_full.json"), "--base-model", tiny_model_dir,
+        "--output-dir", str(out), "--num-epochs", "1", "--batch-size", "4", "--learning-rate", "1e-3",
+        "--max-seq-length", "96"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, *extra):
+    args = ["unlearn", "--base-model", tiny_model_dir, "--oracle", str(oracle), "--method", "grad_ascent",
+            "--forget-file", str(medical_dir / "med_synthetic_forget10.json"),
+            "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget10.json"),
+            "--output-dir", str(tmp_path / "model"), "--trajectory-dir", str(tmp_path / "traj"),
+            "--samples-per-step", "4", "--batch-size", "2", "--monitor-samples", "4", "--entropy-prompts", "2",
+            "--max-new-tokens", "5", "--max-seq-length", "96", "--measure-every", "2", *extra]
+    return CliRunner().invoke(main, args)
+
+
+def test_registry_finds_methods_by_module_name():
+    assert "grad_ascent" in methods.available()
+    assert methods.get("grad_ascent").uses_retain is False
+    with pytest.raises(ValueError, match="unknown unlearning method 'nope'"):
+        methods.get("nope")
+
+
+def test_grad_ascent_loss_is_the_negative_nll():
+    class Model:
+        def __call__(self, **batch):
+            return type("Out", (), {"loss": torch.tensor(2.5)})()
+
+    assert float(methods.get("grad_ascent").forget_loss(Model(), {})) == -2.5
+
+
+def test_unlearning_raises_forget_loss_and_records_the_trajectory(tmp_path, tiny_model_dir, medical_dir, oracle):
+    result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "4", "--learning-rate", "5e-3",
+                         "--max-perplexity-ratio", "1000")
+    assert result.exit_code == 0, result.output
+    trajectory = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
+    assert [t["step"] for t in trajectory] == [0, 1, 2, 3, 4]
+    assert all(t["perplexity"] > 0 for t in trajectory)
+    assert [t["entropy"] is not None for t in trajectory] == [True, False, True, False, True]
+    losses = [t["loss"] for t in trajectory[1:]]
+    assert losses[-1] < losses[0]  # -NLL goes down: the forget set's NLL goes up
+    summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
+    assert summary["steps_run"] == 4 and summary["stopped_early"] is False
+    assert (tmp_path / "traj" / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "model" / "adapter_config.json").is_file()
+
+
+def test_collapse_stops_early_and_undoes_the_step(tmp_path, tiny_model_dir, medical_dir, oracle):
+    result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "5", "--learning-rate", "0.5",
+                         "--max-perplexity-ratio", "1.001")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
+    trajectory = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
+    assert summary["stopped_early"] is True and summary["steps_run"] == len(trajectory) - 1 < 5
+    assert "exceeded 1.001" in summary["stop_reason"]
+    assert trajectory[-1]["perplexity"] > 1.001 * trajectory[0]["perplexity"]
+    # The saved adapter is the model before the offending step: its perplexity is the previous entry's.
+    from stages.common.chat import note_answer, note_question
+    from stages.common.measure import perplexity
+    from stages.common.models import load_model, load_tokenizer
+
+    retain = json.loads((medical_dir / "med_synthetic_full_minus_forget10.json").read_text())[:4]
+    pairs = [(note_question(r), note_answer(r)) for r in retain]
+    # Unmerged, as in the loop.
+    model = load_model(tiny_model_dir, adapter=str(tmp_path / "model"), trainable=True).eval()
+    kept = perplexity(model, load_tokenizer(tiny_model_dir), pairs, max_length=96)
+    assert kept == pytest.approx(trajectory[-2]["perplexity"], rel=1e-4)
+    assert summary["final_perplexity"] == pytest.approx(kept, rel=1e-4)
+    if summary["steps_run"] == 1:
+        saved = load_file(tmp_path / "model" / "adapter_model.safetensors")
+        original = load_file(oracle / "adapter_model.safetensors")
+        assert all(torch.equal(saved[k], original[k]) for k in saved)
+
+
+def test_unknown_method_and_empty_forget_set_are_clear_errors(tmp_path, tiny_model_dir, medical_dir, oracle):
+    result = CliRunner().invoke(main, ["unlearn", "--method", "nope", "--forget-file", "f", "--retain-file", "r",
+                                       "--output-dir", str(tmp_path / "m"), "--trajectory-dir", str(tmp_path / "t")])
+    assert result.exit_code == 2 and "unknown unlearning method 'nope'" in result.output
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    result = CliRunner().invoke(main, ["unlearn", "--base-model", tiny_model_dir, "--oracle", str(oracle),
+                                       "--forget-file", str(empty),
+                                       "--retain-file", str(medical_dir / "med_synthetic_full.json"),
+                                       "--output-dir", str(tmp_path / "m"), "--trajectory-dir", str(tmp_path / "t")])
+    assert result.exit_code == 1 and "the forget set is empty" in result.output
+    assert not (tmp_path / "m").exists()
