@@ -54,10 +54,10 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, reference,
     base_rows = None
     if reference is not None:
         base_rows = {(r["record_id"], r["prompt"]): r for r in read_jsonl(Path(reference) / "per_prompt.jsonl")}
-    seed_everything(seed)
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=hf_token)
     model = load_model(base_model, adapter=adapter, token=hf_token, dtype=dtype).to(device)
+    seed_everything(seed)
 
     # The forget prompts: each forget patient's note request, exactly as the models were trained on it.
     questions = [(r["id"], note_question(r)) for r in forget_records]

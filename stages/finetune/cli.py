@@ -51,7 +51,6 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     if not isinstance(records, list) or not records:
         raise click.ClickException(f"{data_file}: expected a non-empty JSON list of records.")
     quantization = quantization_config(use_8bit, use_4bit)
-    seed_everything(seed)
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=hf_token)
     model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype, quantization=quantization)
@@ -60,6 +59,8 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
 
     if quantization:
         model = prepare_model_for_kbit_training(model)
+    # Seeded after loading: a first-time conversion of the embedded model draws random numbers too.
+    seed_everything(seed)
     targets = lora_targets if lora_targets == "all-linear" else [t.strip() for t in lora_targets.split(",")]
     model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
                                              target_modules=targets, task_type="CAUSAL_LM"))

@@ -66,10 +66,10 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
         raise click.ClickException(f"{forget_file}: the forget set is empty.")
     if not retain_records:
         raise click.ClickException(f"{retain_file}: the retain set is empty.")
-    seed_everything(seed)
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=hf_token)
     model = load_model(base_model, adapter=oracle, trainable=True, token=hf_token, dtype=dtype)
+    seed_everything(seed)
     forget_examples = [encode_example(tokenizer, q, a, max_seq_length)
                        for r in forget_records for q, a in record_pairs(r, with_probes)]
     retain_examples = [encode_example(tokenizer, q, a, max_seq_length)
