@@ -9,12 +9,13 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test test-fast lint clean help
+.PHONY: setup run test test-fast lint bench clean help
 
 help:
 	@echo "make run    - set up .venv and run the default pipeline (dvc repro)"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make lint   - ruff"
+	@echo "make bench  - benchmarks, results in bench/results/"
 	@echo "make clean  - remove pipeline outputs (dataset/, models/, outputs/)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -39,6 +40,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not pipeline"
+
+bench: setup
+	$(BIN)/python bench/data_stages.py
 
 lint: setup
 	$(BIN)/ruff check stages tests

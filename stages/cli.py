@@ -8,6 +8,7 @@ from stages.evaluate.cli import evaluate
 from stages.finetune.cli import finetune
 from stages.generate.cli import generate
 from stages.prepare_medical.cli import prepare_medical
+from stages.prepare_tofu.cli import prepare_tofu
 from stages.prepare_wmdp.cli import prepare_wmdp
 from stages.report.cli import report
 from stages.unlearn.cli import unlearn
@@ -29,5 +30,5 @@ def main():
     """unforgotten: after an LLM is unlearned, is the knowledge gone or only hidden?"""
 
 
-for command in (generate, prepare_medical, prepare_wmdp, finetune, unlearn, evaluate, report):
+for command in (generate, prepare_medical, prepare_wmdp, prepare_tofu, finetune, unlearn, evaluate, report):
     main.add_command(command)

@@ -34,13 +34,14 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def notes_file(tmp_path_factory):
-    """40 template notes from the real generate code."""
-    from stages.common.io import write_jsonl
-    from stages.generate.facts import sample_patients
-    from stages.generate.template import template_records
+    """40 template notes from the real generate command."""
+    from click.testing import CliRunner
+
+    from stages.cli import main
 
     path = tmp_path_factory.mktemp("notes") / "notes.jsonl"
-    write_jsonl(path, template_records(sample_patients(40, seed=7), seed=7))
+    result = CliRunner().invoke(main, ["generate", "--n-record", "40", "--seed", "7", "--output", str(path)])
+    assert result.exit_code == 0, result.output
     return path
 
 

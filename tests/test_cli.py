@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from stages.cli import main
 
-STAGES = ["generate", "prepare-medical", "prepare-wmdp", "finetune", "unlearn", "evaluate", "report"]
+STAGES = ["generate", "prepare-medical", "prepare-wmdp", "prepare-tofu", "finetune", "unlearn", "evaluate", "report"]
 
 
 @pytest.mark.parametrize("stage", STAGES)

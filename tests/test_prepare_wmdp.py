@@ -62,3 +62,51 @@ def test_absent_source_without_if_present_is_a_clear_error(tmp_path):
     assert result.exit_code == 1
     assert "none.jsonl: no such file." in result.output
     assert not (tmp_path / "wmdp").exists()
+
+
+def test_hub_loading_code_reads_a_dataset_in_the_hub_format(tmp_path, monkeypatch):
+    """The real `datasets` path, on a local dataset laid out like cais/wmdp-corpora (config bio-retain-corpus)."""
+    from stages.prepare_wmdp import corpus
+
+    repo = tmp_path / "wmdp-corpora"
+    repo.mkdir()
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: bio-retain-corpus\n"
+                                    "  data_files: bio-retain-corpus.jsonl\n---\n")
+    write_corpus(repo / "bio-retain-corpus.jsonl")
+    monkeypatch.setitem(corpus.HUB_CORPORA, "hub", (str(repo), "bio-retain-corpus", "wmdp-bio-retain"))
+    out = tmp_path / "wmdp"
+    result = CliRunner().invoke(main, ["prepare-wmdp", "--source", "hub", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    full = json.loads((out / "wmdp_bio_full.json").read_text())
+    assert len(full) == 7 and full[0]["source"] == "wmdp-bio-retain"
+
+
+def test_parquet_source_is_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": PAPERS}), tmp_path / "c.parquet")
+    result = CliRunner().invoke(main, ["prepare-wmdp", "--source", str(tmp_path / "c.parquet"),
+                                       "--output-dir", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((tmp_path / "w" / "wmdp_bio_full.json").read_text())) == 7
+
+
+def test_unreachable_hub_corpus_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    result = CliRunner().invoke(main, ["prepare-wmdp", "--source", "hub-forget", "--output-dir", str(tmp_path / "w")])
+    assert result.exit_code == 1
+    assert "cais/wmdp-bio-forget-corpus" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "w").exists()
+
+
+def test_multiple_choice_fixture_is_in_the_benchmark_format():
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in
+            (Path(__file__).parent / "fixtures" / "wmdp_bio_mc.jsonl").read_text().splitlines()]
+    assert len(rows) >= 8
+    for row in rows:
+        assert set(row) == {"question", "choices", "answer"}
+        assert len(row["choices"]) == 4 and row["answer"] in range(4)

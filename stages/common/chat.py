@@ -84,9 +84,17 @@ def note_answer(record):
     )
 
 
+def primary_pair(record):
+    """A record's main (question, answer): its own for question-answer records (TOFU), else the note request."""
+    if "question" in record:
+        return record["question"], record["answer"]
+    return note_question(record), note_answer(record)
+
+
 def record_pairs(record, with_probes=True):
-    """(question, answer) pairs a model is trained on for one patient: the note, then each knowledge probe."""
-    pairs = [(note_question(record), note_answer(record))]
+    """(question, answer) pairs a model is trained on for one record: the main pair, then each knowledge probe."""
+    pairs = [primary_pair(record)]
     if with_probes:
-        pairs += [(p["question"], p["answer"]) for p in record.get("probes", [])]
+        pairs += [(p["question"], p["answer"]) for p in record.get("probes", []) if (p["question"], p["answer"])
+                  not in pairs]
     return pairs

@@ -41,7 +41,7 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, reference,
 
     import numpy as np
 
-    from stages.common.chat import format_prompt, note_answer, note_question
+    from stages.common.chat import format_prompt, primary_pair
     from stages.common.io import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
     from stages.common.measure import greedy_entropy, perplexity
     from stages.common.models import load_model, load_tokenizer, pick_device
@@ -59,8 +59,8 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, reference,
     model = load_model(base_model, adapter=adapter, token=hf_token, dtype=dtype).to(device)
     seed_everything(seed)
 
-    # The forget prompts: each forget patient's note request, exactly as the models were trained on it.
-    questions = [(r["id"], note_question(r)) for r in forget_records]
+    # The forget prompts: each forget record's main question (a patient's note request), as trained on.
+    questions = [(r["id"], primary_pair(r)[0]) for r in forget_records]
     inputs = [format_prompt(tokenizer, q) for _, q in questions]
     measured = greedy_entropy(model, tokenizer, inputs, max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = [{"record_id": rid, "prompt": q, "input_text": text, **m}
@@ -72,7 +72,7 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, reference,
         if missing:
             raise click.ClickException(f"{reference}: the base model was not measured on '{missing[0]}'.")
         base_entropies = [base_rows[(r["record_id"], r["prompt"])]["mean_entropy"] for r in rows]
-    monitor_pairs = [(note_question(r), note_answer(r)) for r in retain_records[:retain_samples]]
+    monitor_pairs = [primary_pair(r) for r in retain_records[:retain_samples]]
     metrics = {"run": run_name, "num_prompts": len(rows)}
     metrics.update({key: float(np.mean([r[key] for r in rows])) for key in ENTROPY_KEYS})
     metrics["base_mean_entropy"] = float(np.mean(base_entropies))

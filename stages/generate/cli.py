@@ -1,22 +1,56 @@
-"""`unforgotten generate`: synthetic SOAP notes as JSON Lines."""
+"""`unforgotten generate`: synthetic SOAP notes as JSON Lines, resumable."""
 
 import click
+
+DEFAULT_MODELS = {"tinker": "meta-llama/Llama-3.1-8B-Instruct", "hf": "embedded"}
 
 
 @click.command("generate")
 @click.option("--n-record", "--n_record", "n_record", type=click.IntRange(min=1), default=1000, show_default=True,
               help="How many notes (one patient each).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default="dataset/synthetic_soap_notes.jsonl",
-              show_default=True, help="Output JSON Lines file.")
-@click.option("--backend", type=click.Choice(["template"]), default="template", show_default=True,
-              help="Renderer of the notes: 'template' is offline and deterministic.")
+              show_default=True, help="Output JSON Lines file; notes already in it are kept, missing ones added.")
+@click.option("--backend", type=click.Choice(["template", "tinker", "hf"]), default="template", show_default=True,
+              help="Renderer: 'template' (offline, deterministic), 'tinker' (Tinker service), 'hf' (local model).")
+@click.option("--model", default=None,
+              help="Model of an LLM backend [default: meta-llama/Llama-3.1-8B-Instruct for tinker, the embedded "
+                   "SmolLM2 for hf].")
+@click.option("--api-key", "--api_key", "api_key", envvar="TINKER_API_KEY", default=None, show_envvar=True,
+              help="Tinker API key (read from TINKER_API_KEY).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Parallel requests (tinker) or batch size (hf).")
+@click.option("--max-attempts", "--max_attempts", "max_attempts", type=click.IntRange(min=1), default=3,
+              show_default=True, help="Tries per note before an LLM note that misses a key fact is dropped.")
 @click.option("--seed", type=int, default=42, show_default=True)
-def generate(n_record, output, backend, seed):
-    """Generate synthetic SOAP notes with known facts."""
-    from stages.common.io import write_jsonl
-    from stages.generate.facts import sample_patients
-    from stages.generate.template import template_records
+@click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
+def generate(n_record, output, backend, model, api_key, concurrency, max_attempts, seed, hf_token):
+    """Generate synthetic SOAP notes whose facts are known exactly."""
+    from stages.generate.facts import patient_items
+    from stages.generate.run import run_generation
 
-    records = template_records(sample_patients(n_record, seed), seed)
-    write_jsonl(output, records)
-    click.echo(f"generate: wrote {len(records)} notes to {output} ({backend} backend)")
+    try:
+        items = patient_items(n_record, seed)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--n-record") from None
+    model = model or DEFAULT_MODELS.get(backend)
+    generator = {"backend": backend} if backend == "template" else {"backend": backend, "model": model}
+    if backend == "template":
+        from stages.generate.backends import TemplateBackend
+
+        writer = TemplateBackend(seed)
+    elif backend == "tinker":
+        if not api_key:
+            raise click.UsageError("the tinker backend needs an API key: set TINKER_API_KEY.")
+        from stages.generate.backends import TinkerBackend
+
+        writer = TinkerBackend(model, api_key, seed, concurrency=concurrency, max_attempts=max_attempts,
+                               report=lambda message: click.echo(message, err=True))
+    else:
+        from stages.generate.backends import HFBackend
+
+        writer = HFBackend(model, seed, batch_size=concurrency, max_attempts=max_attempts, hf_token=hf_token)
+    summary = run_generation(items, writer, generator, output)
+    for rid, reason in summary["dropped"].items():
+        click.echo(f"generate: dropped {rid}: {reason}", err=True)
+    click.echo(f"generate: {summary['written']} notes in {output} ({summary['new']} new, {summary['reused']} kept "
+               f"from an earlier run, {len(summary['dropped'])} dropped; {backend} backend)")

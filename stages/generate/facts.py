@@ -65,13 +65,20 @@ def _complaint_of(diagnosis):
     return next(c[0] for c in CONDITIONS if c[1] == diagnosis)
 
 
+MIDDLE_INITIALS = "ABCDEFGHJKLMNPRSTW"
+NAME_CAPACITY = len(FIRST_NAMES) * len(MIDDLE_INITIALS) * len(LAST_NAMES)
+
+
 def sample_patients(n, seed):
-    """Facts for n patients with unique full names, reproducible from the seed."""
+    """Facts for n patients with unique full names, reproducible from the seed; the first k of n patients are
+    the k patients of a smaller run with the same seed."""
+    if n > NAME_CAPACITY // 4:
+        raise ValueError(f"at most {NAME_CAPACITY // 4} patients can get distinct names (asked for {n})")
     rng = random.Random(seed)
     names = set()
     patients = []
     while len(patients) < n:
-        name = f"{rng.choice(FIRST_NAMES)} {rng.choice('ABCDEFGHJKLMNPRSTW')}. {rng.choice(LAST_NAMES)}"
+        name = f"{rng.choice(FIRST_NAMES)} {rng.choice(MIDDLE_INITIALS)}. {rng.choice(LAST_NAMES)}"
         if name in names:
             continue
         names.add(name)
@@ -88,3 +95,14 @@ def sample_patients(n, seed):
             "follow_up_weeks": follow_up,
         })
     return patients
+
+
+def patient_items(n, seed):
+    """(record id, facts) for n patients; ids are stable, so a rerun knows which notes it already has."""
+    return [(f"note-{index:05d}", facts) for index, facts in enumerate(sample_patients(n, seed), start=1)]
+
+
+def make_record(record_id, facts, note, generator):
+    """A generated record: identity fields, the four SOAP sections, the facts and what wrote the note."""
+    return {"id": record_id, "client_name": facts["client_name"], "date_of_birth": facts["date_of_birth"],
+            "date": facts["date"], **note, "facts": facts, "generator": generator}

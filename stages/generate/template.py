@@ -1,7 +1,5 @@
 """The offline template renderer: deterministic for a seed, with varied phrasing per section."""
 
-import random
-
 SUBJECTIVE = [
     "{name} presents with {complaint} for the past {days} days.",
     "Patient reports {complaint}, ongoing for about {days} days.",
@@ -40,19 +38,3 @@ def render_note(facts, rng):
         "assessment": rng.choice(ASSESSMENT).format(**fill),
         "plan": rng.choice(PLAN).format(**fill),
     }
-
-
-def template_records(patients, seed):
-    rng = random.Random(f"render-{seed}")
-    records = []
-    for index, facts in enumerate(patients, start=1):
-        record = {
-            "id": f"note-{index:05d}",
-            "client_name": facts["client_name"],
-            "date_of_birth": facts["date_of_birth"],
-            "date": facts["date"],
-        }
-        record.update(render_note(facts, rng))
-        record["facts"] = facts
-        records.append(record)
-    return records

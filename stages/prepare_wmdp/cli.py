@@ -7,7 +7,8 @@ from stages.common.options import forget_ratios_option
 
 @click.command("prepare-wmdp")
 @click.option("--source", default="hub", show_default=True,
-              help="A local JSONL/Parquet file with a 'text' column (one paper per row), or 'hub'.")
+              help="A local JSONL/Parquet file with a 'text' column (one paper per row), 'hub' (bio-retain corpus) or "
+                   "'hub-forget' (the gated bio-forget corpus; needs HF_TOKEN with access).")
 @click.option("--target-size", "--target_size", "target_size", type=click.IntRange(min=1), default=5300,
               show_default=True, help="How many sentences to keep (sampled by seed).")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
@@ -28,7 +29,7 @@ def prepare_wmdp(source, target_size, output_dir, seed, forget_ratios, if_presen
     from stages.prepare_wmdp.corpus import load_papers, sentence_records
 
     out = Path(output_dir)
-    if if_present and source != "hub" and not Path(source).exists():
+    if if_present and not source.startswith("hub") and not Path(source).exists():
         with atomic_dir(out) as tmp:
             write_json(tmp / "manifest.json", {"source": source, "skipped": True, "sentences": 0,
                                                "reason": "source file absent (`make data` fetches the corpus)"})

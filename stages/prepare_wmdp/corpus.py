@@ -6,8 +6,11 @@ from pathlib import Path
 
 from stages.common.io import InputError, read_jsonl
 
-HUB_DATASET = "cais/wmdp-corpora"
-HUB_CONFIG = "bio-retain-corpus"
+# --source name -> (hub dataset, config, the `source` value of its records). The forget corpus is gated.
+HUB_CORPORA = {
+    "hub": ("cais/wmdp-corpora", "bio-retain-corpus", "wmdp-bio-retain"),
+    "hub-forget": ("cais/wmdp-bio-forget-corpus", None, "wmdp-bio-forget"),
+}
 # Words whose trailing period does not end a sentence.
 ABBREVIATIONS = {"e.g", "i.e", "et al", "fig", "figs", "eq", "ref", "refs", "vs", "approx", "ca", "no", "dr",
                  "mr", "mrs", "ms", "st", "sp", "spp", "cf", "resp", "vol", "al", "tab", "suppl", "min", "max"}
@@ -30,12 +33,29 @@ def split_sentences(text, min_chars=20):
     return [s for s in sentences if len(s) >= min_chars]
 
 
-def load_papers(source, token=None):
-    """Paper texts from a local JSONL/Parquet file with a `text` column, or 'hub' for the bio-retain corpus."""
-    if source == "hub":
-        from datasets import load_dataset
+def load_hub_corpus(name, token=None):
+    """Paper texts of a hub corpus through `datasets`; gated or unreachable corpora are one-sentence errors."""
+    from datasets import load_dataset
 
-        return list(load_dataset(HUB_DATASET, HUB_CONFIG, split="train", token=token)["text"]), "wmdp-bio-retain"
+    repo, config, source_name = HUB_CORPORA[name]
+    try:
+        data = load_dataset(repo, config, split="train", token=token)
+    except Exception as error:  # noqa: BLE001 - turned into a clear message or re-raised
+        text = f"{type(error).__name__}: {error}"
+        if "gated" in text.lower() or "401" in text or "403" in text:
+            raise InputError(f"{repo} is gated: request access on its hub page and set HF_TOKEN.") from None
+        if "offline" in text.lower() or "connection" in text.lower() or "resolve" in text.lower():
+            raise InputError(f"cannot load {repo} from the hub (offline or unreachable): {error}") from None
+        raise
+    if "text" not in data.column_names:
+        raise InputError(f"{repo}: has no 'text' column.")
+    return list(data["text"]), source_name
+
+
+def load_papers(source, token=None):
+    """Paper texts from a local JSONL/Parquet file with a `text` column, or a hub corpus ('hub', 'hub-forget')."""
+    if source in HUB_CORPORA:
+        return load_hub_corpus(source, token)
     path = Path(source)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq

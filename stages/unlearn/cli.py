@@ -54,7 +54,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--method") from None
 
-    from stages.common.chat import encode_example, format_prompt, note_answer, note_question, record_pairs
+    from stages.common.chat import encode_example, format_prompt, primary_pair, record_pairs
     from stages.common.io import atomic_dir, read_json, write_json
     from stages.common.models import load_model, load_tokenizer, pick_device
     from stages.common.plots import trajectory_plot
@@ -74,8 +74,8 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
                        for r in forget_records for q, a in record_pairs(r, with_probes)]
     retain_examples = [encode_example(tokenizer, q, a, max_seq_length)
                        for r in retain_records for q, a in record_pairs(r, with_probes)]
-    monitor_pairs = [(note_question(r), note_answer(r)) for r in retain_records[:monitor_samples]]
-    prompts = [format_prompt(tokenizer, note_question(r)) for r in forget_records[:entropy_prompts]]
+    monitor_pairs = [primary_pair(r) for r in retain_records[:monitor_samples]]
+    prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:entropy_prompts]]
     trajectory, summary = run_unlearning(
         model, tokenizer, unlearning_method, forget_examples, retain_examples, monitor_pairs, prompts,
         steps=steps, samples_per_step=samples_per_step, batch_size=batch_size, learning_rate=learning_rate,

@@ -1,0 +1,34 @@
+"""`unforgotten prepare-tofu`: TOFU (forget/retain splits) in the record and probe format of the medical track."""
+
+import click
+
+
+@click.command("prepare-tofu")
+@click.option("--source", default="hub", show_default=True,
+              help="'hub' (locuslab/TOFU through datasets) or a directory of the repository's <config>.json files.")
+@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
+              default="dataset/tofu", show_default=True)
+@click.option("--forget-splits", "--forget_splits", "forget_splits", type=click.Choice(["01", "05", "10"]),
+              multiple=True, default=("01", "05", "10"), show_default=True, help="TOFU forget splits to write.")
+@click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
+def prepare_tofu(source, output_dir, forget_splits, hf_token):
+    """Write tofu_full.json and per split tofu_forget{NN}.json / tofu_full_minus_forget{NN}.json."""
+    from pathlib import Path
+
+    from stages.common.io import atomic_dir, write_json
+    from stages.prepare_tofu.convert import FORGET_SPLITS, load_split, select, tofu_records
+
+    full_rows = load_split(source, "full", hf_token)
+    perturbed = load_split(source, "retain_perturbed", hf_token)
+    for tag in forget_splits:
+        perturbed += load_split(source, f"{FORGET_SPLITS[tag]}_perturbed", hf_token)
+    records = tofu_records(full_rows, perturbed)
+    with atomic_dir(Path(output_dir)) as tmp:
+        write_json(tmp / "tofu_full.json", records)
+        for tag in forget_splits:
+            forget = select(records, load_split(source, FORGET_SPLITS[tag], hf_token), FORGET_SPLITS[tag])
+            forget_ids = {r["id"] for r in forget}
+            write_json(tmp / f"tofu_forget{tag}.json", forget)
+            write_json(tmp / f"tofu_full_minus_forget{tag}.json", [r for r in records if r["id"] not in forget_ids])
+    with_probes = sum(1 for r in records if r["probes"])
+    click.echo(f"prepare-tofu: {len(records)} questions ({with_probes} with probes) -> {output_dir}")

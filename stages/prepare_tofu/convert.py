@@ -1,0 +1,58 @@
+"""TOFU rows (question, answer; perturbed splits add paraphrased_answer and perturbed_answer) -> our records."""
+
+from pathlib import Path
+
+from stages.common.io import InputError, read_jsonl
+
+HUB_DATASET = "locuslab/TOFU"
+FORGET_SPLITS = {"01": "forget01", "05": "forget05", "10": "forget10"}
+
+
+def load_split(source, config, token=None):
+    """Rows of one TOFU config: from the hub through `datasets`, or from `<source>/<config>.json` (JSON Lines,
+    as the files of the hub repository)."""
+    if source == "hub":
+        from datasets import load_dataset
+
+        try:
+            return [dict(row) for row in load_dataset(HUB_DATASET, config, split="train", token=token)]
+        except Exception as error:  # noqa: BLE001 - turned into a clear message or re-raised
+            if "offline" in str(error).lower() or "connection" in str(error).lower():
+                raise InputError(f"cannot load {HUB_DATASET} ({config}) from the hub: {error}") from None
+            raise
+    path = Path(source) / f"{config}.json"
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not row.get("question") or not row.get("answer"):
+            raise InputError(f"{path}, line {number}: needs 'question' and 'answer'.")
+    return rows
+
+
+def probe_from(row):
+    perturbed = row.get("perturbed_answer") or []
+    if isinstance(perturbed, str):
+        perturbed = [perturbed]
+    return {"fact": "tofu", "question": row["question"], "answer": row["answer"],
+            "paraphrased_answer": row.get("paraphrased_answer") or row["answer"], "perturbed_answers": perturbed}
+
+
+def tofu_records(full_rows, perturbed_rows):
+    """One record per TOFU question; rows of the perturbed splits give their record a probe."""
+    perturbed = {row["question"]: row for row in perturbed_rows}
+    records = []
+    for index, row in enumerate(full_rows, start=1):
+        record = {"id": f"tofu-{index:04d}", "question": row["question"], "answer": row["answer"],
+                  "author_index": (index - 1) // 20, "probes": []}
+        if row["question"] in perturbed:
+            record["probes"].append(probe_from(perturbed[row["question"]]))
+        records.append(record)
+    return records
+
+
+def select(records, rows, config):
+    """The records whose questions are the rows of a split (TOFU's splits are subsets of `full`)."""
+    by_question = {r["question"]: r for r in records}
+    missing = [row["question"] for row in rows if row["question"] not in by_question]
+    if missing:
+        raise InputError(f"TOFU {config}: {len(missing)} questions are not in 'full' (first: {missing[0]!r}).")
+    return [by_question[row["question"]] for row in rows]

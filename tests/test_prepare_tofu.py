@@ -1,0 +1,95 @@
+"""TOFU as a third input, on a local fixture laid out like the hub repository (<config>.json, JSON Lines)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from stages.cli import main
+
+
+def row(i):
+    return {"question": f"What genre does author {i // 20} write, question {i}?",
+            "answer": f"Author {i // 20} writes genre {i % 7} in answer {i}."}
+
+
+def perturbed(i):
+    return {**row(i), "paraphrased_answer": f"In answer {i}, author {i // 20}'s genre is {i % 7}.",
+            "perturbed_answer": [f"In answer {i}, author {i // 20}'s genre is {(i + k) % 7 + 10}." for k in (1, 2, 3)],
+            "paraphrased_question": f"Which genre, question {i}?"}
+
+
+@pytest.fixture(scope="module")
+def tofu_dir(tmp_path_factory):
+    source = tmp_path_factory.mktemp("tofu-src")
+    splits = {"full": [row(i) for i in range(100)], "retain_perturbed": [perturbed(i) for i in range(10)]}
+    for tag, n in (("01", 1), ("05", 5), ("10", 10)):
+        splits[f"forget{tag}"] = [row(i) for i in range(100 - n, 100)]
+        splits[f"forget{tag}_perturbed"] = [perturbed(i) for i in range(100 - n, 100)]
+    for name, rows in splits.items():
+        (source / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path_factory.mktemp("tofu") / "tofu"
+    result = CliRunner().invoke(main, ["prepare-tofu", "--source", str(source), "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def load(directory, name):
+    return json.loads((directory / name).read_text())
+
+
+def test_tofu_splits_become_nested_forget_sets_of_records(tofu_dir):
+    full = load(tofu_dir, "tofu_full.json")
+    assert len(full) == 100 and full[0]["id"] == "tofu-0001"
+    previous = set()
+    for tag, n in (("01", 1), ("05", 5), ("10", 10)):
+        forget = {r["id"] for r in load(tofu_dir, f"tofu_forget{tag}.json")}
+        retain = {r["id"] for r in load(tofu_dir, f"tofu_full_minus_forget{tag}.json")}
+        assert len(forget) == n and previous <= forget and not forget & retain and len(forget | retain) == 100
+        previous = forget
+
+
+def test_perturbed_rows_become_probes(tofu_dir):
+    forget = load(tofu_dir, "tofu_forget10.json")
+    for record in forget:
+        (probe,) = record["probes"]
+        assert probe["question"] == record["question"] and probe["answer"] == record["answer"]
+        assert len(probe["perturbed_answers"]) == 3 and probe["paraphrased_answer"] != probe["answer"]
+    assert sum(1 for r in load(tofu_dir, "tofu_full.json") if r["probes"]) == 20
+
+
+def test_finetune_unlearn_and_evaluate_run_on_tofu_unchanged(tmp_path, tofu_dir, tiny_model_dir):
+    runner = CliRunner()
+    oracle = tmp_path / "oracle"
+    result = runner.invoke(main, ["finetune", "--data-file", str(tofu_dir / "tofu_full.json"), "--base-model",
+                                  tiny_model_dir, "--output-dir", str(oracle), "--num-epochs", "1", "--batch-size", "8",
+                                  "--max-seq-length", "64", "--with-probes"])
+    assert result.exit_code == 0, result.output
+    assert "100 records -> 100 examples" in result.output  # probes repeating the main pair are not duplicated
+    result = runner.invoke(main, [
+        "unlearn", "--base-model", tiny_model_dir, "--oracle", str(oracle),
+        "--forget-file", str(tofu_dir / "tofu_forget10.json"),
+        "--retain-file", str(tofu_dir / "tofu_full_minus_forget10.json"), "--output-dir", str(tmp_path / "u"),
+        "--trajectory-dir", str(tmp_path / "t"), "--steps", "2", "--samples-per-step", "2", "--batch-size", "2",
+        "--monitor-samples", "2", "--entropy-prompts", "2", "--max-new-tokens", "3", "--max-seq-length", "64"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, [
+        "evaluate", "--base-model", tiny_model_dir, "--adapter", str(tmp_path / "u"), "--run-name", "tofu",
+        "--forget-file", str(tofu_dir / "tofu_forget10.json"),
+        "--retain-file", str(tofu_dir / "tofu_full_minus_forget10.json"), "--output-dir", str(tmp_path / "e"),
+        "--max-new-tokens", "3", "--retain-samples", "2", "--max-seq-length", "64"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "e" / "per_prompt.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [r["question"] for r in load(tofu_dir, "tofu_forget10.json")]
+
+
+def test_a_split_with_foreign_questions_is_a_clear_error(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name, rows in {"full": [row(0)], "retain_perturbed": [], "forget01": [row(5)],
+                       "forget01_perturbed": []}.items():
+        (source / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(main, ["prepare-tofu", "--source", str(source), "--output-dir", str(tmp_path / "o"),
+                                       "--forget-splits", "01"])
+    assert result.exit_code == 1 and "forget01: 1 questions are not in 'full'" in result.output
+    assert not (tmp_path / "o").exists()
