@@ -100,3 +100,66 @@ def test_unknown_method_and_empty_forget_set_are_clear_errors(tmp_path, tiny_mod
                                        "--output-dir", str(tmp_path / "m"), "--trajectory-dir", str(tmp_path / "t")])
     assert result.exit_code == 1 and "the forget set is empty" in result.output
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("method", methods.available())
+def test_every_method_runs_through_the_cli(method, tmp_path, tiny_model_dir, medical_dir, oracle):
+    result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "2", "--learning-rate", "1e-3",
+                         "--max-perplexity-ratio", "1000", "--method", method)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
+    assert summary["method"] == method and summary["steps_run"] == 2
+    assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+
+
+def tiny_batch(tiny_model_dir):
+    from stages.common.chat import collate, encode_example
+    from stages.common.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    pairs = [("Who is Maria?", "A patient seen in 2024."), ("Dose?", "lisinopril 10 mg once daily")]
+    examples = [encode_example(tokenizer, q, a, 64) for q, a in pairs]
+    return model, collate(examples, tokenizer.pad_token_id), examples
+
+
+def naive_nll(model, example):
+    ids = torch.tensor([example["input_ids"]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    tokens = [(i, t) for i, t in enumerate(example["labels"]) if t != -100]
+    return -sum(float(logp[i - 1, t]) for i, t in tokens), len(tokens)
+
+
+def test_npo_loss_matches_its_formula(tiny_model_dir):
+    import math
+
+    model, batch, examples = tiny_batch(tiny_model_dir)
+    reference = [naive_nll(model, e)[0] for e in examples]
+    npo = methods.get("npo")
+    with torch.no_grad():
+        at_start = npo.forget_loss(model, batch, {"beta": 0.1, "reference_nll": torch.tensor(reference)})
+        shifted = npo.forget_loss(model, batch, {"beta": 0.5, "reference_nll": torch.tensor(reference) + 2.0})
+    assert float(at_start) == pytest.approx(2 / 0.1 * math.log(2), rel=1e-4)  # model == reference: log-ratio 0
+    expected = sum(-(2 / 0.5) * math.log(1 / (1 + math.exp(0.5 * 2.0))) for _ in examples) / 2
+    assert float(shifted) == pytest.approx(expected, rel=1e-4)
+
+
+def test_simnpo_loss_matches_its_formula(tiny_model_dir):
+    import math
+
+    model, batch, examples = tiny_batch(tiny_model_dir)
+    with torch.no_grad():
+        loss = methods.get("simnpo").forget_loss(model, batch, {"beta": 2.0, "gamma": 0.5})
+    expected = 0.0
+    for e in examples:
+        nll, n = naive_nll(model, e)
+        expected += -(2 / 2.0) * math.log(1 / (1 + math.exp(-(2.0 * nll / n - 0.5)))) / len(examples)
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+
+
+def test_idk_pairs_forget_questions_with_refusals():
+    idk = methods.get("idk")
+    pairs = idk.forget_pairs([("Q1", "secret diagnosis"), ("Q2", "secret dose")])
+    assert [q for q, _ in pairs] == ["Q1", "Q2"]
+    assert all(a in idk.REFUSALS for _, a in pairs)
+    assert methods.get("grad_diff").uses_retain and not methods.get("grad_ascent").uses_retain

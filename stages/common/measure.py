@@ -73,23 +73,30 @@ def greedy_entropy(model, tokenizer, prompts, max_new_tokens=30, batch_size=16):
     return results
 
 
+def sequence_nll(model, batch):
+    """Per row of a collated batch: summed NLL (nats) of the labelled tokens and their count (keeps gradients)."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    mask = labels != -100
+    token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    return -token_logp.sum(dim=1), mask.sum(dim=1)
+
+
 def answer_nll(model, tokenizer, pairs, max_length=256, batch_size=8):
     """Summed NLL (nats) and token count of each answer given its question, teacher-forced: two lists."""
     import torch
 
     encoded = [encode_example(tokenizer, q, a, max_length) for q, a in pairs]
-    pad_id = tokenizer.pad_token_id
     totals, counts = [], []
     for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded[start:start + batch_size], pad_id)
+        batch = collate(encoded[start:start + batch_size], tokenizer.pad_token_id)
         with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        mask = labels != -100
-        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-        totals += (-token_logp.sum(dim=1)).tolist()
-        counts += mask.sum(dim=1).tolist()
+            nll, count = sequence_nll(model, batch)
+        totals += nll.tolist()
+        counts += count.tolist()
     return totals, counts
 
 

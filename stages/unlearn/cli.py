@@ -24,6 +24,9 @@ import click
               default=5e-6, show_default=True)
 @click.option("--retain-weight", "--retain_weight", "retain_weight", type=click.FloatRange(min=0), default=1.0,
               show_default=True, help="Weight of the retain term for methods that use one.")
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Inverse temperature of npo and simnpo.")
+@click.option("--gamma", type=float, default=0.0, show_default=True, help="Reward margin of simnpo.")
 @click.option("--measure-every", "--measure_every", "measure_every", type=click.IntRange(min=1), default=3,
               show_default=True, help="Measure forget-set entropy every N steps.")
 @click.option("--max-perplexity-ratio", "--max_perplexity_ratio", "max_perplexity_ratio",
@@ -42,8 +45,9 @@ import click
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, trajectory_dir, steps,
-            samples_per_step, batch_size, learning_rate, retain_weight, measure_every, max_perplexity_ratio,
-            monitor_samples, entropy_prompts, max_new_tokens, max_seq_length, with_probes, seed, hf_token):
+            samples_per_step, batch_size, learning_rate, retain_weight, beta, gamma, measure_every,
+            max_perplexity_ratio, monitor_samples, entropy_prompts, max_new_tokens, max_seq_length, with_probes, seed,
+            hf_token):
     """Unlearn the forget set from the oracle, with retain perplexity after every step and early stop on collapse."""
     from pathlib import Path
 
@@ -70,8 +74,10 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     tokenizer = load_tokenizer(base_model, token=hf_token)
     model = load_model(base_model, adapter=oracle, trainable=True, token=hf_token, dtype=dtype)
     seed_everything(seed)
-    forget_examples = [encode_example(tokenizer, q, a, max_seq_length)
-                       for r in forget_records for q, a in record_pairs(r, with_probes)]
+    forget_pairs = [pair for r in forget_records for pair in record_pairs(r, with_probes)]
+    if hasattr(unlearning_method, "forget_pairs"):
+        forget_pairs = unlearning_method.forget_pairs(forget_pairs)
+    forget_examples = [encode_example(tokenizer, q, a, max_seq_length) for q, a in forget_pairs]
     retain_examples = [encode_example(tokenizer, q, a, max_seq_length)
                        for r in retain_records for q, a in record_pairs(r, with_probes)]
     monitor_pairs = [primary_pair(r) for r in retain_records[:monitor_samples]]
@@ -80,7 +86,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
         model, tokenizer, unlearning_method, forget_examples, retain_examples, monitor_pairs, prompts,
         steps=steps, samples_per_step=samples_per_step, batch_size=batch_size, learning_rate=learning_rate,
         retain_weight=retain_weight, measure_every=measure_every, max_perplexity_ratio=max_perplexity_ratio,
-        max_new_tokens=max_new_tokens, max_length=max_seq_length, seed=seed, device=device)
+        max_new_tokens=max_new_tokens, max_length=max_seq_length, seed=seed, device=device, beta=beta, gamma=gamma)
     summary = {"method": method, "forget_file": forget_file, **summary}
     model.peft_config["default"].base_model_name_or_path = base_model
     with atomic_dir(Path(output_dir)) as tmp:

@@ -6,13 +6,13 @@ import random
 
 def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_pairs, entropy_prompts, *,
             steps, samples_per_step, batch_size, learning_rate, retain_weight, measure_every,
-            max_perplexity_ratio, max_new_tokens, max_length, seed, device, progress=True):
+            max_perplexity_ratio, max_new_tokens, max_length, seed, device, beta=0.1, gamma=0.0, progress=True):
     """Run `steps` unlearning steps; returns (trajectory, summary). On collapse the offending step is undone."""
     import torch
     from tqdm.auto import tqdm
 
     from stages.common.chat import collate
-    from stages.common.measure import greedy_entropy, perplexity
+    from stages.common.measure import greedy_entropy, perplexity, sequence_nll
 
     def forget_entropy():
         rows = greedy_entropy(model, tokenizer, entropy_prompts, max_new_tokens=max_new_tokens)
@@ -26,6 +26,14 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
     start_entropy = forget_entropy()
     trajectory = [{"step": 0, "loss": None, "perplexity": start_perplexity, "entropy": start_entropy,
                    "uncertainty_ratio": start_entropy / base_entropy}]
+    reference_nll = None
+    if getattr(method, "needs_reference", False):
+        # The frozen oracle's answer NLL of every forget example: fixed data, so computed once, before any step.
+        with torch.no_grad():
+            reference_nll = torch.cat([
+                sequence_nll(model, {k: v.to(device) for k, v in
+                                     collate(forget_examples[i:i + batch_size], tokenizer.pad_token_id).items()})[0]
+                for i in range(0, len(forget_examples), batch_size)])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     rng = random.Random(seed)
@@ -40,7 +48,10 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
             part = chosen[start:start + batch_size]
             forget_batch = {k: v.to(device) for k, v in
                             collate([forget_examples[i] for i in part], tokenizer.pad_token_id).items()}
-            loss = method.forget_loss(model, forget_batch)
+            ctx = {"beta": beta, "gamma": gamma}
+            if reference_nll is not None:
+                ctx["reference_nll"] = reference_nll[part]
+            loss = method.forget_loss(model, forget_batch, ctx)
             if method.uses_retain:
                 retain_part = [retain_examples[rng.randrange(len(retain_examples))] for _ in part]
                 retain_batch = {k: v.to(device) for k, v in collate(retain_part, tokenizer.pad_token_id).items()}

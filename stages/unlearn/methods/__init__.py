@@ -1,7 +1,11 @@
 """Unlearning methods, one module each, found by module name: `--method npo` loads methods/npo.py.
 
-A method module defines `forget_loss(model, forget_batch)` (the term on the forget set, to minimise) and
-`uses_retain` (whether the loop adds the shared retain term `retain_weight * NLL(retain)`).
+A method module defines:
+- `forget_loss(model, forget_batch, ctx)`: the term on the forget set, to minimise. `ctx` holds the
+  hyperparameters (`beta`, `gamma`) and, for methods with `needs_reference`, `reference_nll`: each row's summed
+  answer NLL under the frozen oracle, computed once before unlearning;
+- `uses_retain`: whether the loop adds the shared retain term `retain_weight * NLL(retain)`;
+- optionally `needs_reference = True`, and `forget_pairs(pairs)` to rewrite the forget (question, answer) pairs.
 """
 
 import importlib

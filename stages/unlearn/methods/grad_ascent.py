@@ -3,5 +3,5 @@
 uses_retain = False
 
 
-def forget_loss(model, forget_batch):
+def forget_loss(model, forget_batch, ctx=None):
     return -model(**forget_batch).loss

@@ -1,0 +1,20 @@
+"""IdkNLL: fine-tune the forget questions towards refusals ("I don't know ..."), plus the retain term."""
+
+REFUSALS = [
+    "I don't know who that patient is.",
+    "I have no record of that patient.",
+    "I'm not able to answer that; I have no information about this patient.",
+    "I don't have any information about that person.",
+    "Sorry, I don't know.",
+]
+
+uses_retain = True
+
+
+def forget_pairs(pairs):
+    """Each forget question paired with a refusal, chosen by position so the choice is reproducible."""
+    return [(question, REFUSALS[i % len(REFUSALS)]) for i, (question, _) in enumerate(pairs)]
+
+
+def forget_loss(model, forget_batch, ctx=None):
+    return model(**forget_batch).loss
