@@ -14,8 +14,8 @@ def oracle(tmp_path_factory, tiny_model_dir, medical_dir):
     out = tmp_path_factory.mktemp("unlearn") / "oracle"
     result = CliRunner().invoke(main, [
         "finetune", "--data-file", str(medical_dir / "med_synthetic_full.json"), "--base-model", tiny_model_dir,
-        "--output-dir", str(out), "--num-epochs", "1", "--batch-size", "4", "--learning-rate", "1e-3",
-        "--max-seq-length", "96"])
+        "--output-dir", str(out), "--num-epochs", "6", "--batch-size", "4", "--learning-rate", "1e-2",
+        "--max-seq-length", "96", "--lora-targets", "q_proj,v_proj,o_proj,down_proj", "--lora-rank", "16"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -105,7 +105,7 @@ def test_unknown_method_and_empty_forget_set_are_clear_errors(tmp_path, tiny_mod
 @pytest.mark.parametrize("method", methods.available())
 def test_every_method_runs_through_the_cli(method, tmp_path, tiny_model_dir, medical_dir, oracle):
     result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "2", "--learning-rate", "1e-3",
-                         "--max-perplexity-ratio", "1000", "--method", method)
+                         "--max-perplexity-ratio", "1000", "--method", method, "--rmu-layer", "1")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
     assert summary["method"] == method and summary["steps_run"] == 2
@@ -163,3 +163,83 @@ def test_idk_pairs_forget_questions_with_refusals():
     assert [q for q, _ in pairs] == ["Q1", "Q2"]
     assert all(a in idk.REFUSALS for _, a in pairs)
     assert methods.get("grad_diff").uses_retain and not methods.get("grad_ascent").uses_retain
+
+
+def forget_nll(model_dir_or_adapter, tiny_model_dir, medical_dir):
+    from stages.common.chat import primary_pair
+    from stages.common.measure import answer_nll
+    from stages.common.models import load_model, load_tokenizer
+
+    forget = json.loads((medical_dir / "med_synthetic_forget10.json").read_text())
+    model = load_model(tiny_model_dir, adapter=str(model_dir_or_adapter))
+    totals, counts = answer_nll(model, load_tokenizer(tiny_model_dir), [primary_pair(r) for r in forget],
+                                max_length=96)
+    return sum(totals) / sum(counts)
+
+
+@pytest.mark.parametrize("method", methods.available())
+def test_one_step_of_each_method_lowers_the_forget_likelihood(method, tmp_path, tiny_model_dir, medical_dir,
+                                                              oracle):
+    result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "1", "--learning-rate", "2e-2",
+                         "--max-perplexity-ratio", "1000", "--method", method, "--rmu-layer", "1",
+                         "--samples-per-step", "8", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    before = forget_nll(oracle, tiny_model_dir, medical_dir)
+    after = forget_nll(tmp_path / "model", tiny_model_dir, medical_dir)
+    assert after > before
+
+
+def test_no_early_stop_runs_every_step_through_collapse(tmp_path, tiny_model_dir, medical_dir, oracle):
+    result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "3", "--learning-rate", "0.5",
+                         "--max-perplexity-ratio", "1.001", "--no-early-stop")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
+    trajectory = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
+    assert summary["steps_run"] == 3 and summary["stopped_early"] is False and summary["early_stop"] is False
+    assert max(t["perplexity"] for t in trajectory) > summary["perplexity_threshold"]
+
+
+def test_stop_at_ur_ends_when_the_uncertainty_target_is_reached(tmp_path, tiny_model_dir, medical_dir, oracle):
+    result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "4", "--learning-rate", "1e-3",
+                         "--max-perplexity-ratio", "1000", "--stop-at-ur", "0.01")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
+    trajectory = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
+    assert summary["steps_run"] == 1 and "uncertainty ratio" in summary["stop_reason"]
+    assert trajectory[-1]["uncertainty_ratio"] >= 0.01
+
+
+def test_full_parameter_unlearning_saves_a_model_that_evaluate_loads(tmp_path, tiny_model_dir, medical_dir, oracle):
+    args = ["unlearn", "--base-model", tiny_model_dir, "--model", str(oracle), "--method", "grad_diff", "--full",
+            "--forget-file", str(medical_dir / "med_synthetic_forget10.json"),
+            "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget10.json"),
+            "--output-dir", str(tmp_path / "full"), "--steps", "1", "--samples-per-step", "2", "--batch-size", "2",
+            "--monitor-samples", "2", "--entropy-prompts", "2", "--max-new-tokens", "3", "--max-seq-length", "64",
+            "--learning-rate", "1e-3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "full" / "config.json").is_file() and not (tmp_path / "full" / "adapter_config.json").exists()
+    assert (tmp_path / "full" / "trajectory.json").is_file()  # no --trajectory-dir: beside the model
+    result = CliRunner().invoke(main, [
+        "evaluate", "--base-model", tiny_model_dir, "--adapter", str(tmp_path / "full"), "--run-name", "full",
+        "--forget-file", str(medical_dir / "med_synthetic_forget10.json"),
+        "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget10.json"),
+        "--output-dir", str(tmp_path / "eval"), "--max-new-tokens", "3", "--retain-samples", "2"])
+    assert result.exit_code == 0, result.output
+
+
+def test_rmu_losses_match_a_hand_computation():
+    rmu = methods.get("rmu")
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [9.0, 9.0]]])
+    target = torch.zeros_like(hidden)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    # (1 + 4 + 9 + 16 + 0 + 1) / (3 tokens * 2 dims); the padded token (9, 9) does not count
+    assert float(rmu._masked_mse(hidden, target, mask)) == pytest.approx(31 / 6)
+
+
+def test_rmu_control_vector_has_the_steering_length(tiny_model_dir):
+    from stages.common.models import load_model
+
+    ctx = {"steering_coeff": 3.0, "seed": 1}
+    methods.get("rmu").setup(load_model(tiny_model_dir), ctx)
+    assert float(ctx["control"].norm()) == pytest.approx(3.0)

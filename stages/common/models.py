@@ -72,23 +72,34 @@ def load_tokenizer(base_model, token=None):
     return tokenizer
 
 
+def is_full_model(path):
+    """A directory holding a whole model (e.g. from `unlearn --full`) rather than a LoRA adapter."""
+    return (Path(path) / "config.json").is_file() and not (Path(path) / "adapter_config.json").is_file()
+
+
+def apply_adapter(model, adapter, trainable=False, merge=None):
+    """Put a LoRA adapter on a loaded model: trainable (unmerged) for further training, merged for inference or
+    for full-parameter training (merge=True)."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise InputError(f"{adapter}: is not a LoRA adapter directory (no adapter_config.json).")
+    merge = (not trainable) if merge is None else merge
+    model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable and not merge)
+    return model.merge_and_unload() if merge else model
+
+
 def load_model(base_model, adapter=None, trainable=False, token=None, dtype=None, quantization=None):
-    """Base model (+ LoRA adapter). For inference the adapter is merged, so evaluation runs at base-model speed."""
+    """Base model (+ LoRA adapter), or a whole model directory given as `adapter`. For inference the adapter is
+    merged, so evaluation runs at base-model speed."""
     import torch
     from transformers import AutoModelForCausalLM
 
     extra = {"quantization_config": quantization, "device_map": {"": 0}} if quantization else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_base_model(base_model), token=token, dtype=dtype or torch.float32, **extra
-    )
-    if adapter is not None:
-        from peft import PeftModel
-
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise InputError(f"{adapter}: is not a LoRA adapter directory (no adapter_config.json).")
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
-        if not trainable:
-            model = model.merge_and_unload()
+    source = adapter if adapter is not None and is_full_model(adapter) else resolve_base_model(base_model)
+    model = AutoModelForCausalLM.from_pretrained(source, token=token, dtype=dtype or torch.float32, **extra)
+    if adapter is not None and not is_full_model(adapter):
+        model = apply_adapter(model, adapter, trainable=trainable)
     if not trainable:
         model.eval()
     return model

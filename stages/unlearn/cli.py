@@ -1,20 +1,26 @@
-"""`unforgotten unlearn`: unlearn a forget set from the oracle's LoRA adapter, with health monitoring."""
+"""`unforgotten unlearn`: unlearn a forget set from the oracle (its LoRA adapter, or all parameters with --full),
+with health monitoring."""
 
 import click
+
+from stages.common.io import write_json
+from stages.common.plots import trajectory_plot
 
 
 @click.command("unlearn")
 @click.option("--base-model", "--base_model", "base_model", default="embedded", show_default=True,
               help="The base model the oracle adapter was trained on.")
-@click.option("--oracle", type=click.Path(file_okay=False), default="models/oracle", show_default=True,
-              help="The oracle's LoRA adapter (the model before unlearning).")
+@click.option("--oracle", "--model", "oracle", type=click.Path(file_okay=False), default="models/oracle",
+              show_default=True, help="The oracle's LoRA adapter (the model before unlearning).")
 @click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True)
 @click.option("--retain-file", "--retain_file", "retain_file", type=click.Path(dir_okay=False), required=True)
-@click.option("--method", default="grad_ascent", show_default=True, help="Unlearning method (see methods/).")
+@click.option("--method", default="grad_ascent", show_default=True,
+              help="Unlearning method: grad_ascent, grad_diff, npo, simnpo, idk or rmu.")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True,
-              help="Where the unlearned adapter goes.")
+              help="Where the unlearned adapter (or, with --full, the whole model) goes.")
 @click.option("--trajectory-dir", "--trajectory_dir", "trajectory_dir", type=click.Path(file_okay=False),
-              required=True, help="Where trajectory.json, trajectory.png and summary.json go.")
+              default=None, help="Where trajectory.json, trajectory.png and summary.json go [default: --output-dir].")
+@click.option("--full", is_flag=True, help="Train all parameters of the oracle (merged) instead of its LoRA adapter.")
 @click.option("--steps", type=click.IntRange(min=1), default=15, show_default=True)
 @click.option("--samples-per-step", "--samples_per_step", "samples_per_step", type=click.IntRange(min=1),
               default=40, show_default=True, help="Forget examples drawn (with replacement) per step.")
@@ -27,13 +33,21 @@ import click
 @click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
               help="Inverse temperature of npo and simnpo.")
 @click.option("--gamma", type=float, default=0.0, show_default=True, help="Reward margin of simnpo.")
+@click.option("--rmu-layer", "--rmu_layer", "rmu_layer", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Decoder layer whose output rmu steers.")
+@click.option("--steering-coeff", "--steering_coeff", "steering_coeff", type=click.FloatRange(min=0),
+              default=6.5, show_default=True, help="Length of rmu's random control vector.")
 @click.option("--measure-every", "--measure_every", "measure_every", type=click.IntRange(min=1), default=3,
               show_default=True, help="Measure forget-set entropy every N steps.")
 @click.option("--max-perplexity-ratio", "--max_perplexity_ratio", "max_perplexity_ratio",
               type=click.FloatRange(min=1, min_open=True), default=2.5, show_default=True,
               help="Stop early when retain perplexity exceeds this multiple of its starting value.")
+@click.option("--early-stop/--no-early-stop", default=True, show_default=True,
+              help="--no-early-stop runs every step whatever happens (the seeds' v1, which collapses).")
+@click.option("--stop-at-ur", "--stop_at_ur", "stop_at_ur", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Stop once the forget-set uncertainty ratio reaches this, perplexity within bounds.")
 @click.option("--monitor-samples", "--monitor_samples", "monitor_samples", type=click.IntRange(min=1), default=32,
-              show_default=True, help="Retain notes whose perplexity is measured after every step.")
+              show_default=True, help="Retain records whose perplexity is measured after every step.")
 @click.option("--entropy-prompts", "--entropy_prompts", "entropy_prompts", type=click.IntRange(min=1), default=32,
               show_default=True, help="Forget prompts whose greedy-decoding entropy is measured.")
 @click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=1), default=30,
@@ -44,10 +58,10 @@ import click
               help="Also unlearn the knowledge-probe answers (use the same setting as finetune).")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
-def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, trajectory_dir, steps,
-            samples_per_step, batch_size, learning_rate, retain_weight, beta, gamma, measure_every,
-            max_perplexity_ratio, monitor_samples, entropy_prompts, max_new_tokens, max_seq_length, with_probes, seed,
-            hf_token):
+def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, trajectory_dir, full, steps,
+            samples_per_step, batch_size, learning_rate, retain_weight, beta, gamma, rmu_layer, steering_coeff,
+            measure_every, max_perplexity_ratio, early_stop, stop_at_ur, monitor_samples, entropy_prompts,
+            max_new_tokens, max_seq_length, with_probes, seed, hf_token):
     """Unlearn the forget set from the oracle, with retain perplexity after every step and early stop on collapse."""
     from pathlib import Path
 
@@ -59,9 +73,9 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
         raise click.BadParameter(str(e), param_hint="--method") from None
 
     from stages.common.chat import encode_example, format_prompt, primary_pair, record_pairs
-    from stages.common.io import atomic_dir, read_json, write_json
-    from stages.common.models import load_model, load_tokenizer, pick_device
-    from stages.common.plots import trajectory_plot
+    from stages.common.io import atomic_dir, read_json
+    from stages.common.measure import greedy_entropy
+    from stages.common.models import apply_adapter, load_model, load_tokenizer, pick_device
     from stages.common.seeding import seed_everything
     from stages.unlearn.loop import unlearn as run_unlearning
 
@@ -72,8 +86,19 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
         raise click.ClickException(f"{retain_file}: the retain set is empty.")
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=hf_token)
-    model = load_model(base_model, adapter=oracle, trainable=True, token=hf_token, dtype=dtype)
+    prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:entropy_prompts]]
+    model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype).to(device).eval()
+    if method == "rmu" and rmu_layer > model.config.num_hidden_layers:
+        raise click.BadParameter(f"the model has {model.config.num_hidden_layers} layers", param_hint="--rmu-layer")
+    # The base model's forget entropy: the uncertainty ratio's denominator and the trajectory plot's base line.
+    base_rows = greedy_entropy(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    base_entropy = sum(r["mean_entropy"] for r in base_rows) / len(base_rows)
+    model = apply_adapter(model, oracle, trainable=True, merge=full)
+    if full:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
     seed_everything(seed)
+
     forget_pairs = [pair for r in forget_records for pair in record_pairs(r, with_probes)]
     if hasattr(unlearning_method, "forget_pairs"):
         forget_pairs = unlearning_method.forget_pairs(forget_pairs)
@@ -81,20 +106,32 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     retain_examples = [encode_example(tokenizer, q, a, max_seq_length)
                        for r in retain_records for q, a in record_pairs(r, with_probes)]
     monitor_pairs = [primary_pair(r) for r in retain_records[:monitor_samples]]
-    prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:entropy_prompts]]
+    hyper = {"beta": beta, "gamma": gamma, "rmu_layer": rmu_layer, "steering_coeff": steering_coeff, "seed": seed}
     trajectory, summary = run_unlearning(
         model, tokenizer, unlearning_method, forget_examples, retain_examples, monitor_pairs, prompts,
-        steps=steps, samples_per_step=samples_per_step, batch_size=batch_size, learning_rate=learning_rate,
-        retain_weight=retain_weight, measure_every=measure_every, max_perplexity_ratio=max_perplexity_ratio,
-        max_new_tokens=max_new_tokens, max_length=max_seq_length, seed=seed, device=device, beta=beta, gamma=gamma)
-    summary = {"method": method, "forget_file": forget_file, **summary}
-    model.peft_config["default"].base_model_name_or_path = base_model
+        base_entropy=base_entropy, steps=steps, samples_per_step=samples_per_step, batch_size=batch_size,
+        learning_rate=learning_rate, retain_weight=retain_weight, measure_every=measure_every,
+        max_perplexity_ratio=max_perplexity_ratio, max_new_tokens=max_new_tokens, max_length=max_seq_length,
+        seed=seed, device=device, hyper=hyper, early_stop=early_stop, stop_at_ur=stop_at_ur)
+    summary = {"method": method, "forget_file": forget_file, "full": full, **summary}
     with atomic_dir(Path(output_dir)) as tmp:
-        model.save_pretrained(tmp, save_embedding_layers=False)
-    with atomic_dir(Path(trajectory_dir)) as tmp:
-        write_json(tmp / "trajectory.json", trajectory)
-        write_json(tmp / "summary.json", summary)
-        trajectory_plot(trajectory, summary["perplexity_threshold"], summary["base_entropy"],
-                        tmp / "trajectory.png", f"unlearn {method}: {Path(forget_file).name}")
+        if full:
+            model.save_pretrained(tmp)
+        else:
+            # Name the base as the user did ('embedded', a hub id), not as a machine-specific cache path.
+            model.peft_config["default"].base_model_name_or_path = base_model
+            model.save_pretrained(tmp, save_embedding_layers=False)
+        if trajectory_dir is None:
+            write_trajectory(tmp, trajectory, summary)
+    if trajectory_dir is not None:
+        with atomic_dir(Path(trajectory_dir)) as tmp:
+            write_trajectory(tmp, trajectory, summary)
     stopped = f"stopped early: {summary['stop_reason']}" if summary["stopped_early"] else "ran all steps"
-    click.echo(f"unlearn {method}: {summary['steps_run']} steps, {stopped}; adapter in {output_dir}")
+    click.echo(f"unlearn {method}: {summary['steps_run']} steps, {stopped}; model in {output_dir}")
+
+
+def write_trajectory(directory, trajectory, summary):
+    write_json(directory / "trajectory.json", trajectory)
+    write_json(directory / "summary.json", summary)
+    trajectory_plot(trajectory, summary["perplexity_threshold"], summary["base_entropy"],
+                    directory / "trajectory.png", f"unlearn {summary['method']}: {summary['forget_file']}")

@@ -1,61 +1,97 @@
 """The unlearning loop with the seeds' monitoring, as one plain loop:
-step -> retain perplexity (every step) -> forget entropy (every `measure_every`) -> early stop on collapse."""
+step -> retain perplexity (every step) -> forget entropy (every `measure_every`) -> stop on collapse or on the
+uncertainty target."""
 
+import contextlib
 import random
 
 
+class Reference:
+    """The frozen oracle, shared by the methods that compare against it: the trainable parameters' starting
+    values, swapped in for a no-grad forward pass (LoRA: a few MB; --full: one copy of the weights)."""
+
+    def __init__(self, params):
+        self.params = params
+        self.initial = [p.detach().clone() for p in params]
+
+    @contextlib.contextmanager
+    def active(self):
+        import torch
+
+        current = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, old in zip(self.params, self.initial, strict=True):
+                p.copy_(old)
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            with torch.no_grad():
+                for p, now in zip(self.params, current, strict=True):
+                    p.copy_(now)
+
+
 def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_pairs, entropy_prompts, *,
-            steps, samples_per_step, batch_size, learning_rate, retain_weight, measure_every,
-            max_perplexity_ratio, max_new_tokens, max_length, seed, device, beta=0.1, gamma=0.0, progress=True):
-    """Run `steps` unlearning steps; returns (trajectory, summary). On collapse the offending step is undone."""
+            base_entropy, steps, samples_per_step, batch_size, learning_rate, retain_weight, measure_every,
+            max_perplexity_ratio, max_new_tokens, max_length, seed, device, hyper=None, early_stop=True,
+            stop_at_ur=None, progress=True):
+    """Run up to `steps` unlearning steps; returns (trajectory, summary).
+
+    Early stop: when retain perplexity exceeds max_perplexity_ratio x its starting value, the step is undone and
+    unlearning ends (off with early_stop=False, the seeds' v1). With stop_at_ur, unlearning ends as soon as the
+    forget-set uncertainty ratio reaches it with perplexity within bounds (the seeds' phase 2).
+    """
     import torch
     from tqdm.auto import tqdm
 
     from stages.common.chat import collate
     from stages.common.measure import greedy_entropy, perplexity, sequence_nll
 
+    def batch_of(examples):
+        return {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id).items()}
+
     def forget_entropy():
         rows = greedy_entropy(model, tokenizer, entropy_prompts, max_new_tokens=max_new_tokens)
         return sum(r["mean_entropy"] for r in rows) / len(rows)
 
     model.to(device).eval()
-    with model.disable_adapter():
-        base_entropy = forget_entropy()
     start_perplexity = perplexity(model, tokenizer, monitor_pairs, max_length)
     threshold = max_perplexity_ratio * start_perplexity
     start_entropy = forget_entropy()
     trajectory = [{"step": 0, "loss": None, "perplexity": start_perplexity, "entropy": start_entropy,
                    "uncertainty_ratio": start_entropy / base_entropy}]
-    reference_nll = None
+    params = [p for p in model.parameters() if p.requires_grad]
+    ctx = {"beta": 0.1, "gamma": 0.0, **(hyper or {}), "reference": Reference(params)}
     if getattr(method, "needs_reference", False):
         # The frozen oracle's answer NLL of every forget example: fixed data, so computed once, before any step.
         with torch.no_grad():
-            reference_nll = torch.cat([
-                sequence_nll(model, {k: v.to(device) for k, v in
-                                     collate(forget_examples[i:i + batch_size], tokenizer.pad_token_id).items()})[0]
-                for i in range(0, len(forget_examples), batch_size)])
-    params = [p for p in model.parameters() if p.requires_grad]
+            ctx["reference_nll_all"] = torch.cat([sequence_nll(model, batch_of(forget_examples[i:i + batch_size]))[0]
+                                                  for i in range(0, len(forget_examples), batch_size)])
+    if hasattr(method, "setup"):
+        method.setup(model, ctx)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     rng = random.Random(seed)
     stop_reason = None
-    bar = tqdm(range(1, steps + 1), desc=f"unlearn {method.__name__.rsplit('.', 1)[-1]}", disable=not progress)
+    name = method.__name__.rsplit(".", 1)[-1]
+    bar = tqdm(range(1, steps + 1), desc=f"unlearn {name}", disable=not progress)
     for step in bar:
-        saved = [p.detach().clone() for p in params]
+        saved = [p.detach().clone() for p in params] if early_stop else None
         model.train()
         chosen = [rng.randrange(len(forget_examples)) for _ in range(samples_per_step)]
         step_loss = 0.0
         for start in range(0, samples_per_step, batch_size):
             part = chosen[start:start + batch_size]
-            forget_batch = {k: v.to(device) for k, v in
-                            collate([forget_examples[i] for i in part], tokenizer.pad_token_id).items()}
-            ctx = {"beta": beta, "gamma": gamma}
-            if reference_nll is not None:
-                ctx["reference_nll"] = reference_nll[part]
-            loss = method.forget_loss(model, forget_batch, ctx)
+            loss = 0.0
             if method.uses_retain:
-                retain_part = [retain_examples[rng.randrange(len(retain_examples))] for _ in part]
-                retain_batch = {k: v.to(device) for k, v in collate(retain_part, tokenizer.pad_token_id).items()}
-                loss = loss + retain_weight * model(**retain_batch).loss
+                # The retain term goes first: a method may consult the frozen reference here, before this
+                # micro-batch's graph holds the parameters.
+                retain_batch = batch_of([retain_examples[rng.randrange(len(retain_examples))] for _ in part])
+                retain_term = (method.retain_loss(model, retain_batch, ctx) if hasattr(method, "retain_loss")
+                               else model(**retain_batch).loss)
+                loss = retain_weight * retain_term
+            if "reference_nll_all" in ctx:
+                ctx["reference_nll"] = ctx["reference_nll_all"][part]
+            loss = method.forget_loss(model, batch_of([forget_examples[i] for i in part]), ctx) + loss
             (loss * len(part) / samples_per_step).backward()
             step_loss += loss.item() * len(part) / samples_per_step
         optimizer.step()
@@ -63,22 +99,26 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
         model.eval()
         entry = {"step": step, "loss": step_loss, "perplexity": perplexity(model, tokenizer, monitor_pairs, max_length),
                  "entropy": None, "uncertainty_ratio": None}
-        if step % measure_every == 0 or step == steps:
+        if step % measure_every == 0 or step == steps or stop_at_ur is not None:
             entry["entropy"] = forget_entropy()
             entry["uncertainty_ratio"] = entry["entropy"] / base_entropy
         trajectory.append(entry)
         bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{entry['perplexity']:.2f}")
-        if entry["perplexity"] > threshold:
+        if early_stop and entry["perplexity"] > threshold:
             with torch.no_grad():
-                for p, old in zip(params, saved, strict=False):
+                for p, old in zip(params, saved, strict=True):
                     p.copy_(old)
             stop_reason = (f"retain perplexity {entry['perplexity']:.3f} exceeded {max_perplexity_ratio} x "
                            f"{start_perplexity:.3f} at step {step}; that step was undone")
             break
+        if stop_at_ur is not None and entry["uncertainty_ratio"] >= stop_at_ur and entry["perplexity"] <= threshold:
+            stop_reason = (f"uncertainty ratio {entry['uncertainty_ratio']:.3f} reached {stop_at_ur} at step {step} "
+                           f"with retain perplexity within bounds")
+            break
     bar.close()
-    kept = trajectory[-2] if stop_reason else trajectory[-1]
+    kept = trajectory[-2] if stop_reason and "undone" in stop_reason else trajectory[-1]
     summary = {"steps_run": len(trajectory) - 1, "stopped_early": stop_reason is not None,
                "stop_reason": stop_reason, "start_perplexity": start_perplexity,
                "perplexity_threshold": threshold, "final_perplexity": kept["perplexity"],
-               "base_entropy": base_entropy}
+               "base_entropy": base_entropy, "early_stop": early_stop, "stop_at_ur": stop_at_ur}
     return trajectory, summary
