@@ -37,3 +37,18 @@ def test_record_pairs_put_the_note_first_and_probes_on_request():
     assert record_pairs(record, with_probes=False) == [(note_question(record), ("Subjective: s\nObjective: o\n"
                                                         "Assessment: a\nPlan: p"))]
     assert record_pairs(record, with_probes=True)[1] == ("q", "x")
+
+
+def test_examples_whose_answer_is_cut_off_are_left_out(tiny_model_dir):
+    import pytest
+
+    from stages.common.chat import encode_examples
+    from stages.common.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    short, long = ("Hi?", "Yes."), ("A much longer question " * 8 + "?", "No.")
+    prompt_length = len(tokenizer(format_prompt(tokenizer, short[0]), add_special_tokens=False)["input_ids"])
+    kept, cut = encode_examples(tokenizer, [short, long], max_length=prompt_length + 2)
+    assert cut == 1 and len(kept) == 1
+    with pytest.raises(ValueError, match="leaves no answer token"):
+        encode_examples(tokenizer, [long], max_length=prompt_length + 2)

@@ -66,3 +66,57 @@ def test_quantized_loading_without_cuda_is_a_one_sentence_error(tmp_path, tiny_m
     assert result.exit_code == 1
     assert "need a CUDA GPU" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_batches_are_length_grouped_and_cover_every_example_each_epoch():
+    from stages.finetune.train import batch_schedule
+
+    lengths = [5, 50, 6, 48, 7, 49, 8, 47] * 4
+    schedule = batch_schedule(lengths, batch_size=4, num_epochs=2, seed=1)
+    assert len(schedule) == 16
+    for epoch in (schedule[:8], schedule[8:]):
+        assert sorted(i for batch in epoch for i in batch) == list(range(32))
+    assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 3 for b in schedule)
+    assert batch_schedule(lengths, 4, 2, seed=1) == schedule != batch_schedule(lengths, 4, 2, seed=2)
+
+
+def test_killed_finetune_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_ends(
+        tmp_path, tiny_model_dir, medical_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    def command(out):
+        return [str(Path(sys.executable).parent / "unforgotten"), "finetune",
+                "--data-file", str(medical_dir / "med_synthetic_forget20.json"), "--base-model", tiny_model_dir,
+                "--output-dir", str(out), "--num-epochs", "30", "--batch-size", "1", "--gradient-accumulation-steps",
+                "2", "--learning-rate", "1e-3", "--max-seq-length", "80", "--checkpoint-every", "2"]
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    broken = tmp_path / "broken"
+    process = subprocess.Popen(command(broken), env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    meta = tmp_path / "broken.checkpoint" / "meta.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (meta.is_file() and json.loads(meta.read_text())["micro"] >= 20):
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not broken.exists() and meta.is_file()
+    resumed = subprocess.run(command(broken), env=env, capture_output=True, text=True, check=True)
+    assert "resumed from the checkpoint at step" in resumed.stdout
+    assert not (tmp_path / "broken.checkpoint").exists()
+    unbroken = tmp_path / "unbroken"
+    subprocess.run(command(unbroken), env=env, capture_output=True, check=True)
+    a, b = load_file(broken / "adapter_model.safetensors"), load_file(unbroken / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.isfinite(t).all() for t in a.values())
+    log = json.loads((broken / "train_log.json").read_text())
+    total = len(json.loads((unbroken / "train_log.json").read_text())["steps"])
+    assert 10 <= log["resumed_from_step"] < total
+    assert [s["step"] for s in log["steps"]] == list(range(1, total + 1))

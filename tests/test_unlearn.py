@@ -214,7 +214,7 @@ def test_full_parameter_unlearning_saves_a_model_that_evaluate_loads(tmp_path, t
             "--forget-file", str(medical_dir / "med_synthetic_forget10.json"),
             "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget10.json"),
             "--output-dir", str(tmp_path / "full"), "--steps", "1", "--samples-per-step", "2", "--batch-size", "2",
-            "--monitor-samples", "2", "--entropy-prompts", "2", "--max-new-tokens", "3", "--max-seq-length", "64",
+            "--monitor-samples", "2", "--entropy-prompts", "2", "--max-new-tokens", "3", "--max-seq-length", "96",
             "--learning-rate", "1e-3"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

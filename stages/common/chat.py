@@ -54,6 +54,16 @@ def encode_example(tokenizer, question, answer, max_length):
     return {"input_ids": input_ids, "labels": labels}
 
 
+def encode_examples(tokenizer, pairs, max_length):
+    """encode_example() for each pair, leaving out those whose answer max_length cuts off entirely (they would
+    give a loss over zero tokens). Returns (examples, how many were left out)."""
+    encoded = [encode_example(tokenizer, q, a, max_length) for q, a in pairs]
+    kept = [e for e in encoded if any(t != -100 for t in e["labels"])]
+    if not kept:
+        raise ValueError(f"max length {max_length} leaves no answer token in any example; raise --max-seq-length")
+    return kept, len(encoded) - len(kept)
+
+
 def collate(examples, pad_id):
     """Right-pad a list of encoded examples to the longest one (dynamic padding) into tensors."""
     import torch

@@ -31,21 +31,27 @@ import click
               help="Also train on each record's knowledge-probe questions and answers (default: notes only).")
 @click.option("--use-8bit", "--use_8bit", "use_8bit", is_flag=True, help="Load the base in 8 bits (CUDA only).")
 @click.option("--use-4bit", "--use_4bit", "use_4bit", is_flag=True, help="Load the base in 4-bit nf4 (CUDA only).")
+@click.option("--checkpoint-every", "--checkpoint_every", "checkpoint_every", type=click.IntRange(min=1), default=25,
+              show_default=True, help="Save a resumable checkpoint every N optimizer steps.")
+@click.option("--checkpoint-dir", "--checkpoint_dir", "checkpoint_dir", type=click.Path(file_okay=False),
+              default=None, help="Where checkpoints go [default: <output-dir>.checkpoint]; removed on success.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True,
               help="Hub token for gated models (read from HF_TOKEN).")
 def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_accum, learning_rate, schedule,
              warmup_ratio, lora_rank, lora_alpha, lora_targets, max_seq_length, with_probes, use_8bit, use_4bit,
-             seed, hf_token):
+             checkpoint_every, checkpoint_dir, seed, hf_token):
     """LoRA-fine-tune a base model on records: the oracle on the full set, the retain model without the forget set."""
+    import hashlib
+    import json
     from pathlib import Path
 
-    from stages.common.chat import encode_example, record_pairs
+    from stages.common.chat import encode_examples, record_pairs
     from stages.common.io import atomic_dir, read_json, write_json
     from stages.common.models import load_model, load_tokenizer, pick_device, quantization_config
     from stages.common.plots import loss_plot
     from stages.common.seeding import seed_everything
-    from stages.finetune.train import train_lora
+    from stages.finetune.train import Checkpoint, train_lora
 
     records = read_json(data_file)
     if not isinstance(records, list) or not records:
@@ -64,18 +70,37 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     targets = lora_targets if lora_targets == "all-linear" else [t.strip() for t in lora_targets.split(",")]
     model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
                                              target_modules=targets, task_type="CAUSAL_LM"))
-    examples = [encode_example(tokenizer, q, a, max_seq_length)
-                for record in records for q, a in record_pairs(record, with_probes)]
-    click.echo(f"finetune: {len(records)} records -> {len(examples)} examples on {device}")
-    log = train_lora(model, tokenizer, examples, num_epochs=num_epochs, batch_size=batch_size,
-                     grad_accum=grad_accum, learning_rate=learning_rate, schedule=schedule,
-                     warmup_ratio=warmup_ratio, seed=seed, device=device)
+    try:
+        examples, cut = encode_examples(tokenizer, [pair for r in records for pair in record_pairs(r, with_probes)],
+                                        max_seq_length)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
+    click.echo(f"finetune: {len(records)} records -> {len(examples)} examples on {device}"
+               + (f" ({cut} left out: no answer token within --max-seq-length)" if cut else ""))
+    # A checkpoint is only resumed by the same run: same data, model and options.
+    run = {"data": hashlib.sha256(Path(data_file).read_bytes()).hexdigest(), "base_model": base_model,
+           "options": [num_epochs, batch_size, grad_accum, learning_rate, schedule, warmup_ratio, lora_rank,
+                       lora_alpha, lora_targets, max_seq_length, with_probes, use_8bit, use_4bit, seed]}
+    checkpoint = Checkpoint(checkpoint_dir or f"{output_dir.rstrip('/')}.checkpoint",
+                            hashlib.sha256(json.dumps(run).encode()).hexdigest())
+    model, log, resumed_from = train_lora(
+        model, tokenizer, examples, num_epochs=num_epochs, batch_size=batch_size, grad_accum=grad_accum,
+        learning_rate=learning_rate, schedule=schedule, warmup_ratio=warmup_ratio, seed=seed,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    if resumed_from:
+        click.echo(f"finetune: resumed from the checkpoint at step {resumed_from}")
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
     out = Path(output_dir)
     # Name the base as the user did ('embedded', a hub id), not as a machine-specific cache path.
     model.peft_config["default"].base_model_name_or_path = base_model
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, save_embedding_layers=False)
-        write_json(tmp / "train_log.json", {"base_model": base_model, "examples": len(examples), "steps": log})
+        write_json(tmp / "train_log.json", {"base_model": base_model, "examples": len(examples), "device": device,
+                                            "resumed_from_step": resumed_from, "steps": log})
         loss_plot([e["step"] for e in log], [e["loss"] for e in log], tmp / "loss.png",
                   f"finetune loss: {Path(data_file).name}")
+    checkpoint.remove()
     click.echo(f"finetune: {len(log)} steps, final loss {log[-1]['loss']:.3f}; adapter in {out}")

@@ -1,8 +1,17 @@
-"""The fine-tuning loop, readable top to bottom: batch, forward, loss on answer tokens, backward, step, log."""
+"""The fine-tuning loop, readable top to bottom: batch, forward, loss on answer tokens, backward, step, log.
 
+The batch schedule is computed up front from the seed (length-grouped, shuffled), so a run that crashed resumes
+from its last checkpoint by skipping the micro-batches it had done. Under `accelerate launch` each process takes
+its share of the schedule (DDP); run plainly, the same code trains in one process on CPU or one GPU.
+"""
+
+import json
 import math
 import random
+import resource
+import shutil
 import time
+from pathlib import Path
 
 
 def lr_lambda(schedule, warmup_steps, total_steps):
@@ -19,52 +28,120 @@ def lr_lambda(schedule, warmup_steps, total_steps):
     return factor
 
 
-def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum, learning_rate, schedule,
-               warmup_ratio, seed, device, progress=True):
-    """Train the trainable (LoRA) parameters on encoded examples; returns the per-step log."""
+def batch_schedule(lengths, batch_size, num_epochs, seed, group=50):
+    """Lists of example indices, epoch after epoch: shuffled, then sorted by length within groups of
+    `group` batches so a batch pads little, then the batches shuffled again."""
+    rng = random.Random(seed)
+    schedule = []
+    for _ in range(num_epochs):
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), batch_size * group):
+            chunk = sorted(order[start:start + batch_size * group], key=lambda i: -lengths[i])
+            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        schedule += batches
+    return schedule
+
+
+def peak_memory_gb(device):
     import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class Checkpoint:
+    """Trainable weights, optimizer, scheduler and the log, saved atomically every few steps; valid only for the
+    same run (its fingerprint: data, options, model)."""
+
+    def __init__(self, directory, fingerprint):
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+
+    def load(self, params, optimizer, scheduler):
+        import torch
+
+        meta_path = self.directory / "meta.json"
+        if not meta_path.is_file():
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta["fingerprint"] != self.fingerprint:
+            return None
+        state = torch.load(self.directory / "state.pt", weights_only=True)
+        with torch.no_grad():
+            for p, saved in zip(params, state["params"], strict=True):
+                p.copy_(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return meta
+
+    def save(self, params, optimizer, scheduler, meta):
+        import torch
+
+        from stages.common.io import atomic_dir, write_json
+
+        with atomic_dir(self.directory) as tmp:
+            torch.save({"params": [p.detach().cpu() for p in params], "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict()}, tmp / "state.pt")
+            write_json(tmp / "meta.json", {**meta, "fingerprint": self.fingerprint})
+
+    def remove(self):
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum, learning_rate, schedule,
+               warmup_ratio, seed, checkpoint=None, checkpoint_every=50, progress=True):
+    """Train the trainable (LoRA) parameters on encoded examples; returns (model, per-step log, step resumed from)."""
+    import torch
+    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from stages.common.chat import collate
 
-    model.to(device).train()
+    accelerator = Accelerator()
+    device = accelerator.device.type
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    micro_per_epoch = math.ceil(len(examples) / batch_size)
-    total_steps = math.ceil(micro_per_epoch * num_epochs / grad_accum)
+    batches = batch_schedule([len(e["input_ids"]) for e in examples], batch_size, num_epochs, seed)
+    # Each process takes every n-th batch; an optimizer step is grad_accum micro-batches on every process.
+    batches = batches[accelerator.process_index::accelerator.num_processes]
+    total_steps = math.ceil(len(batches) / grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(schedule, round(warmup_ratio * total_steps), total_steps))
-    rng = random.Random(seed)
-    log, step, micro, window_loss, window_tokens, started = [], 0, 0, 0.0, 0, time.perf_counter()
-    bar = tqdm(total=total_steps, desc="finetune", unit="step", disable=not progress)
-    for epoch in range(num_epochs):
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            batch = collate([examples[i] for i in order[start:start + batch_size]], tokenizer.pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
-            (loss / grad_accum).backward()
-            micro += 1
-            window_loss += loss.item() / grad_accum
-            window_tokens += int(batch["attention_mask"].sum())
-            last = epoch == num_epochs - 1 and start + batch_size >= len(order)
-            if micro % grad_accum and not last:
-                continue
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            elapsed = time.perf_counter() - started
-            entry = {"step": step + 1, "epoch": epoch + 1, "loss": window_loss,
-                     "learning_rate": scheduler.get_last_lr()[0], "tokens_per_s": window_tokens / elapsed}
-            if device == "cuda":
-                entry["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            log.append(entry)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{window_loss:.3f}", tok_s=f"{entry['tokens_per_s']:.0f}")
-            window_loss, window_tokens, started = 0.0, 0, time.perf_counter()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    log, done_micro, resumed_from = [], 0, 0
+    resumed = checkpoint.load(params, optimizer, scheduler) if checkpoint else None
+    if resumed:
+        log, done_micro, resumed_from = resumed["log"], resumed["micro"], len(resumed["log"])
+    window_loss, window_tokens, started = 0.0, 0, time.perf_counter()
+    bar = tqdm(total=total_steps, initial=len(log), desc="finetune", unit="step",
+               disable=not progress or not accelerator.is_main_process)
+    for micro in range(done_micro, len(batches)):
+        batch = collate([examples[i] for i in batches[micro]], tokenizer.pad_token_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        loss = model(**batch).loss
+        accelerator.backward(loss / grad_accum)
+        window_loss += loss.item() / grad_accum
+        window_tokens += int(batch["attention_mask"].sum())
+        if (micro + 1) % grad_accum and micro + 1 < len(batches):
+            continue
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        log.append({"step": len(log) + 1, "micro_batches": micro + 1, "loss": window_loss,
+                    "learning_rate": scheduler.get_last_lr()[0], "tokens_per_s": window_tokens / elapsed,
+                    "peak_memory_gb": peak_memory_gb(device)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{window_loss:.3f}", tok_s=f"{log[-1]['tokens_per_s']:.0f}")
+        window_loss, window_tokens, started = 0.0, 0, time.perf_counter()
+        if checkpoint and accelerator.is_main_process and len(log) % checkpoint_every == 0:
+            checkpoint.save(params, optimizer, scheduler, {"micro": micro + 1, "log": log})
     bar.close()
     model.eval()
-    return log
+    return accelerator.unwrap_model(model), log, resumed_from

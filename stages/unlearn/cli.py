@@ -72,7 +72,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--method") from None
 
-    from stages.common.chat import encode_example, format_prompt, primary_pair, record_pairs
+    from stages.common.chat import encode_examples, format_prompt, primary_pair, record_pairs
     from stages.common.io import atomic_dir, read_json
     from stages.common.measure import greedy_entropy
     from stages.common.models import apply_adapter, load_model, load_tokenizer, pick_device
@@ -102,9 +102,12 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     forget_pairs = [pair for r in forget_records for pair in record_pairs(r, with_probes)]
     if hasattr(unlearning_method, "forget_pairs"):
         forget_pairs = unlearning_method.forget_pairs(forget_pairs)
-    forget_examples = [encode_example(tokenizer, q, a, max_seq_length) for q, a in forget_pairs]
-    retain_examples = [encode_example(tokenizer, q, a, max_seq_length)
-                       for r in retain_records for q, a in record_pairs(r, with_probes)]
+    try:
+        forget_examples, _ = encode_examples(tokenizer, forget_pairs, max_seq_length)
+        retain_examples, _ = encode_examples(
+            tokenizer, [pair for r in retain_records for pair in record_pairs(r, with_probes)], max_seq_length)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
     monitor_pairs = [primary_pair(r) for r in retain_records[:monitor_samples]]
     hyper = {"beta": beta, "gamma": gamma, "rmu_layer": rmu_layer, "steering_coeff": steering_coeff, "seed": seed}
     trajectory, summary = run_unlearning(
