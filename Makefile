@@ -9,13 +9,14 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test test-fast lint bench clean help
+.PHONY: setup run test test-fast lint bench check-methods clean help
 
 help:
 	@echo "make run    - set up .venv and run the default pipeline (dvc repro)"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks, results in bench/results/"
+	@echo "make check-methods - every unlearning method for 3 steps on the pipeline's oracle"
 	@echo "make clean  - remove pipeline outputs (dataset/, models/, outputs/)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -41,8 +42,19 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not pipeline"
 
-bench: setup
+bench: run
 	$(BIN)/python bench/data_stages.py
+	$(BIN)/python bench/collapse.py
+
+# Every unlearning method for 3 steps on the pipeline's oracle (after `make run`).
+METHODS := grad_ascent grad_diff npo simnpo idk rmu
+check-methods: setup
+	@for m in $(METHODS); do \
+	  $(BIN)/unforgotten unlearn --model models/oracle --forget-file dataset/med_synthetic_forget10.json \
+	    --retain-file dataset/med_synthetic_full_minus_forget10.json --method $$m --steps 3 --samples-per-step 4 \
+	    --monitor-samples 8 --entropy-prompts 4 --max-seq-length 192 --learning-rate 2e-4 \
+	    --output-dir outputs/check-methods/$$m || exit 1; \
+	done
 
 lint: setup
 	$(BIN)/ruff check stages tests

@@ -28,6 +28,10 @@ class StageGroup(click.Group):
 @click.version_option(__version__, prog_name="unforgotten")
 def main():
     """unforgotten: after an LLM is unlearned, is the knowledge gone or only hidden?"""
+    import warnings
+
+    # A deprecation inside peft's merge path, printed once per model load; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 for command in (generate, prepare_medical, prepare_wmdp, prepare_tofu, finetune, unlearn, evaluate, report):

@@ -40,6 +40,8 @@ def trajectory_plot(trajectory, threshold, base_entropy, path, title):
     axes[1].plot(steps, [t["perplexity"] for t in trajectory], marker="o", markersize=3, label="retain perplexity")
     axes[1].axhline(threshold, color="red", linestyle="--", label="collapse threshold")
     axes[1].set_title("retain perplexity")
+    if max(t["perplexity"] for t in trajectory) > 50 * min(t["perplexity"] for t in trajectory):
+        axes[1].set_yscale("log")  # a collapse spans orders of magnitude
     axes[1].legend(fontsize=8)
     measured = [t for t in trajectory if t.get("entropy") is not None]
     axes[2].plot([t["step"] for t in measured], [t["entropy"] for t in measured], marker="o", markersize=3,

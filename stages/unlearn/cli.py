@@ -134,7 +134,9 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
 
 
 def write_trajectory(directory, trajectory, summary):
+    from pathlib import Path
+
     write_json(directory / "trajectory.json", trajectory)
     write_json(directory / "summary.json", summary)
     trajectory_plot(trajectory, summary["perplexity_threshold"], summary["base_entropy"],
-                    directory / "trajectory.png", f"unlearn {summary['method']}: {summary['forget_file']}")
+                    directory / "trajectory.png", f"unlearn {summary['method']}: {Path(summary['forget_file']).name}")
