@@ -130,3 +130,18 @@ def quantization_config(use_8bit, use_4bit):
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
                               bnb_4bit_use_double_quant=True)
+
+
+def save_adapter(model, directory, base_model):
+    """The one adapter writer: names the base as the user did ('embedded', a hub id) rather than a machine's cache
+    path, and writes adapter_config.json with sorted keys and module lists, so equal weights give equal files."""
+    import json
+
+    model.peft_config["default"].base_model_name_or_path = base_model
+    model.save_pretrained(directory, save_embedding_layers=False)
+    path = Path(directory) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    for key, value in config.items():
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            config[key] = sorted(value)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -48,7 +48,7 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
 
     from stages.common.chat import encode_examples, record_pairs
     from stages.common.io import atomic_dir, read_json, write_json
-    from stages.common.models import load_model, load_tokenizer, pick_device, quantization_config
+    from stages.common.models import load_model, load_tokenizer, pick_device, quantization_config, save_adapter
     from stages.common.plots import loss_plot
     from stages.common.seeding import seed_everything
     from stages.finetune.train import Checkpoint, train_lora
@@ -94,10 +94,8 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     if not PartialState().is_main_process:
         return
     out = Path(output_dir)
-    # Name the base as the user did ('embedded', a hub id), not as a machine-specific cache path.
-    model.peft_config["default"].base_model_name_or_path = base_model
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, save_embedding_layers=False)
+        save_adapter(model, tmp, base_model)
         write_json(tmp / "train_log.json", {"base_model": base_model, "examples": len(examples), "device": device,
                                             "resumed_from_step": resumed_from, "steps": log})
         loss_plot([e["step"] for e in log], [e["loss"] for e in log], tmp / "loss.png",

@@ -75,7 +75,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     from stages.common.chat import encode_examples, format_prompt, primary_pair, record_pairs
     from stages.common.io import atomic_dir, read_json
     from stages.common.measure import greedy_entropy
-    from stages.common.models import apply_adapter, load_model, load_tokenizer, pick_device
+    from stages.common.models import apply_adapter, load_model, load_tokenizer, pick_device, save_adapter
     from stages.common.seeding import seed_everything
     from stages.unlearn.loop import unlearn as run_unlearning
 
@@ -121,9 +121,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
         if full:
             model.save_pretrained(tmp)
         else:
-            # Name the base as the user did ('embedded', a hub id), not as a machine-specific cache path.
-            model.peft_config["default"].base_model_name_or_path = base_model
-            model.save_pretrained(tmp, save_embedding_layers=False)
+            save_adapter(model, tmp, base_model)
         if trajectory_dir is None:
             write_trajectory(tmp, trajectory, summary)
     if trajectory_dir is not None:
