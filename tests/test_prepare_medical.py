@@ -111,3 +111,10 @@ def test_bad_forget_ratio_is_rejected(tmp_path, notes_file):
     result = CliRunner().invoke(main, ["prepare-medical", "-i", str(notes_file), "-o", str(tmp_path / "o"),
                                        "--forget-ratios", "1.5"])
     assert result.exit_code == 2 and "1.5 is not between 0 and 1" in result.output
+
+
+def test_forget_ratio_that_is_not_a_whole_percentage_is_rejected(tmp_path, notes_file):
+    result = CliRunner().invoke(main, ["prepare-medical", "-i", str(notes_file), "-o", str(tmp_path / "o"),
+                                       "--forget-ratios", "0.125"])
+    assert result.exit_code == 2 and "not a whole percentage" in result.output
+    assert not (tmp_path / "o").exists()

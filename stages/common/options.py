@@ -6,9 +6,15 @@ DEFAULT_RATIOS = (0.10, 0.01, 0.05, 0.20)
 
 
 def check_ratios(ctx, param, values):
+    from stages.common.params import ratio_tag
+
     for v in values:
         if not 0 < v < 1:
             raise click.BadParameter(f"{v} is not between 0 and 1 (exclusive)", ctx=ctx, param=param)
+        try:
+            ratio_tag(v)  # file names carry whole percentages
+        except ValueError as e:
+            raise click.BadParameter(str(e), ctx=ctx, param=param) from None
     return values
 
 

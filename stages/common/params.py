@@ -1,13 +1,5 @@
-"""params.yaml: the one place that holds every knob; stages get their values through dvc.yaml's ${...}."""
-
-from pathlib import Path
-
-import yaml
-
-
-def load_params(path="params.yaml"):
-    with open(Path(path), encoding="utf-8") as f:
-        return yaml.safe_load(f)
+"""params.yaml holds every knob; stages get their values through dvc.yaml's ${...}. What stages share about it:
+how a forget ratio is written in file and run names."""
 
 
 def ratio_tag(ratio):
