@@ -85,6 +85,12 @@ def sequence_nll(model, batch):
     return -token_logp.sum(dim=1), mask.sum(dim=1)
 
 
+def forget_entropy(model, tokenizer, prompts, max_new_tokens=30):
+    """Mean over prompts of the per-prompt mean greedy-decoding entropy: the forget-set entropy of a model."""
+    rows = greedy_entropy(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    return sum(r["mean_entropy"] for r in rows) / len(rows)
+
+
 def answer_nll(model, tokenizer, pairs, max_length=256, batch_size=8):
     """Summed NLL (nats) and token count of each answer given its question, teacher-forced: two lists."""
     import torch

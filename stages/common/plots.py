@@ -3,7 +3,7 @@
 from stages.common.io import atomic_path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,11 +15,11 @@ def _pyplot():
 def save_figure(fig, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def loss_plot(steps, losses, path, title):
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, losses, marker="o", markersize=3)
     ax.set_xlabel("optimizer step")
@@ -31,7 +31,7 @@ def loss_plot(steps, losses, path, title):
 
 def trajectory_plot(trajectory, threshold, base_entropy, path, title):
     """The seeds' three panels: loss, retain perplexity with the collapse line, forget entropy with the base line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     steps = [t["step"] for t in trajectory]
     trained = [t for t in trajectory if t["loss"] is not None]

@@ -35,7 +35,7 @@ def report(eval_dir, output_dir):
     from pathlib import Path
 
     from stages.common.io import atomic_path, read_json
-    from stages.common.plots import _pyplot, save_figure
+    from stages.common.plots import pyplot, save_figure
 
     runs = sorted((read_json(p) for p in Path(eval_dir).glob("*/metrics.json")), key=lambda m: run_order(m["run"]))
     if not runs:
@@ -50,7 +50,7 @@ def report(eval_dir, output_dir):
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("# unforgotten report\n\nForget-set uncertainty and retain health of every evaluated "
                        "model (VERIFY.md section A).\n\n" + markdown_table(runs), encoding="utf-8")
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     names = [r["run"] for r in runs]
     axes[0].bar(names, [r["uncertainty_ratio"] for r in runs], color="tab:blue")

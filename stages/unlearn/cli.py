@@ -74,7 +74,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
 
     from stages.common.chat import encode_examples, format_prompt, primary_pair, record_pairs
     from stages.common.io import atomic_dir, read_json
-    from stages.common.measure import greedy_entropy
+    from stages.common.measure import forget_entropy
     from stages.common.models import apply_adapter, load_model, load_tokenizer, pick_device, save_adapter
     from stages.common.seeding import seed_everything
     from stages.unlearn.loop import unlearn as run_unlearning
@@ -91,8 +91,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     if method == "rmu" and rmu_layer > model.config.num_hidden_layers:
         raise click.BadParameter(f"the model has {model.config.num_hidden_layers} layers", param_hint="--rmu-layer")
     # The base model's forget entropy: the uncertainty ratio's denominator and the trajectory plot's base line.
-    base_rows = greedy_entropy(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
-    base_entropy = sum(r["mean_entropy"] for r in base_rows) / len(base_rows)
+    base_entropy = forget_entropy(model, tokenizer, prompts, max_new_tokens)
     model = apply_adapter(model, oracle, trainable=True, merge=full)
     if full:
         for parameter in model.parameters():

@@ -45,14 +45,14 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
     from tqdm.auto import tqdm
 
     from stages.common.chat import collate
-    from stages.common.measure import greedy_entropy, perplexity, sequence_nll
+    from stages.common.measure import forget_entropy as measure_forget_entropy
+    from stages.common.measure import perplexity, sequence_nll
 
     def batch_of(examples):
         return {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id).items()}
 
     def forget_entropy():
-        rows = greedy_entropy(model, tokenizer, entropy_prompts, max_new_tokens=max_new_tokens)
-        return sum(r["mean_entropy"] for r in rows) / len(rows)
+        return measure_forget_entropy(model, tokenizer, entropy_prompts, max_new_tokens)
 
     model.to(device).eval()
     start_perplexity = perplexity(model, tokenizer, monitor_pairs, max_length)
