@@ -1,33 +1,71 @@
+"""`evaluate` end to end on tiny models: every VERIFY.md key, each checked against an independent recomputation."""
+
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from rouge_score import rouge_scorer
+from scipy.stats import ks_2samp
+from sklearn.metrics import roc_auc_score
 
 from stages.cli import main
+from tests.verify_keys import verify_keys
 
 ROW_KEYS = {"prompt", "input_text", "response", "mean_entropy", "first_token_entropy", "max_entropy", "entropy_std",
             "num_tokens"}
+STEPS = [0, 2, 4]
+LEAK = 3
+
+
+def random_adapter(model_dir, path, seed):
+    """A LoRA adapter with random (non-zero) weights: a model that differs from the base, made in a second."""
+    from peft import LoraConfig, get_peft_model
+
+    from stages.common.models import load_model, save_adapter
+
+    torch.manual_seed(seed)
+    model = get_peft_model(load_model(model_dir, trainable=True),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    save_adapter(model, path, model_dir)
+    return str(path)
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_model_dir, medical_dir):
     out = tmp_path_factory.mktemp("eval")
-    retain = str(medical_dir / "med_synthetic_full_minus_forget20.json")
-    common = ["--base-model", tiny_model_dir, "--retain-file", retain,
-              "--max-new-tokens", "6", "--retain-samples", "4", "--max-seq-length", "96", "--batch-size", "3"]
-    base = CliRunner().invoke(main, ["evaluate", "--run-name", "base", "--output-dir", str(out / "base"),
-                                     "--forget-file", str(medical_dir / "med_synthetic_forget20.json"), *common])
-    assert base.exit_code == 0, base.output
-    sub = CliRunner().invoke(main, ["evaluate", "--run-name", "sub", "--output-dir", str(out / "sub"),
-                                    "--reference", str(out / "base"),
-                                    "--forget-file", str(medical_dir / "med_synthetic_forget10.json"), *common])
-    assert sub.exit_code == 0, sub.output
+    data = {name: str(medical_dir / f"med_synthetic_{name}.json")
+            for name in ("forget10", "forget20", "full_minus_forget20", "holdout")}
+    common = ["--base-model", tiny_model_dir, "--retain-file", data["full_minus_forget20"],
+              "--holdout-file", data["holdout"], "--max-new-tokens", "6",
+              "--answer-tokens", "5", "--retain-samples", "4", "--max-seq-length", "96", "--batch-size", "5",
+              "--leak-samples", str(LEAK), "--bootstrap", "50", "--relearn-learning-rate", "0.01",
+              *[arg for k in STEPS for arg in ("--relearn-steps", str(k))]]
+    forget10, forget20 = data["forget10"], data["forget20"]
+    runs = [
+        ["--run-name", "base", "--forget-file", forget20],
+        ["--run-name", "oracle", "--forget-file", forget20, "--reference", str(out / "base"),
+         "--adapter", random_adapter(tiny_model_dir, out / "adapters" / "oracle", 1)],
+        ["--run-name", "retain-f10", "--forget-file", forget10, "--reference", str(out / "base"), "--attacks",
+         "--adapter", random_adapter(tiny_model_dir, out / "adapters" / "retain", 2)],
+        ["--run-name", "method-f10", "--forget-file", forget10, "--reference", str(out / "base"), "--attacks",
+         "--oracle", str(out / "oracle"), "--retain", str(out / "retain-f10"),
+         "--adapter", random_adapter(tiny_model_dir, out / "adapters" / "unlearned", 3)],
+        ["--run-name", "sub", "--forget-file", forget10, "--reference", str(out / "base")],
+    ]
+    for args in runs:
+        result = CliRunner().invoke(main, ["evaluate", *args, "--output-dir", str(out / args[1]), *common])
+        assert result.exit_code == 0, result.output
     return out
 
 
-def rows(directory):
-    return [json.loads(line) for line in (directory / "per_prompt.jsonl").read_text().splitlines()]
+def rows(directory, name="per_prompt"):
+    return [json.loads(line) for line in (directory / f"{name}.jsonl").read_text().splitlines()]
+
+
+def metrics(directory):
+    return json.loads((directory / "metrics.json").read_text())
 
 
 def test_per_prompt_rows_have_the_contract_keys(evaluated, medical_dir):
@@ -38,12 +76,20 @@ def test_per_prompt_rows_have_the_contract_keys(evaluated, medical_dir):
         assert row["input_text"].endswith("<|im_start|>assistant\n") and row["prompt"] in row["input_text"]
 
 
-def test_metrics_follow_verify_section_a(evaluated):
-    base = json.loads((evaluated / "base" / "metrics.json").read_text())
-    sub = json.loads((evaluated / "sub" / "metrics.json").read_text())
-    for metrics in (base, sub):
-        assert {"mean_entropy", "first_token_entropy", "max_entropy", "entropy_std", "num_tokens",
-                "retain_perplexity", "uncertainty_ratio", "uq_verdict"} <= set(metrics)
+def test_unlearned_run_has_every_verify_key_and_a_verdict(evaluated):
+    m = metrics(evaluated / "method-f10")
+    assert verify_keys(STEPS, LEAK) <= set(m)
+    assert m["verdict"] in {"REMOVED", "HIDDEN", "PARTIAL", "COLLAPSED"} and m["verdict_rule"]
+    assert m["verdict_thresholds"]["hidden_recovery"] == 0.5
+    for key in ("forget_qa_accuracy_ci95", "holdout_rougeL_recall_ci95", f"leak@{LEAK}_ci95"):
+        low, high = m[key]
+        assert low <= m[key.removesuffix("_ci95")] <= high
+    control = metrics(evaluated / "retain-f10")
+    assert "verdict" not in control and "relearn_accuracy@0" in control
+
+
+def test_uncertainty_ratio_compares_like_with_like(evaluated):
+    base, sub = metrics(evaluated / "base"), metrics(evaluated / "sub")
     assert base["uncertainty_ratio"] == pytest.approx(1.0)
     # The same model on a subset of the base's prompts: UR compares like with like, so it is exactly 1.
     assert sub["uncertainty_ratio"] == pytest.approx(1.0)
@@ -68,22 +114,122 @@ def test_entropies_are_those_of_greedy_decoding_of_input_text(evaluated, tiny_mo
         assert row["first_token_entropy"] == pytest.approx(entropies[0], abs=1e-4)
 
 
+def naive_mean_nll(model, tokenizer, question, answer):
+    """Mean NLL of the answer tokens, one example, no batching or padding."""
+    from stages.common.chat import encode_example
+
+    e = encode_example(tokenizer, question, answer, 96)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([e["input_ids"]])).logits[0].double(), -1)
+    return float(np.mean([-float(logp[i - 1, t]) for i, t in enumerate(e["labels"]) if t != -100]))
+
+
+def test_probe_metrics_match_naive_recomputation(evaluated, tiny_model_dir, medical_dir):
+    from stages.common.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    models = {name: load_model(tiny_model_dir, adapter=str(evaluated / "adapters" / name))
+              for name in ("unlearned", "retain")}
+    records = {r["id"]: r for r in json.loads((medical_dir / "med_synthetic_forget10.json").read_text())}
+    truth = {}
+    for name, run in (("unlearned", "method-f10"), ("retain", "retain-f10")):
+        forget = [r for r in rows(evaluated / run, "probes") if r["split"] == "forget"]
+        truth[name] = []
+        for row in forget:
+            probe = next(p for p in records[row["record_id"]]["probes"] if p["question"] == row["question"])
+            nll = [naive_mean_nll(models[name], tokenizer, probe["question"], a)
+                   for a in [probe["answer"], probe["paraphrased_answer"], *probe["perturbed_answers"]]]
+            assert row["answer_prob"] == pytest.approx(np.exp(-nll[0]), rel=1e-3)
+            tr = np.exp(-np.mean(nll[2:])) / np.exp(-nll[1])
+            assert row["truth_ratio"] == pytest.approx(tr, rel=1e-3)
+            truth[name].append(tr)
+            expected = rouge_scorer.RougeScorer(["rougeL"]).score(row["answer"], row["response"])["rougeL"].recall
+            assert row["rougeL_recall"] == pytest.approx(expected)
+        m = metrics(evaluated / run)
+        assert m["forget_qa_accuracy"] == pytest.approx(np.mean([r["correct"] for r in forget]))
+    expected_quality = ks_2samp(truth["unlearned"], truth["retain"]).pvalue
+    assert metrics(evaluated / "method-f10")["forget_quality"] == pytest.approx(expected_quality, rel=1e-6)
+
+
+def test_membership_aucs_match_sklearn_and_privleak_follows(evaluated):
+    auc = {}
+    for run in ("method-f10", "retain-f10"):
+        mia = rows(evaluated / run, "mia")
+        labels = [1 if r["split"] == "forget" else 0 for r in mia]
+        m = metrics(evaluated / run)
+        for method in ("loss", "zlib", "mink", "minkpp"):
+            assert m[f"mia_{method}_auc"] == pytest.approx(roc_auc_score(labels, [r[method] for r in mia]))
+        auc[run] = m["mia_mink_auc"]
+    expected = (auc["method-f10"] - auc["retain-f10"]) / auc["retain-f10"] * 100
+    assert metrics(evaluated / "method-f10")["privleak"] == pytest.approx(expected)
+
+
+def test_recovery_ratios_follow_verify_section_d(evaluated):
+    m, r = metrics(evaluated / "method-f10"), metrics(evaluated / "retain-f10")
+    attacked = rows(evaluated / "method-f10", "attacks")
+    held = {row["record_id"] for row in attacked if row["attack"] == "relearn"}
+    oracle = [row["correct"] for row in rows(evaluated / "oracle", "probes")
+              if row["split"] == "forget" and row["record_id"] in held]
+    assert m["relearn_oracle_accuracy"] == pytest.approx(np.mean(oracle))
+    gap = m["relearn_oracle_accuracy"] - r["relearn_accuracy@0"]
+    for name in ("relearn", "benign"):
+        for k in STEPS:
+            assert m[f"{name}_control@{k}"] == r[f"{name}_accuracy@{k}"]
+            expected = (m[f"{name}_accuracy@{k}"] - r[f"{name}_accuracy@{k}"]) / gap if gap > 0 else None
+            assert m[f"{name}_recovery@{k}"] == (pytest.approx(expected) if expected is not None else None)
+    gap_f = m["oracle_forget_qa_accuracy"] - m["forget_qa_accuracy"]
+    for bits in (8, 4):
+        expected = (m[f"quant_accuracy@{bits}"] - m["forget_qa_accuracy"]) / gap_f if gap_f > 0 else None
+        assert m[f"quant_recovery@{bits}"] == (pytest.approx(expected) if expected is not None else None)
+    leak = [row for row in attacked if row["attack"] == "leak"]
+    assert m[f"leak@{LEAK}"] == pytest.approx(np.mean([row["hits"] > 0 for row in leak]))
+    assert m[f"leak@{LEAK}_control"] == r[f"leak@{LEAK}"]
+    assert "CPU" in m["quant_method"]
+
+
+def test_side_by_side_samples_name_every_model(evaluated):
+    samples = rows(evaluated / "method-f10", "samples")
+    assert samples and {"question", "answer", "base", "oracle", "retain", "unlearned"} <= set(samples[0])
+    assert all(s["base"] is not None and s["oracle"] is not None for s in samples)
+
+
 def test_missing_reference_prompts_are_a_clear_error(tmp_path, evaluated, tiny_model_dir, medical_dir):
     result = CliRunner().invoke(main, [
         "evaluate", "--run-name", "x", "--base-model", tiny_model_dir, "--reference", str(evaluated / "sub"),
         "--forget-file", str(medical_dir / "med_synthetic_forget20.json"),
         "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget20.json"),
+        "--holdout-file", str(medical_dir / "med_synthetic_holdout.json"),
         "--output-dir", str(tmp_path / "x"), "--max-new-tokens", "2"])
     assert result.exit_code == 1 and "the base model was not measured on" in result.output
     assert not (tmp_path / "x").exists()
 
 
-def test_report_tables_every_run(tmp_path, evaluated):
+def test_a_retain_run_without_attacks_is_refused(tmp_path, evaluated, tiny_model_dir, medical_dir):
+    result = CliRunner().invoke(main, [
+        "evaluate", "--run-name", "x", "--base-model", tiny_model_dir, "--reference", str(evaluated / "base"),
+        "--oracle", str(evaluated / "oracle"), "--retain", str(evaluated / "sub"),
+        "--forget-file", str(medical_dir / "med_synthetic_forget10.json"),
+        "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget20.json"),
+        "--holdout-file", str(medical_dir / "med_synthetic_holdout.json"), "--output-dir", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "without --attacks" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_report_gives_verdict_table_comparison_checks_and_samples(tmp_path, evaluated):
+    import csv
+
     result = CliRunner().invoke(main, ["report", "--eval-dir", str(evaluated), "--output-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    csv_lines = (tmp_path / "report.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("run,mean_entropy,uncertainty_ratio")
-    assert [line.split(",")[0] for line in csv_lines[1:]] == ["base", "sub"]
+    table = list(csv.DictReader((tmp_path / "report.csv").open()))
+    m = metrics(evaluated / "method-f10")
+    assert [(r["run"], r["method"], r["forget_pct"], r["verdict"]) for r in table] == [
+        ("method-f10", "method", "10", m["verdict"])]
+    assert float(table[0]["forget_quality"]) == pytest.approx(m["forget_quality"])
     markdown = (tmp_path / "report.md").read_text()
-    assert "| base |" in markdown and "| sub |" in markdown
+    comparison = markdown.split("## Models compared")[1].split("##")[0]
+    assert [line.split("|")[1].strip() for line in comparison.splitlines() if line.startswith("| ")][1:] == [
+        "base", "oracle", "retain-f10", "method-f10", "sub"]
+    assert "oracle's forget quality against retain-f10" in markdown
+    samples = markdown.split("## Answers side by side")[1]
+    assert "### method-f10" in samples and samples.count("\n| ") >= 3
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"

@@ -92,3 +92,38 @@ def test_answer_nll_and_perplexity_match_a_per_example_loop(tiny):
         assert count == len(nll)
         assert total == pytest.approx(sum(nll), rel=1e-4)
     assert perplexity(model, tokenizer, pairs) == pytest.approx(math.exp(sum(totals) / sum(counts)))
+
+
+def test_token_logprobs_and_moments_match_a_per_example_loop(tiny):
+    from stages.common.chat import encode_example
+    from stages.common.measure import token_logprobs
+
+    model, tokenizer = tiny
+    pairs = [("Who?", "Maria Lopez"), ("Dose?", "lisinopril 10 mg once daily"), ("DOB?", "1958-01-10")]
+    scored = token_logprobs(model, tokenizer, pairs, batch_size=2, moments=True)
+    for (q, a), s in zip(pairs, scored, strict=True):
+        e = encode_example(tokenizer, q, a, 256)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([e["input_ids"]])).logits[0].double(), -1)
+        positions = [i - 1 for i, t in enumerate(e["labels"]) if t != -100]
+        expected = [float(logp[p, e["labels"][p + 1]]) for p in positions]
+        np.testing.assert_allclose(s["logprobs"], expected, atol=1e-4)
+        for p, mean, std in zip(positions, s["means"], s["stds"], strict=True):
+            probs = logp[p].exp().numpy()
+            values = logp[p].numpy()
+            assert mean == pytest.approx(float((probs * values).sum()), abs=1e-4)
+            assert std == pytest.approx(float(np.sqrt((probs * (values - (probs * values).sum()) ** 2).sum())),
+                                        abs=1e-3)
+
+
+def test_sampled_responses_are_seeded_and_counted(tiny):
+    from stages.common.measure import sample_responses
+
+    model, tokenizer = tiny
+    prompts = [format_prompt(tokenizer, q) for q in ["Hi", "What is 2+2?", "Name a drug."]]
+    torch.manual_seed(5)
+    first = sample_responses(model, tokenizer, prompts, num_samples=4, max_new_tokens=5, batch_size=8)
+    torch.manual_seed(5)
+    again = sample_responses(model, tokenizer, prompts, num_samples=4, max_new_tokens=5, batch_size=8)
+    assert first == again and [len(s) for s in first] == [4, 4, 4]
+    assert len({text for samples in first for text in samples}) > 3  # temperature 1 on a random model: varied

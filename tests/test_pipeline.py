@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.verify_keys import verify_keys
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["base", "oracle", "retain-f10", "grad_ascent-f10"]
 MICRO = {
@@ -18,7 +20,9 @@ MICRO = {
     "finetune": {"num-epochs": 1, "batch-size": 4, "max-seq-length": 96, "learning-rate": 0.005},
     "unlearn": {"steps": 2, "samples-per-step": 2, "batch-size": 2, "monitor-samples": 3, "entropy-prompts": 2,
                 "max-new-tokens": 4, "max-seq-length": 96, "measure-every": 1, "learning-rate": 0.005},
-    "evaluate": {"max-new-tokens": 6, "retain-samples": 3, "max-seq-length": 96},
+    "evaluate": {"max-new-tokens": 6, "answer-tokens": 4, "retain-samples": 3, "max-seq-length": 96,
+                 "bootstrap": 50},
+    "attacks": {"relearn-steps": [0, 2], "leak-samples": 2},
 }
 
 
@@ -72,6 +76,18 @@ def test_repro_runs_every_stage_into_the_documented_layout(repo):
     assert json.loads((repo / "dataset/wmdp/manifest.json").read_text())["skipped"] is True
     report = (repo / "outputs/report/report.md").read_text()
     assert all(f"| {run} |" in report for run in RUNS)
+
+
+@pytest.mark.pipeline
+def test_every_unlearned_run_has_every_verify_key_and_a_verdict(repo):
+    repo, _ = repo
+    for run in [r for r in RUNS if r not in ("base", "oracle") and not r.startswith("retain-")]:
+        metrics = json.loads((repo / f"outputs/eval/{run}/metrics.json").read_text())
+        assert verify_keys([0, 2], 2) <= set(metrics), sorted(verify_keys([0, 2], 2) - set(metrics))
+        assert metrics["verdict"] in {"REMOVED", "HIDDEN", "PARTIAL", "COLLAPSED"}
+    table = (repo / "outputs/report/report.csv").read_text().splitlines()
+    assert table[0].startswith("run,method,forget_pct,verdict")
+    assert "grad_ascent-f10,grad_ascent,10," in "\n".join(table)
 
 
 @pytest.mark.pipeline

@@ -53,7 +53,7 @@ def greedy_entropy(model, tokenizer, prompts, max_new_tokens=30, batch_size=16):
     try:
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False)
+                              add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 out = model.generate(
                     **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -71,6 +71,10 @@ def greedy_entropy(model, tokenizer, prompts, max_new_tokens=30, batch_size=16):
     finally:
         tokenizer.padding_side = side
     return results
+
+
+def to_device(batch, device):
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 def sequence_nll(model, batch):
@@ -98,7 +102,7 @@ def answer_nll(model, tokenizer, pairs, max_length=256, batch_size=8):
     encoded = [encode_example(tokenizer, q, a, max_length) for q, a in pairs]
     totals, counts = [], []
     for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded[start:start + batch_size], tokenizer.pad_token_id)
+        batch = to_device(collate(encoded[start:start + batch_size], tokenizer.pad_token_id), model.device)
         with torch.no_grad():
             nll, count = sequence_nll(model, batch)
         totals += nll.tolist()
@@ -110,3 +114,56 @@ def perplexity(model, tokenizer, pairs, max_length=256, batch_size=8):
     """exp(token-weighted mean NLL) of the answers given their questions."""
     totals, counts = answer_nll(model, tokenizer, pairs, max_length, batch_size)
     return math.exp(sum(totals) / max(sum(counts), 1))
+
+
+def token_logprobs(model, tokenizer, pairs, max_length=256, batch_size=8, moments=False):
+    """Teacher-forced scoring of each answer given its question, batched: per pair the log-probs of the answer
+    tokens, and with moments=True also the mean and std of log p under the model's next-token distribution at
+    each of those positions (for Min-K %++). Returns a list of dicts of float lists."""
+    import torch
+
+    encoded = [encode_example(tokenizer, q, a, max_length) for q, a in pairs]
+    results = []
+    for start in range(0, len(encoded), batch_size):
+        batch = to_device(collate(encoded[start:start + batch_size], tokenizer.pad_token_id), model.device)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        for row in range(labels.shape[0]):
+            positions = (labels[row] != -100).nonzero().squeeze(-1)
+            logp = torch.log_softmax(logits[row, positions].float(), dim=-1)
+            scored = {"logprobs": logp.gather(-1, labels[row, positions].unsqueeze(-1)).squeeze(-1).tolist()}
+            if moments:
+                probs = logp.exp()
+                mean = (probs * logp).sum(-1)
+                scored["means"] = mean.tolist()
+                scored["stds"] = ((probs * logp.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt().tolist()
+            results.append(scored)
+    return results
+
+
+def sample_responses(model, tokenizer, prompts, num_samples, max_new_tokens=30, batch_size=64, temperature=1.0):
+    """num_samples responses per prompt text, sampled at `temperature` from the full distribution (no top-k/p):
+    a list of lists of strings. Seed torch before calling for reproducible samples."""
+    import torch
+
+    stop_ids = _stop_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids))
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    per_batch = max(1, batch_size // num_samples)
+    results = []
+    try:
+        for start in range(0, len(prompts), per_batch):
+            batch = tokenizer(prompts[start:start + per_batch], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(
+                    **batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
+                    top_p=1.0, num_return_sequences=num_samples, pad_token_id=pad_id, eos_token_id=sorted(stop_ids),
+                )
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            results += [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
+    finally:
+        tokenizer.padding_side = side
+    return results

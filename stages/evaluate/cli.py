@@ -1,4 +1,8 @@
-"""`unforgotten evaluate`: measure one model (base, base + adapter) and write metrics.json and per_prompt.jsonl."""
+"""`unforgotten evaluate`: verify one model (VERIFY.md A-E) and write metrics.json with per-example rows beside it.
+
+Reference models (base, oracle, retain) are evaluated once by their own stages; an unlearned model's run reads
+their directories (--reference, --oracle, --retain) for the comparisons and the verdict.
+"""
 
 import click
 
@@ -8,81 +12,128 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.command("evaluate")
 @click.option("--base-model", "--base_model", "base_model", default="embedded", show_default=True)
 @click.option("--adapter", type=click.Path(file_okay=False), default=None,
-              help="LoRA adapter on the base model (oracle, retain or unlearned); none evaluates the base itself.")
+              help="LoRA adapter on the base model (oracle, retain or unlearned) or a whole model directory; none "
+                   "evaluates the base itself.")
 @click.option("--run-name", "--run_name", "run_name", required=True, help="Name of the run, e.g. npo-f10.")
 @click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True)
 @click.option("--retain-file", "--retain_file", "retain_file", type=click.Path(dir_okay=False), required=True,
-              help="Retain records; the first --retain-samples notes give retain perplexity.")
+              help="Retain records; the first --retain-samples give retain perplexity and the retain probes.")
+@click.option("--holdout-file", "--holdout_file", "holdout_file", type=click.Path(dir_okay=False), required=True,
+              help="Holdout records (patients no model trained on): probes and membership non-members.")
 @click.option("--reference", type=click.Path(file_okay=False), default=None,
               help="The base model's evaluation directory; its entropies on the same prompts are the UR's "
                    "denominator. None means this run is the base model.")
+@click.option("--oracle", "oracle_dir", type=click.Path(file_okay=False), default=None,
+              help="The oracle's evaluation directory (with --retain: compare and give a verdict).")
+@click.option("--retain", "retain_dir", type=click.Path(file_okay=False), default=None,
+              help="The retain model's evaluation directory for this forget set (run with --attacks).")
+@click.option("--attacks/--no-attacks", default=False, show_default=True,
+              help="Run the recovery attacks (relearning, quantization, sampling) on this model.")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=1), default=30,
-              show_default=True)
+              show_default=True, help="Tokens generated per forget prompt for the entropy measurement.")
+@click.option("--answer-tokens", "--answer_tokens", "answer_tokens", type=click.IntRange(min=1), default=24,
+              show_default=True, help="Tokens generated per probe answer (greedy and sampled).")
 @click.option("--retain-samples", "--retain_samples", "retain_samples", type=click.IntRange(min=1), default=32,
               show_default=True)
 @click.option("--max-seq-length", "--max_seq_length", "max_seq_length", type=click.IntRange(min=8), default=256,
               show_default=True)
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=16,
               show_default=True)
+@click.option("--mink-fraction", "--mink_fraction", "mink_fraction", type=click.FloatRange(0, 1, min_open=True),
+              default=0.4, show_default=True, help="k of Min-K % and Min-K %++.")
+@click.option("--relearn-steps", "--relearn_steps", "relearn_steps", type=click.IntRange(min=0), multiple=True,
+              default=(0, 10, 50), show_default=True, help="Relearning steps k at which accuracy is measured.")
+@click.option("--relearn-learning-rate", "--relearn_learning_rate", "relearn_lr", type=float, default=1e-3,
+              show_default=True)
+@click.option("--relearn-batch-size", "--relearn_batch_size", "relearn_batch_size", type=click.IntRange(min=1),
+              default=2, show_default=True)
+@click.option("--relearn-lora-rank", "--relearn_lora_rank", "relearn_rank", type=click.IntRange(min=1), default=8,
+              show_default=True)
+@click.option("--quant-bits", "--quant_bits", "quant_bits", type=click.Choice(["8", "4"]), multiple=True,
+              default=("8", "4"), show_default=True)
+@click.option("--quant-group-size", "--quant_group_size", "group_size", type=click.IntRange(min=1), default=64,
+              show_default=True, help="Group size of the CPU round-to-nearest quantization.")
+@click.option("--leak-samples", "--leak_samples", "leak_samples", type=click.IntRange(min=1), default=16,
+              show_default=True, help="k of leak@k: samples per forget probe at temperature 1.")
+@click.option("--bootstrap", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="Bootstrap resamples for the 95 %% intervals.")
 @click.option("--collapse-entropy", "--collapse_entropy", "collapse_entropy", type=float, default=0.01,
               show_default=True, help="uq_verdict COLLAPSED below this mean entropy.")
 @click.option("--hiding-ratio", "--hiding_ratio", "hiding_ratio", type=float, default=0.7, show_default=True,
               help="uq_verdict HIDING below this uncertainty ratio.")
 @click.option("--candidate-ratio", "--candidate_ratio", "candidate_ratio", type=float, default=1.0,
               show_default=True, help="uq_verdict CANDIDATE at or above this uncertainty ratio.")
+@click.option("--max-perplexity-ratio", "--max_perplexity_ratio", "max_perplexity_ratio", type=float, default=2.5,
+              show_default=True, help="COLLAPSED above this multiple of the oracle's retain perplexity.")
+@click.option("--utility-collapse-ratio", "--utility_collapse_ratio", "utility_collapse_ratio", type=float,
+              default=0.5, show_default=True, help="COLLAPSED below this multiple of the oracle's model utility.")
+@click.option("--accuracy-margin", "--accuracy_margin", "accuracy_margin", type=float, default=0.05,
+              show_default=True, help="Forgotten: forget accuracy at most the retain model's plus this.")
+@click.option("--leak-margin", "--leak_margin", "leak_margin", type=float, default=0.1, show_default=True)
+@click.option("--hidden-recovery", "--hidden_recovery", "hidden_recovery", type=float, default=0.5,
+              show_default=True, help="HIDDEN when any recovery ratio exceeds this.")
+@click.option("--removed-recovery", "--removed_recovery", "removed_recovery", type=float, default=0.2,
+              show_default=True, help="REMOVED needs every recovery ratio at most this.")
+@click.option("--removed-utility-ratio", "--removed_utility_ratio", "removed_utility_ratio", type=float,
+              default=0.9, show_default=True, help="REMOVED needs utility at least this multiple of the oracle's.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
-def evaluate(base_model, adapter, run_name, forget_file, retain_file, reference, output_dir, max_new_tokens,
-             retain_samples, max_seq_length, batch_size, collapse_entropy, hiding_ratio, candidate_ratio, seed,
-             hf_token):
-    """Verify one model: forget-set token entropy, retain perplexity, uncertainty ratio and its verdict."""
+def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_file, reference, oracle_dir,
+             retain_dir, attacks, output_dir, max_new_tokens, answer_tokens, retain_samples, max_seq_length,
+             batch_size, mink_fraction, relearn_steps, relearn_lr, relearn_batch_size, relearn_rank, quant_bits,
+             group_size, leak_samples, bootstrap, seed, hf_token, **thresholds):
+    """Verify one model: uncertainty, knowledge probes, membership inference, recovery attacks and a verdict."""
     from pathlib import Path
 
-    import numpy as np
-
-    from stages.common.chat import format_prompt, primary_pair
-    from stages.common.io import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
-    from stages.common.measure import greedy_entropy, perplexity
+    from stages.common.io import atomic_dir, read_json, write_json, write_jsonl
     from stages.common.models import load_model, load_tokenizer, pick_device
     from stages.common.seeding import seed_everything
-    from stages.evaluate.verdict import uncertainty_ratio, uq_verdict
+    from stages.evaluate.compare import compare, read_run
+    from stages.evaluate.run import measure, side_by_side
+    from stages.evaluate.verdict import uq_verdict
 
+    if (oracle_dir is None) != (retain_dir is None):
+        raise click.UsageError("--oracle and --retain go together: both reference runs are needed to compare.")
     forget_records, retain_records = read_json(forget_file), read_json(retain_file)
-    if not forget_records:
-        raise click.ClickException(f"{forget_file}: the forget set is empty.")
-    base_rows = None
-    if reference is not None:
-        base_rows = {(r["record_id"], r["prompt"]): r for r in read_jsonl(Path(reference) / "per_prompt.jsonl")}
+    holdout_records = read_json(holdout_file)
+    for path, records in ((forget_file, forget_records), (holdout_file, holdout_records)):
+        if not records:
+            raise click.ClickException(f"{path}: the set is empty.")
+    base = read_run(reference, "the base model's") if reference else None
+    references = None
+    if oracle_dir:
+        references = {"oracle": read_run(oracle_dir, "the oracle's"), "retain": read_run(retain_dir, "the retain "
+                                                                                                  "model's")}
+        if "relearn" not in {row["attack"] for row in references["retain"]["attacks"]}:
+            raise click.ClickException(f"{retain_dir}: the retain model was evaluated without --attacks; its "
+                                       "attack results are the controls.")
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=hf_token)
     model = load_model(base_model, adapter=adapter, token=hf_token, dtype=dtype).to(device)
     seed_everything(seed)
-
-    # The forget prompts: each forget record's main question (a patient's note request), as trained on.
-    questions = [(r["id"], primary_pair(r)[0]) for r in forget_records]
-    inputs = [format_prompt(tokenizer, q) for _, q in questions]
-    measured = greedy_entropy(model, tokenizer, inputs, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    rows = [{"record_id": rid, "prompt": q, "input_text": text, **m}
-            for (rid, q), text, m in zip(questions, inputs, measured, strict=False)]
-    if base_rows is None:
-        base_entropies = [r["mean_entropy"] for r in rows]
-    else:
-        missing = [r["prompt"] for r in rows if (r["record_id"], r["prompt"]) not in base_rows]
-        if missing:
-            raise click.ClickException(f"{reference}: the base model was not measured on '{missing[0]}'.")
-        base_entropies = [base_rows[(r["record_id"], r["prompt"])]["mean_entropy"] for r in rows]
-    monitor_pairs = [primary_pair(r) for r in retain_records[:retain_samples]]
-    metrics = {"run": run_name, "num_prompts": len(rows)}
-    metrics.update({key: float(np.mean([r[key] for r in rows])) for key in ENTROPY_KEYS})
-    metrics["base_mean_entropy"] = float(np.mean(base_entropies))
-    metrics["uncertainty_ratio"] = uncertainty_ratio([r["mean_entropy"] for r in rows], base_entropies)
-    metrics["retain_perplexity"] = perplexity(model, tokenizer, monitor_pairs, max_seq_length, batch_size)
+    sets = {"forget": forget_records, "retain": retain_records[:retain_samples], "holdout": holdout_records}
+    settings = {"max_new_tokens": max_new_tokens, "answer_tokens": answer_tokens, "max_seq_length": max_seq_length,
+                "batch_size": batch_size, "mink_fraction": mink_fraction, "relearn_steps": sorted(relearn_steps),
+                "relearn_lr": relearn_lr, "relearn_batch_size": relearn_batch_size, "relearn_rank": relearn_rank,
+                "quant_bits": [int(b) for b in quant_bits], "group_size": group_size, "leak_samples": leak_samples,
+                "bootstrap": bootstrap, "seed": seed, "device": device}
+    run = measure(model, tokenizer, sets, base, settings, attacks, progress=click.echo)
+    metrics = {"run": run_name, **run["metrics"]}
     metrics["uq_verdict"] = uq_verdict(metrics["mean_entropy"], metrics["uncertainty_ratio"],
-                                       collapse_entropy, hiding_ratio, candidate_ratio)
+                                       thresholds["collapse_entropy"], thresholds["hiding_ratio"],
+                                       thresholds["candidate_ratio"])
+    samples = []
+    if references:
+        metrics.update(compare(metrics, run, references["oracle"], references["retain"], thresholds))
+        samples = side_by_side(run["probes"], base, references)
     with atomic_dir(Path(output_dir)) as tmp:
-        write_jsonl(tmp / "per_prompt.jsonl", rows)
+        write_jsonl(tmp / "per_prompt.jsonl", run["per_prompt"])
+        write_jsonl(tmp / "probes.jsonl", run["probes"])
+        write_jsonl(tmp / "mia.jsonl", run["mia"])
+        write_jsonl(tmp / "attacks.jsonl", run["attacks"])
+        write_jsonl(tmp / "samples.jsonl", samples)
         write_json(tmp / "metrics.json", metrics)
-    click.echo(f"evaluate {run_name}: mean entropy {metrics['mean_entropy']:.3f}, UR "
-               f"{metrics['uncertainty_ratio']:.3f}, retain perplexity {metrics['retain_perplexity']:.3f} -> "
-               f"{metrics['uq_verdict']}")
+    line = (f"evaluate {run_name}: UR {metrics['uncertainty_ratio']:.3f}, forget accuracy "
+            f"{metrics['forget_qa_accuracy']:.3f}, retain perplexity {metrics['retain_perplexity']:.3f}")
+    click.echo(line + (f" -> {metrics['verdict']} ({metrics['verdict_rule']})" if "verdict" in metrics else ""))

@@ -1,10 +1,17 @@
-"""`unforgotten report`: aggregate outputs/eval/<run>/metrics.json into one table and a chart."""
+"""`unforgotten report`: every evaluated run in one place: the verdict table (markdown + CSV), the seeds' model
+comparison, the literature's sanity checks, side-by-side answers, and plots of each metric family."""
+
+import math
 
 import click
 
-COLUMNS = ["run", "mean_entropy", "uncertainty_ratio", "retain_perplexity", "first_token_entropy", "max_entropy",
-           "num_prompts", "uq_verdict"]
+HEADLINE = ["run", "method", "forget_pct", "verdict", "forget_qa_accuracy", "forget_quality", "model_utility",
+            "privleak", "relearn_recovery@50", "benign_recovery@50", "quant_recovery@4", "leak@16",
+            "leak@16_control", "uncertainty_ratio", "retain_perplexity", "verdict_rule"]
+COMPARISON = ["run", "mean_entropy", "uncertainty_ratio", "retain_perplexity", "forget_qa_accuracy",
+              "retain_qa_accuracy", "holdout_qa_accuracy", "mia_mink_auc", "uq_verdict"]
 REFERENCE_ORDER = ["base", "oracle"]
+SAMPLES_PER_RUN = 3
 
 
 def run_order(name):
@@ -14,13 +21,122 @@ def run_order(name):
     return (1 if name.startswith("retain-") else 2, 0, name)
 
 
-def markdown_table(rows):
-    def cell(value):
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+def method_and_ratio(name):
+    """'npo-f10' -> ('npo', 10); names without a -fNN suffix keep their whole name and no ratio."""
+    method, _, ratio = name.rpartition("-f")
+    return (method, int(ratio)) if method and ratio.isdigit() else (name, None)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in COLUMNS) + " |" for row in rows]
+
+def cell(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-3 and value else f"{value:.3f}"
+    return " ".join(str(value).replace("|", "/").split())
+
+
+def markdown_table(rows, columns):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def oracle_forget_quality(eval_dir, oracle, retain_name):
+    """§F check: KS p-value of the oracle's truth ratios against the retain model's on that retain model's forget
+    probes (TOFU finds ~1e-21 for a fine-tuned model; the retain model against itself is 1 by definition)."""
+    from scipy.stats import ks_2samp
+
+    from stages.common.io import read_jsonl
+
+    control = {(r["record_id"], r["question"]): r["truth_ratio"]
+               for r in read_jsonl(eval_dir / retain_name / "probes.jsonl") if r["split"] == "forget"}
+    ours = {(r["record_id"], r["question"]): r["truth_ratio"]
+            for r in read_jsonl(eval_dir / oracle / "probes.jsonl") if r["split"] == "forget"}
+    keys = sorted(set(control) & set(ours))
+    return float(ks_2samp([ours[k] for k in keys], [control[k] for k in keys]).pvalue) if keys else None
+
+
+def sanity_rows(eval_dir, runs):
+    from pathlib import Path
+
+    names = {r["run"] for r in runs}
+    rows = []
+    for retain in sorted(n for n in names if n.startswith("retain-")):
+        if "oracle" in names:
+            rows.append({"check": f"oracle's forget quality against {retain} (TOFU: ~1e-21; retain itself: 1)",
+                         "found": oracle_forget_quality(Path(eval_dir), "oracle", retain)})
+    for r in runs:
+        if "verdict" not in r:
+            continue
+        rows.append({"check": f"{r['run']}: relearning 50 steps on half the forget patients brings back the other "
+                              "half (Deeb & Roger: 88 %)", "found": r.get("relearn_recovery@50")})
+        rows.append({"check": f"{r['run']}: 4-bit quantization restores forgotten answers (Zhang et al.: "
+                              "21 % -> 83 %)", "found": r.get("quant_recovery@4")})
+        rows.append({"check": f"{r['run']}: forget quality against the retain model", "found": r["forget_quality"]})
+    return rows
+
+
+def samples_section(eval_dir, unlearned):
+    from pathlib import Path
+
+    from stages.common.io import read_jsonl
+
+    parts = []
+    for r in unlearned:
+        path = Path(eval_dir) / r["run"] / "samples.jsonl"
+        rows = read_jsonl(path)[:SAMPLES_PER_RUN] if path.is_file() else []
+        if rows:
+            columns = ["question", "answer", "base", "oracle", "retain", "unlearned"]
+            parts.append(f"### {r['run']}\n\n" + markdown_table(rows, columns))
+    return "\n".join(parts)
+
+
+def plot(runs, unlearned, path):
+    from stages.common.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    names = [r["run"] for r in runs]
+
+    def bars(ax, keys, title, rows=runs):
+        width = 0.8 / len(keys)
+        for i, key in enumerate(keys):
+            values = [r.get(key) if isinstance(r.get(key), (int, float)) else float("nan") for r in rows]
+            ax.bar([x + i * width for x in range(len(rows))], values, width, label=key)
+        ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(rows))], [r["run"] for r in rows],
+                      rotation=30, ha="right")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+
+    bars(axes[0, 0], ["forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy"], "knowledge probes: accuracy")
+    bars(axes[0, 1], ["mia_loss_auc", "mia_zlib_auc", "mia_mink_auc", "mia_minkpp_auc"],
+         "membership inference AUC (forget vs holdout)")
+    axes[0, 1].axhline(0.5, color="gray", linestyle="--")
+    axes[0, 2].bar(names, [r["uncertainty_ratio"] for r in runs], color="tab:blue")
+    axes[0, 2].axhline(1.0, color="gray", linestyle="--")
+    axes[0, 2].set_title("uncertainty ratio on the forget set (base = 1)")
+    axes[0, 2].tick_params(axis="x", rotation=30)
+    axes[1, 0].bar(names, [r["retain_perplexity"] for r in runs], color="tab:orange")
+    axes[1, 0].set_title("retain perplexity")
+    axes[1, 0].tick_params(axis="x", rotation=30)
+    if unlearned:
+        keys = sorted({k for r in unlearned for k in r if "_recovery@" in k and not k.endswith("@0")})
+        bars(axes[1, 1], keys, "recovery ratios (0 = like the retain model, 1 = like the oracle)", unlearned)
+        axes[1, 1].axhline(0.5, color="gray", linestyle="--")
+        ax = axes[1, 2]
+        for r in unlearned:
+            steps = sorted(int(k.split("@")[1]) for k in r if k.startswith("relearn_accuracy@"))
+            ax.plot(steps, [r[f"relearn_accuracy@{k}"] for k in steps], marker="o", label=r["run"])
+            ax.plot(steps, [r[f"relearn_control@{k}"] for k in steps], linestyle=":", color="gray")
+            ax.axhline(r["relearn_oracle_accuracy"], color="black", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("relearning steps k on the forget set's other half")
+        ax.set_ylabel("accuracy on the held-out half")
+        ax.set_title("relearning (dotted: retain control, dashed: oracle)")
+        ax.legend(fontsize=7)
+    else:
+        axes[1, 1].axis("off")
+        axes[1, 2].axis("off")
+    save_figure(fig, path)
 
 
 @click.command("report")
@@ -29,36 +145,40 @@ def markdown_table(rows):
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
               default="outputs/report", show_default=True)
 def report(eval_dir, output_dir):
-    """One table of all evaluated runs (report.md, report.csv) and a chart (report.png)."""
+    """One report of all evaluated runs: report.md, report.csv (the verdict table) and report.png."""
     import csv
     import io
     from pathlib import Path
 
     from stages.common.io import atomic_path, read_json
-    from stages.common.plots import pyplot, save_figure
 
     runs = sorted((read_json(p) for p in Path(eval_dir).glob("*/metrics.json")), key=lambda m: run_order(m["run"]))
     if not runs:
         raise click.ClickException(f"{eval_dir}: no */metrics.json to report.")
+    unlearned = [dict(r, method=method_and_ratio(r["run"])[0], forget_pct=method_and_ratio(r["run"])[1])
+                 for r in runs if "verdict" in r]
     out = Path(output_dir)
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=HEADLINE, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(runs)
+    writer.writerows(unlearned)
     with atomic_path(out / "report.csv") as tmp:
         tmp.write_text(text.getvalue(), encoding="utf-8")
+    sections = [
+        "# unforgotten report\n",
+        "## Verdicts: method x forget ratio\n\nREMOVED: forgotten like the retain model and nothing brings it back; "
+        "HIDDEN: looks forgotten but an attack recovers it; PARTIAL: anything between; COLLAPSED: the model broke. "
+        "Recovery ratios: 0 = no better than the retain model (never saw the facts), 1 = as good as the oracle.\n",
+        markdown_table(unlearned, HEADLINE) if unlearned else "No unlearned run evaluated yet.\n",
+        "## Models compared (forget-set uncertainty, retain health, knowledge)\n",
+        markdown_table(runs, COMPARISON),
+        "## The literature's sanity checks (VERIFY.md F)\n",
+        markdown_table(sanity_rows(eval_dir, runs), ["check", "found"]),
+        "## Answers side by side (forget probes)\n",
+        samples_section(eval_dir, unlearned) or "No unlearned run evaluated yet.\n",
+        "![report](report.png)\n",
+    ]
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text("# unforgotten report\n\nForget-set uncertainty and retain health of every evaluated "
-                       "model (VERIFY.md section A).\n\n" + markdown_table(runs), encoding="utf-8")
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    names = [r["run"] for r in runs]
-    axes[0].bar(names, [r["uncertainty_ratio"] for r in runs], color="tab:blue")
-    axes[0].axhline(1.0, color="gray", linestyle="--")
-    axes[0].set_title("uncertainty ratio on the forget set (base = 1)")
-    axes[1].bar(names, [r["retain_perplexity"] for r in runs], color="tab:orange")
-    axes[1].set_title("retain perplexity")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=30)
-    save_figure(fig, out / "report.png")
-    click.echo(f"report: {len(runs)} runs -> {out / 'report.md'}")
+        tmp.write_text("\n".join(sections), encoding="utf-8")
+    plot(runs, unlearned, out / "report.png")
+    click.echo(f"report: {len(runs)} runs ({len(unlearned)} unlearned) -> {out / 'report.md'}")

@@ -1,0 +1,123 @@
+"""Recovery attacks on one loaded model (VERIFY.md D): relearning, quantization, sampling leakage.
+
+Each attack leaves the model as it found it (relearning removes its LoRA, quantization restores the weights), so
+one model load serves the whole evaluation. The same code attacks the unlearned model and the retain model (the
+control), with the same seed, data and steps.
+"""
+
+import random
+
+from stages.common.chat import collate, encode_examples, format_prompt, primary_pair
+from stages.evaluate.metrics import contains_answer
+from stages.evaluate.probes import accuracy
+
+
+def split_patients(records, seed):
+    """Halves T (relearned on) and V (measured) of the forget records' ids: a seeded shuffle of the sorted ids."""
+    ids = sorted(r["id"] for r in records)
+    random.Random(seed).shuffle(ids)
+    half = (len(ids) + 1) // 2
+    return sorted(ids[:half]), sorted(ids[half:])
+
+
+def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alpha, learning_rate, batch_size,
+            max_length, seed):
+    """Fine-tune a fresh LoRA on the records' notes and call measure(model) after each k in `steps` (k = 0 is the
+    model as given). Returns {k: measure's result}; the LoRA is removed afterwards."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from stages.common.measure import to_device
+    from stages.common.seeding import seed_everything
+
+    examples, _ = encode_examples(tokenizer, [primary_pair(r) for r in train_records], max_length)
+    seed_everything(seed)
+    attacked = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
+                                                target_modules="all-linear", task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in attacked.parameters() if p.requires_grad], lr=learning_rate)
+    rng = random.Random(seed)
+    order, done, results = [], 0, {}
+    try:
+        for k in sorted(steps):
+            while done < k:
+                if len(order) < batch_size:
+                    order += rng.sample(range(len(examples)), len(examples))
+                batch = to_device(collate([examples[i] for i in order[:batch_size]], tokenizer.pad_token_id),
+                                  model.device)
+                del order[:batch_size]
+                loss = attacked(**batch).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                done += 1
+            results[k] = measure(attacked)
+    finally:
+        attacked.unload()
+    return results
+
+
+def _linear_layers(model):
+    import torch
+
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")]
+
+
+def fake_quantize_(weight, bits, group_size=64):
+    """Round-to-nearest, symmetric absmax quantization of each group of `group_size` input weights of every row,
+    in place (dequantized back to the weight's dtype)."""
+    import torch
+
+    out_features, in_features = weight.shape
+    pad = (-in_features) % group_size
+    w = torch.nn.functional.pad(weight.data.float(), (0, pad)).view(out_features, -1, group_size)
+    levels = 2 ** (bits - 1) - 1
+    scale = w.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / levels
+    q = (w / scale).round().clamp(-levels, levels) * scale
+    weight.data.copy_(q.view(out_features, -1)[:, :in_features].to(weight.dtype))
+
+
+def quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, group_size=64):
+    """Probe accuracy with every linear weight (but the output head) fake-quantized to `bits`; weights restored."""
+    layers = _linear_layers(model)
+    saved = [module.weight.data.clone() for _, module in layers]
+    try:
+        for _, module in layers:
+            fake_quantize_(module.weight, bits, group_size)
+        return accuracy(model, tokenizer, probes, max_new_tokens, batch_size=16)
+    finally:
+        for (_, module), weight in zip(layers, saved, strict=True):
+            module.weight.data.copy_(weight)
+
+
+def bnb_quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, quant_type="nf4"):
+    """Probe accuracy of the model reloaded through bitsandbytes (CUDA): int8, or 4-bit nf4/fp4."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if bits == 8:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                    bnb_4bit_compute_dtype=torch.bfloat16)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=config, device_map={"": 0})
+    try:
+        return accuracy(quantized.eval(), tokenizer, probes, max_new_tokens, batch_size=16)
+    finally:
+        del quantized
+        torch.cuda.empty_cache()
+
+
+def leak_counts(model, tokenizer, probes, num_samples, max_new_tokens, seed, temperature=1.0):
+    """Per probe, how many of `num_samples` sampled answers contain the true answer."""
+    from stages.common.measure import sample_responses
+    from stages.common.seeding import seed_everything
+
+    seed_everything(seed)
+    prompts = [format_prompt(tokenizer, p["question"]) for p in probes]
+    samples = sample_responses(model, tokenizer, prompts, num_samples, max_new_tokens, temperature=temperature)
+    return [sum(contains_answer(s, p["answer"]) for s in texts) for p, texts in zip(probes, samples, strict=True)]

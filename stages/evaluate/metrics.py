@@ -1,0 +1,103 @@
+"""Pure metric functions of VERIFY.md sections B-D, on plain numbers and strings (no model in here).
+
+Each is checked against an independent implementation in tests/test_metrics.py (sklearn, scipy, rouge-score).
+"""
+
+import math
+import re
+import zlib
+
+import numpy as np
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def normalize(text):
+    """Lowercase, every run of non-alphanumeric characters becomes one space (so '1958-01-10.' ~ '1958 01 10')."""
+    return " ".join(_NON_ALNUM.sub(" ", text.lower()).split())
+
+
+def contains_answer(response, answer):
+    """qa_accuracy's test: the normalized answer occurs in the normalized response as whole words."""
+    target = normalize(answer)
+    return bool(target) and f" {target} " in f" {normalize(response)} "
+
+
+def rouge_l_recall(prediction, reference):
+    """ROUGE-L recall: LCS length over the reference's token count, tokens as rouge-score makes them (no stemming)."""
+    pred, ref = normalize(prediction).split(), normalize(reference).split()
+    if not pred or not ref:
+        return 0.0
+    previous = [0] * (len(pred) + 1)
+    for r in ref:
+        current = [0]
+        for j, p in enumerate(pred):
+            current.append(previous[j] + 1 if r == p else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1] / len(ref)
+
+
+def truth_ratio(paraphrased_nll, perturbed_nlls):
+    """TOFU's truth ratio from mean-per-token NLLs: geometric-mean likelihood of the perturbed answers over the
+    likelihood of the paraphrased answer, exp(nll_paraphrased - mean(nll_perturbed))."""
+    return math.exp(paraphrased_nll - float(np.mean(perturbed_nlls)))
+
+
+def harmonic_mean(values):
+    values = [float(v) for v in values]
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
+
+
+def roc_auc(member_scores, nonmember_scores):
+    """Area under the ROC curve for 'member' = higher score: the Mann-Whitney U statistic with ties counted half."""
+    scores = np.concatenate([np.asarray(member_scores, float), np.asarray(nonmember_scores, float)])
+    ranks = np.empty(len(scores))
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    start = 0
+    while start < len(scores):  # average ranks over ties
+        end = start
+        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    n_pos, n_neg = len(member_scores), len(nonmember_scores)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def mia_scores(token_logprobs, token_means, token_stds, text, k=0.4):
+    """Membership scores of one example, all 'higher = more likely a member' (VERIFY.md C):
+    loss (-mean NLL), zlib (-mean NLL / zlib-compressed length of the text in bytes), Min-K % (mean of the lowest
+    k of the token log-probs) and Min-K %++ (the same on log-probs standardized by the mean and std of log p under
+    the model's own next-token distribution)."""
+    logp = np.asarray(token_logprobs, dtype=np.float64)
+    nll = -logp.mean()
+    count = max(1, int(len(logp) * k))
+    standardized = (logp - np.asarray(token_means, np.float64)) / np.asarray(token_stds, np.float64)
+    return {
+        "loss": float(-nll),
+        "zlib": float(-nll / len(zlib.compress(text.encode("utf-8")))),
+        "mink": float(np.sort(logp)[:count].mean()),
+        "minkpp": float(np.sort(standardized)[:count].mean()),
+    }
+
+
+def bootstrap_ci(values, resamples=1000, seed=0, level=0.95):
+    """Percentile bootstrap interval of the mean of per-example values: [low, high]."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return [None, None]
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def recovery_ratio(gain, gap):
+    """An attack's gain over the fraction of knowledge unlearning had removed (VERIFY.md D): gain / gap, or None
+    when the gap is not positive (the model before unlearning knew no more than the control: nothing to recover)."""
+    if gap <= 0:
+        return None
+    return gain / gap

@@ -1,0 +1,71 @@
+"""Recovery attacks: patient split, fake quantization against a naive loop, and that attacks leave the model as
+they found it."""
+
+import json
+
+import pytest
+import torch
+
+from stages.evaluate.attacks import fake_quantize_, quantized_accuracy, relearn, split_patients
+
+
+def test_patient_split_is_seeded_disjoint_and_complete():
+    records = [{"id": f"note-{i:05d}"} for i in range(9)]
+    train, measured = split_patients(records, seed=3)
+    assert split_patients(list(reversed(records)), seed=3) == (train, measured)
+    assert len(train) == 5 and len(measured) == 4 and not set(train) & set(measured)
+    assert sorted(train + measured) == [r["id"] for r in records]
+    assert split_patients(records, seed=4) != (train, measured)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fake_quantization_matches_a_naive_group_loop(bits):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(150, 3)  # 150 inputs: groups of 64, 64 and a short one of 22
+    original = layer.weight.data.clone()
+    fake_quantize_(layer.weight, bits, group_size=64)
+    levels = 2 ** (bits - 1) - 1
+    for row in range(3):
+        for start in range(0, 150, 64):
+            group = original[row, start:start + 64].tolist()
+            scale = max(abs(v) for v in group) / levels
+            expected = [max(-levels, min(levels, round(v / scale))) * scale for v in group]
+            assert layer.weight.data[row, start:start + 64].tolist() == pytest.approx(expected, abs=1e-6)
+    assert len(set(layer.weight.data[0, :64].tolist())) <= 2 * levels + 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from stages.common.models import load_model, load_tokenizer
+
+    return load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+
+
+def test_quantized_accuracy_restores_the_weights(tiny, medical_dir):
+    model, tokenizer = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probes = json.loads((medical_dir / "med_synthetic_forget10.json").read_text())[0]["probes"]
+    correct = quantized_accuracy(model, tokenizer, probes, bits=4, max_new_tokens=3)
+    assert len(correct) == len(probes) and set(correct) <= {0, 1}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_relearning_fits_the_notes_and_leaves_the_model_unchanged(tiny, medical_dir):
+    from stages.common.chat import primary_pair
+    from stages.common.measure import perplexity
+
+    model, tokenizer = tiny
+    records = json.loads((medical_dir / "med_synthetic_forget20.json").read_text())[:2]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pairs = [primary_pair(r) for r in records]
+    start = perplexity(model, tokenizer, pairs, 128)
+
+    def measure(attacked):  # perplexity of the relearned notes, taken where the attack measures accuracy
+        return perplexity(attacked, tokenizer, pairs, 128)
+
+    results = relearn(model, tokenizer, records, [0, 5], measure, lora_rank=4, lora_alpha=8, learning_rate=5e-3,
+                      batch_size=2, max_length=128, seed=0)
+    assert sorted(results) == [0, 5]
+    assert results[0] == pytest.approx(start, rel=1e-5) and results[5] < 0.9 * start
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert perplexity(model, tokenizer, pairs, 128) == pytest.approx(start, rel=1e-5)
