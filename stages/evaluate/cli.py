@@ -56,6 +56,11 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               show_default=True, help="Group size of the CPU round-to-nearest quantization.")
 @click.option("--leak-samples", "--leak_samples", "leak_samples", type=click.IntRange(min=1), default=16,
               show_default=True, help="k of leak@k: samples per forget probe at temperature 1.")
+@click.option("--wmdp-bio", "--wmdp_bio", "wmdp_bio", default=None,
+              help="WMDP-Bio multiple-choice accuracy: the lm-eval task 'wmdp_bio' or a local JSONL in its format.")
+@click.option("--mmlu", default=None, help="MMLU accuracy: the lm-eval task 'mmlu' or a local JSONL in WMDP's format.")
+@click.option("--mc-limit", "--mc_limit", "mc_limit", type=click.IntRange(min=1), default=None,
+              help="At most this many questions per multiple-choice task (lm-eval --limit).")
 @click.option("--bootstrap", type=click.IntRange(min=10), default=1000, show_default=True,
               help="Bootstrap resamples for the 95 %% intervals.")
 @click.option("--collapse-entropy", "--collapse_entropy", "collapse_entropy", type=float, default=0.01,
@@ -82,7 +87,7 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_file, reference, oracle_dir,
              retain_dir, attacks, output_dir, max_new_tokens, answer_tokens, retain_samples, max_seq_length,
              batch_size, mink_fraction, relearn_steps, relearn_lr, relearn_batch_size, relearn_rank, quant_bits,
-             group_size, leak_samples, bootstrap, seed, hf_token, **thresholds):
+             group_size, leak_samples, wmdp_bio, mmlu, mc_limit, bootstrap, seed, hf_token, **thresholds):
     """Verify one model: uncertainty, knowledge probes, membership inference, recovery attacks and a verdict."""
     from pathlib import Path
 
@@ -117,7 +122,8 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
                 "batch_size": batch_size, "mink_fraction": mink_fraction, "relearn_steps": sorted(relearn_steps),
                 "relearn_lr": relearn_lr, "relearn_batch_size": relearn_batch_size, "relearn_rank": relearn_rank,
                 "quant_bits": [int(b) for b in quant_bits], "group_size": group_size, "leak_samples": leak_samples,
-                "bootstrap": bootstrap, "seed": seed, "device": device}
+                "bootstrap": bootstrap, "seed": seed, "device": device, "mc_limit": mc_limit,
+                "mc_tasks": {key: task for key, task in (("wmdp_bio", wmdp_bio), ("mmlu", mmlu)) if task}}
     run = measure(model, tokenizer, sets, base, settings, attacks, progress=click.echo)
     metrics = {"run": run_name, **run["metrics"]}
     metrics["uq_verdict"] = uq_verdict(metrics["mean_entropy"], metrics["uncertainty_ratio"],

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.common.io import InputError, read_json, read_jsonl
-from stages.evaluate.metrics import recovery_ratio
+from stages.evaluate.metrics import ks_pvalue, recovery_ratio
 from stages.evaluate.verdict import final_verdict
 
 RUN_FILES = ["metrics.json", "per_prompt.jsonl", "probes.jsonl", "mia.jsonl", "attacks.jsonl"]
@@ -40,14 +40,12 @@ def _mean_over(values, keys, what):
 
 def compare(m, run, oracle, retain, thresholds):
     """Metrics of an unlearned model `m` (with its rows `run`) that need the oracle's and the retain model's runs."""
-    from scipy.stats import ks_2samp
-
     ours, controls = _forget(run["probes"], "truth_ratio"), _forget(retain["probes"], "truth_ratio")
     if set(ours) != set(controls):
         raise InputError("the retain model was evaluated on other forget probes than this model; give both the "
                          "same --forget-file.")
     keys = sorted(ours)
-    out = {"forget_quality": float(ks_2samp([ours[q] for q in keys], [controls[q] for q in keys]).pvalue)}
+    out = {"forget_quality": ks_pvalue([ours[q] for q in keys], [controls[q] for q in keys])}
     out["privleak"] = (m["mia_mink_auc"] - retain["metrics"]["mia_mink_auc"]) / retain["metrics"]["mia_mink_auc"] * 100
     oracle_correct = _forget(oracle["probes"], "correct")
     steps = sorted(int(key.split("@")[1]) for key in m if key.startswith("relearn_accuracy@"))

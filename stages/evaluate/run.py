@@ -134,6 +134,12 @@ def measure(model, tokenizer, sets, base, s, attacks, progress=print):
                    s["mink_fraction"])
     metrics.update(mia_summary(mia))
     done(f"membership inference: {len(mia)} examples")
+    if s.get("mc_tasks"):  # the WMDP track (VERIFY.md B: model utility there is MMLU accuracy)
+        from stages.evaluate.wmdp import multiple_choice_accuracy
+
+        scores = multiple_choice_accuracy(model, tokenizer, s["mc_tasks"], s["batch_size"], s.get("mc_limit"))
+        metrics.update({f"{key}_accuracy": value for key, value in scores.items()})
+        done(f"multiple choice: {', '.join(scores)}")
     attack_rows = []
     if attacks:
         attack_metrics, attack_rows = _attacks(model, tokenizer, sets, s, progress)

@@ -44,16 +44,15 @@ def markdown_table(rows, columns):
 def oracle_forget_quality(eval_dir, oracle, retain_name):
     """§F check: KS p-value of the oracle's truth ratios against the retain model's on that retain model's forget
     probes (TOFU finds ~1e-21 for a fine-tuned model; the retain model against itself is 1 by definition)."""
-    from scipy.stats import ks_2samp
-
     from stages.common.io import read_jsonl
+    from stages.evaluate.metrics import ks_pvalue
 
     control = {(r["record_id"], r["question"]): r["truth_ratio"]
                for r in read_jsonl(eval_dir / retain_name / "probes.jsonl") if r["split"] == "forget"}
     ours = {(r["record_id"], r["question"]): r["truth_ratio"]
             for r in read_jsonl(eval_dir / oracle / "probes.jsonl") if r["split"] == "forget"}
     keys = sorted(set(control) & set(ours))
-    return float(ks_2samp([ours[k] for k in keys], [control[k] for k in keys]).pvalue) if keys else None
+    return ks_pvalue([ours[k] for k in keys], [control[k] for k in keys]) if keys else None
 
 
 def sanity_rows(eval_dir, runs):
@@ -95,7 +94,7 @@ def plot(runs, unlearned, path):
     from stages.common.plots import pyplot, save_figure
 
     plt = pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5), constrained_layout=True)
     names = [r["run"] for r in runs]
 
     def bars(ax, keys, title, rows=runs):
@@ -108,20 +107,22 @@ def plot(runs, unlearned, path):
         ax.set_title(title)
         ax.legend(fontsize=7)
 
-    bars(axes[0, 0], ["forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy"], "knowledge probes: accuracy")
+    bars(axes[0, 0], ["forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy"], "probe accuracy")
+    axes[0, 0].set_ylim(0, 1)
     bars(axes[0, 1], ["mia_loss_auc", "mia_zlib_auc", "mia_mink_auc", "mia_minkpp_auc"],
-         "membership inference AUC (forget vs holdout)")
+         "membership AUC, forget vs holdout (0.5 = none)")
     axes[0, 1].axhline(0.5, color="gray", linestyle="--")
+    axes[0, 1].set_ylim(0, 1)
     axes[0, 2].bar(names, [r["uncertainty_ratio"] for r in runs], color="tab:blue")
     axes[0, 2].axhline(1.0, color="gray", linestyle="--")
-    axes[0, 2].set_title("uncertainty ratio on the forget set (base = 1)")
+    axes[0, 2].set_title("forget uncertainty ratio (base = 1)")
     axes[0, 2].tick_params(axis="x", rotation=30)
     axes[1, 0].bar(names, [r["retain_perplexity"] for r in runs], color="tab:orange")
     axes[1, 0].set_title("retain perplexity")
     axes[1, 0].tick_params(axis="x", rotation=30)
     if unlearned:
         keys = sorted({k for r in unlearned for k in r if "_recovery@" in k and not k.endswith("@0")})
-        bars(axes[1, 1], keys, "recovery ratios (0 = like the retain model, 1 = like the oracle)", unlearned)
+        bars(axes[1, 1], keys, "recovery (0 = retain model, 1 = oracle)", unlearned)
         axes[1, 1].axhline(0.5, color="gray", linestyle="--")
         ax = axes[1, 2]
         for r in unlearned:
@@ -129,9 +130,10 @@ def plot(runs, unlearned, path):
             ax.plot(steps, [r[f"relearn_accuracy@{k}"] for k in steps], marker="o", label=r["run"])
             ax.plot(steps, [r[f"relearn_control@{k}"] for k in steps], linestyle=":", color="gray")
             ax.axhline(r["relearn_oracle_accuracy"], color="black", linestyle="--", linewidth=0.8)
-        ax.set_xlabel("relearning steps k on the forget set's other half")
-        ax.set_ylabel("accuracy on the held-out half")
-        ax.set_title("relearning (dotted: retain control, dashed: oracle)")
+        ax.set_xlabel("relearning steps k (on forget half T)")
+        ax.set_ylabel("accuracy on forget half V")
+        ax.set_ylim(0, 1)
+        ax.set_title("relearning: dotted = retain, dashed = oracle")
         ax.legend(fontsize=7)
     else:
         axes[1, 1].axis("off")
