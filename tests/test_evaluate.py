@@ -233,3 +233,20 @@ def test_report_gives_verdict_table_comparison_checks_and_samples(tmp_path, eval
     samples = markdown.split("## Answers side by side")[1]
     assert "### method-f10" in samples and samples.count("\n| ") >= 3
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_shared_prompt_scoring_equals_scoring_each_pair_alone(tiny_model_dir):
+    from stages.common.measure import token_logprobs
+    from stages.common.models import load_model, load_tokenizer
+    from stages.evaluate.probes import answer_logprobs
+
+    model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    items = [("Hi?", ["a", "a much longer answer about nothing in particular", "b c"]),
+             ("What was Maria K. Lopez (born 1980-02-03) diagnosed with at the visit?", ["asthma", "x"]),
+             ("Dose?", ["lisinopril 10 mg once daily"])]
+    shared = answer_logprobs(model, tokenizer, items, max_length=96, batch_size=2)
+    alone = token_logprobs(model, tokenizer, [(q, a) for q, answers in items for a in answers], 96, batch_size=1)
+    flat = [scores for answers in shared for scores in answers]
+    assert [len(s) for s in flat] == [len(a["logprobs"]) for a in alone]
+    for ours, reference in zip(flat, alone, strict=True):
+        np.testing.assert_allclose(ours, reference["logprobs"], atol=1e-4)

@@ -32,7 +32,7 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=1), default=30,
               show_default=True, help="Tokens generated per forget prompt for the entropy measurement.")
-@click.option("--answer-tokens", "--answer_tokens", "answer_tokens", type=click.IntRange(min=1), default=24,
+@click.option("--answer-tokens", "--answer_tokens", "answer_tokens", type=click.IntRange(min=1), default=16,
               show_default=True, help="Tokens generated per probe answer (greedy and sampled).")
 @click.option("--retain-samples", "--retain_samples", "retain_samples", type=click.IntRange(min=1), default=32,
               show_default=True)
