@@ -81,6 +81,9 @@ def test_finetune_unlearn_and_evaluate_run_on_tofu_unchanged(tmp_path, tofu_dir,
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "e" / "per_prompt.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == [r["question"] for r in load(tofu_dir, "tofu_forget10.json")]
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert "forget_qa_accuracy" in metrics and "retain_truth_ratio" in metrics
+    assert "mia_mink_auc" not in metrics and "holdout_qa_accuracy" not in metrics  # TOFU has no holdout
 
 
 def test_a_split_with_foreign_questions_is_a_clear_error(tmp_path):

@@ -18,8 +18,9 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True)
 @click.option("--retain-file", "--retain_file", "retain_file", type=click.Path(dir_okay=False), required=True,
               help="Retain records; the first --retain-samples give retain perplexity and the retain probes.")
-@click.option("--holdout-file", "--holdout_file", "holdout_file", type=click.Path(dir_okay=False), required=True,
-              help="Holdout records (patients no model trained on): probes and membership non-members.")
+@click.option("--holdout-file", "--holdout_file", "holdout_file", type=click.Path(dir_okay=False), default=None,
+              help="Holdout records (patients no model trained on): probes and membership non-members. Without "
+                   "it (e.g. TOFU, which has no holdout) there is no holdout probe or membership inference.")
 @click.option("--reference", type=click.Path(file_okay=False), default=None,
               help="The base model's evaluation directory; its entropies on the same prompts are the UR's "
                    "denominator. None means this run is the base model.")
@@ -101,9 +102,9 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
     if (oracle_dir is None) != (retain_dir is None):
         raise click.UsageError("--oracle and --retain go together: both reference runs are needed to compare.")
     forget_records, retain_records = read_json(forget_file), read_json(retain_file)
-    holdout_records = read_json(holdout_file)
+    holdout_records = read_json(holdout_file) if holdout_file else []
     for path, records in ((forget_file, forget_records), (holdout_file, holdout_records)):
-        if not records:
+        if path and not records:
             raise click.ClickException(f"{path}: the set is empty.")
     base = read_run(reference, "the base model's") if reference else None
     references = None

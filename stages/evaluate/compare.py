@@ -46,7 +46,9 @@ def compare(m, run, oracle, retain, thresholds):
                          "same --forget-file.")
     keys = sorted(ours)
     out = {"forget_quality": ks_pvalue([ours[q] for q in keys], [controls[q] for q in keys])}
-    out["privleak"] = (m["mia_mink_auc"] - retain["metrics"]["mia_mink_auc"]) / retain["metrics"]["mia_mink_auc"] * 100
+    if "mia_mink_auc" in m and "mia_mink_auc" in retain["metrics"]:
+        reference = retain["metrics"]["mia_mink_auc"]
+        out["privleak"] = (m["mia_mink_auc"] - reference) / reference * 100
     oracle_correct = _forget(oracle["probes"], "correct")
     steps = sorted(int(key.split("@")[1]) for key in m if key.startswith("relearn_accuracy@"))
     held = _attack_keys(run["attacks"], "relearn", steps[0])

@@ -130,10 +130,12 @@ def measure(model, tokenizer, sets, base, s, attacks, progress=print):
     probes = probe_rows(model, tokenizer, sets, s["answer_tokens"], s["max_seq_length"], s["batch_size"])
     metrics.update(probe_summary(probes, s["bootstrap"], s["seed"]))
     done(f"knowledge probes: {len(probes)}")
-    mia = mia_rows(model, tokenizer, sets["forget"], sets["holdout"], s["max_seq_length"], s["batch_size"],
-                   s["mink_fraction"])
-    metrics.update(mia_summary(mia))
-    done(f"membership inference: {len(mia)} examples")
+    mia = []
+    if sets["holdout"]:  # membership needs non-members
+        mia = mia_rows(model, tokenizer, sets["forget"], sets["holdout"], s["max_seq_length"], s["batch_size"],
+                       s["mink_fraction"])
+        metrics.update(mia_summary(mia))
+        done(f"membership inference: {len(mia)} examples")
     if s.get("mc_tasks"):  # the WMDP track (VERIFY.md B: model utility there is MMLU accuracy)
         from stages.evaluate.wmdp import multiple_choice_accuracy
 
