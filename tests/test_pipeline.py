@@ -59,9 +59,9 @@ def repo(tmp_path_factory, tiny_model_dir):
 @pytest.mark.pipeline
 def test_repro_runs_every_stage_into_the_documented_layout(repo):
     repo, output = repo
-    for stage in ["generate", "prepare-medical", "prepare-wmdp", "finetune-oracle", "finetune-retain@f10",
-                  "unlearn@grad_ascent-f10", "evaluate-base", "evaluate-oracle", "evaluate-retain@f10",
-                  "evaluate-unlearned@grad_ascent-f10", "report"]:
+    for stage in ["generate", "prepare-medical", "prepare-wmdp", "finetune-oracle", "finetune-retain@10",
+                  "unlearn@grad_ascent-10", "evaluate-base", "evaluate-oracle", "evaluate-retain@10",
+                  "evaluate-unlearned@grad_ascent-10", "report"]:
         assert f"Running stage '{stage}'" in output
     for path in ["dataset/synthetic_soap_notes.jsonl", "dataset/med_synthetic_full.json",
                  "dataset/med_synthetic_holdout.json", "dataset/med_synthetic_forget01.json",
