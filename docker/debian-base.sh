@@ -7,18 +7,19 @@ IMAGE=${1:-localhost/unforgotten-debian:bookworm}
 CACHE=${UNFORGOTTEN_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/unforgotten}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 TARBALL=$CACHE/debian-bookworm-minbase.tar
-export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
+PODMAN="podman --storage-driver ${STORAGE_DRIVER:-vfs}"
 
-if podman image exists "$IMAGE"; then
+if $PODMAN image exists "$IMAGE"; then
   exit 0
 fi
 if [ ! -s "$TARBALL" ]; then
   mkdir -p "$CACHE"
   rootfs=$(mktemp -d)
+  chmod 755 "$rootfs"  # it becomes the image's /, which every user must be able to enter
   trap 'rm -rf "$rootfs" "$TARBALL.tmp"' EXIT
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$MIRROR" >&2
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" --numeric-owner -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"
 fi
-podman import --change 'CMD ["/bin/bash"]' "$TARBALL" "$IMAGE" >/dev/null
+$PODMAN import --quiet --change 'CMD ["/bin/bash"]' "$TARBALL" "$IMAGE" >/dev/null

@@ -1,0 +1,101 @@
+"""The `unforgotten` entry point: runs a stage here, or in its image when UNFORGOTTEN_RUNNER says so.
+
+dvc.yaml's commands are always `unforgotten <stage> ...`; UNFORGOTTEN_RUNNER (local, docker, podman, buildah)
+decides where that runs. DVC hashes commands, dependencies and parameters, not the environment, so switching the
+runner never invalidates its cache. In an image the repository is mounted at the same path and the stage runs as
+the invoking user, so paths in the command and the owners of the outputs are what they would be locally. Secrets
+are passed to the container by name only (the engine reads them from this process's environment), never written
+on a command line or into the image.
+"""
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RUNNERS = ("local", "docker", "podman", "buildah")
+IMAGE_OF = {"prepare-tofu": "prepare-wmdp", "report": "evaluate"}  # stages that run in another stage's image
+PASS_ENV = ("HF_TOKEN", "TINKER_API_KEY", "HF_HUB_OFFLINE", "HF_ENDPOINT", "TQDM_DISABLE")
+DEFAULT_IMAGE = "unforgotten-{stage}:{version}"
+
+
+def repository_root(start):
+    """The enclosing DVC (or git) repository, mounted whole so that every relative path resolves the same."""
+    for path in (start, *start.parents):
+        if (path / ".dvc").is_dir() or (path / ".git").exists():
+            return path
+    return start
+
+
+def image_for(stage, environ):
+    from stages import __version__
+
+    template = environ.get("UNFORGOTTEN_IMAGE", DEFAULT_IMAGE)
+    return template.format(stage=IMAGE_OF.get(stage, stage), version=__version__)
+
+
+def gpu_flags(engine, environ):
+    """GPU access when the host has NVIDIA GPUs (UNFORGOTTEN_GPUS=none turns it off, =all forces it)."""
+    wanted = environ.get("UNFORGOTTEN_GPUS", "auto")
+    if wanted == "none" or (wanted == "auto" and shutil.which("nvidia-smi") is None):
+        return []
+    device = ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
+    return [*device, "--ipc=host"]
+
+
+def container_command(runner, stage, args, environ, cwd):
+    """The engine command line that runs `unforgotten <stage> <args>` in the stage's image (docker / podman)."""
+    root = repository_root(cwd)
+    env = [flag for name in PASS_ENV if name in environ for flag in ("--env", name)]
+    return [runner, "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}",
+            "--volume", f"{root}:{root}", "--workdir", str(cwd),
+            "--volume", f"{environ.get('UNFORGOTTEN_CACHE_VOLUME', 'unforgotten-cache')}:/cache",
+            *gpu_flags(runner, environ), *env,
+            "--entrypoint", "unforgotten", image_for(stage, environ), stage, *args]
+
+
+def run_in_buildah(stage, args, environ, cwd):
+    """Daemonless: a working container from the stage image, `buildah run` in it, the container removed."""
+    root = repository_root(cwd)
+    image = image_for(stage, environ)
+    made = subprocess.run(["buildah", "from", "--pull=never", "--quiet", image], capture_output=True, text=True)
+    if made.returncode != 0:
+        sys.exit(f"Error: no local image {image} for stage {stage} (build it with `make image STAGE="
+                 f"{IMAGE_OF.get(stage, stage)}`).")
+    container = made.stdout.strip()
+    # buildah run takes --env NAME=VALUE only, which would put a secret on a command line; the values go in a file
+    # readable by the caller alone, mounted read-only and sourced by the shell that starts the stage.
+    with tempfile.TemporaryDirectory(prefix="unforgotten-env-") as secrets:
+        (Path(secrets) / "env").write_text(
+            "".join(f"export {name}={shlex.quote(environ[name])}\n" for name in PASS_ENV if name in environ))
+        command = ["buildah", "run", "--isolation", "chroot", "--user", f"{os.getuid()}:{os.getgid()}",
+                   "--volume", f"{root}:{root}", "--volume", f"{secrets}:/run/unforgotten-env:ro",
+                   "--workingdir", str(cwd), container, "--",
+                   "sh", "-c", '. /run/unforgotten-env/env && exec unforgotten "$@"', "unforgotten", stage, *args]
+        try:
+            return subprocess.run(command).returncode
+        finally:
+            subprocess.run(["buildah", "rm", container], capture_output=True)
+
+
+def main():
+    environ = os.environ
+    runner = environ.get("UNFORGOTTEN_RUNNER", "local") or "local"
+    stage = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if runner == "local" or environ.get("UNFORGOTTEN_IN_IMAGE") or stage is None:
+        from stages.cli import main as cli
+
+        return cli()
+    if runner not in RUNNERS:
+        sys.exit(f"Error: UNFORGOTTEN_RUNNER={runner!r} is not one of {', '.join(RUNNERS)}.")
+    position = sys.argv.index(stage)
+    args = sys.argv[position + 1:]
+    cwd = Path.cwd()
+    if runner == "buildah":
+        sys.exit(run_in_buildah(stage, args, environ, cwd))
+    if shutil.which(runner) is None:
+        sys.exit(f"Error: UNFORGOTTEN_RUNNER={runner} but `{runner}` is not installed.")
+    sys.exit(subprocess.run(container_command(runner, stage, args, environ, cwd)).returncode)

@@ -1,0 +1,134 @@
+"""Dockerfile lint and the stage runner's command lines (a recording stand-in for the engine). The images themselves
+are built and run for real by `make test-images` (tests/test_images.py)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SECRET = "hf_fake_runner_secret_0123456789"
+
+
+def test_hadolint_passes_on_every_dockerfile_at_warning_level():
+    dockerfiles = sorted((ROOT / "docker").glob("*Dockerfile*"))
+    assert dockerfiles
+    result = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "warning", *map(str, dockerfiles)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_hadolint_ignore_is_justified_by_the_comment_above_it():
+    lines = (ROOT / "docker/Dockerfile").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("# hadolint ignore="):
+            assert lines[i - 1].startswith("#") and not lines[i - 1].startswith("# hadolint"), i + 1
+
+
+def test_every_stage_target_ends_in_its_own_entrypoint():
+    text = (ROOT / "docker/Dockerfile").read_text()
+    for stage in ["generate", "prepare-medical", "prepare-wmdp", "finetune", "unlearn", "evaluate"]:
+        block = text.split(f"FROM ${{STAGE_BASE}} AS {stage}\n")[1].split("\nFROM ")[0]
+        assert block.rstrip().endswith(f'ENTRYPOINT ["unforgotten", "{stage}"]')
+        assert "USER 1000" in block and f'io.unforgotten.stage="{stage}"' in block
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """Stand-ins for docker / podman / nvidia-smi that record their command line and whether HF_TOKEN reached them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "calls.jsonl"
+    for name in ("docker", "podman"):
+        script = bin_dir / name
+        script.write_text(f"""#!{sys.executable}
+import json, os, sys
+with open({str(record)!r}, "a") as f:
+    f.write(json.dumps({{"argv": sys.argv, "hf_token": os.environ.get("HF_TOKEN")}}) + "\\n")
+sys.exit(3)
+""")
+        script.chmod(0o755)
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "sub").mkdir()
+
+    def run(*args, runner="docker", gpus=False, **extra):
+        path = f"{bin_dir}:{BIN}:/usr/bin:/bin"
+        if gpus:
+            gpu_dir = tmp_path / "gpu"
+            gpu_dir.mkdir(exist_ok=True)
+            (gpu_dir / "nvidia-smi").write_text("#!/bin/sh\n")
+            (gpu_dir / "nvidia-smi").chmod(0o755)
+            path = f"{gpu_dir}:{path}"
+        env = {"PATH": path, "HOME": str(tmp_path), "UNFORGOTTEN_RUNNER": runner, "HF_TOKEN": SECRET, **extra}
+        result = subprocess.run([str(BIN / "unforgotten"), *args], cwd=repo / "sub", env=env, capture_output=True,
+                                text=True)
+        calls = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+        record.unlink(missing_ok=True)
+        return result, calls
+
+    return run, repo
+
+
+def test_docker_runner_mounts_the_repository_at_its_path_and_runs_as_the_caller(engine):
+    run, repo = engine
+    result, calls = run("prepare-medical", "--input-file", "notes.jsonl", "--output-dir", "out")
+    assert result.returncode == 3  # the engine's exit code is the stage's
+    (call,) = calls
+    argv = call["argv"][1:]
+    assert argv[:2] == ["run", "--rm"]
+    assert argv[argv.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+    assert argv[argv.index("--volume") + 1] == f"{repo}:{repo}"
+    assert argv[argv.index("--workdir") + 1] == str(repo / "sub")
+    image = argv.index("--entrypoint")
+    assert argv[image:] == ["--entrypoint", "unforgotten", "unforgotten-prepare-medical:0.1.0", "prepare-medical",
+                            "--input-file", "notes.jsonl", "--output-dir", "out"]
+
+
+def test_secrets_reach_the_engine_by_name_and_never_appear_on_its_command_line(engine):
+    run, _ = engine
+    _, (call,) = run("generate", "--backend", "tinker")
+    argv = call["argv"]
+    assert argv[argv.index("--env") + 1] == "HF_TOKEN"
+    assert not any(SECRET in a for a in argv)
+    assert call["hf_token"] == SECRET
+
+
+def test_gpu_flags_follow_the_host_and_the_engine(engine):
+    run, _ = engine
+    _, (plain,) = run("finetune")
+    assert "--gpus" not in plain["argv"] and "--ipc=host" not in plain["argv"]
+    _, (docker,) = run("finetune", gpus=True)
+    assert docker["argv"][docker["argv"].index("--gpus") + 1] == "all" and "--ipc=host" in docker["argv"]
+    _, (podman,) = run("finetune", runner="podman", gpus=True)
+    assert "nvidia.com/gpu=all" in podman["argv"] and "--ipc=host" in podman["argv"]
+    _, (off,) = run("finetune", gpus=True, UNFORGOTTEN_GPUS="none")
+    assert "--gpus" not in off["argv"]
+
+
+def test_report_and_prepare_tofu_run_in_the_images_they_share_and_the_image_name_is_configurable(engine):
+    run, _ = engine
+    _, (report,) = run("report", "--eval-dir", "e")
+    assert "unforgotten-evaluate:0.1.0" in report["argv"] and report["argv"][-3:] == ["report", "--eval-dir", "e"]
+    _, (tofu,) = run("prepare-tofu", UNFORGOTTEN_IMAGE="ghcr.io/lab/unforgotten-{stage}:{version}")
+    assert "ghcr.io/lab/unforgotten-prepare-wmdp:0.1.0" in tofu["argv"]
+
+
+def test_inside_an_image_and_for_help_the_stage_runs_here(engine):
+    run, _ = engine
+    result, calls = run("prepare-medical", "--help", UNFORGOTTEN_IN_IMAGE="1")
+    assert result.returncode == 0 and "--input-file" in result.stdout and calls == []
+    result, calls = run("--version")
+    assert result.returncode == 0 and "0.1.0" in result.stdout and calls == []
+
+
+def test_an_unknown_runner_is_one_sentence_and_runs_nothing(engine):
+    run, _ = engine
+    result, calls = run("generate", runner="kubernetes")
+    assert result.returncode != 0 and calls == []
+    expected = "Error: UNFORGOTTEN_RUNNER='kubernetes' is not one of local, docker, podman, buildah."
+    assert result.stderr.strip() == expected
