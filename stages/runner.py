@@ -61,7 +61,9 @@ def run_in_buildah(stage, args, environ, cwd):
     """Daemonless: a working container from the stage image, `buildah run` in it, the container removed."""
     root = repository_root(cwd)
     image = image_for(stage, environ)
-    made = subprocess.run(["buildah", "from", "--pull=never", "--quiet", image], capture_output=True, text=True)
+    # STORAGE_DRIVER (e.g. vfs, where overlay is not available) selects the storage the images were built in.
+    buildah = ["buildah", *(["--storage-driver", environ["STORAGE_DRIVER"]] if environ.get("STORAGE_DRIVER") else [])]
+    made = subprocess.run([*buildah, "from", "--pull=never", "--quiet", image], capture_output=True, text=True)
     if made.returncode != 0:
         sys.exit(f"Error: no local image {image} for stage {stage} (build it with `make image STAGE="
                  f"{IMAGE_OF.get(stage, stage)}`).")
@@ -71,14 +73,14 @@ def run_in_buildah(stage, args, environ, cwd):
     with tempfile.TemporaryDirectory(prefix="unforgotten-env-") as secrets:
         (Path(secrets) / "env").write_text(
             "".join(f"export {name}={shlex.quote(environ[name])}\n" for name in PASS_ENV if name in environ))
-        command = ["buildah", "run", "--isolation", "chroot", "--user", f"{os.getuid()}:{os.getgid()}",
+        command = [*buildah, "run", "--isolation", "chroot", "--user", f"{os.getuid()}:{os.getgid()}",
                    "--volume", f"{root}:{root}", "--volume", f"{secrets}:/run/unforgotten-env:ro",
                    "--workingdir", str(cwd), container, "--",
                    "sh", "-c", '. /run/unforgotten-env/env && exec unforgotten "$@"', "unforgotten", stage, *args]
         try:
             return subprocess.run(command).returncode
         finally:
-            subprocess.run(["buildah", "rm", container], capture_output=True)
+            subprocess.run([*buildah, "rm", container], capture_output=True)
 
 
 def main():
