@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test test-fast test-images images image push base-image buildah-base lint bench check-methods clean help
+.PHONY: setup run remote pull data exp-show plots test test-fast test-images images image push base-image buildah-base lint bench check-methods clean help
 
 help:
 	@echo "make run    - set up .venv and run the default pipeline (dvc repro)"
@@ -20,6 +20,11 @@ help:
 	@echo "make images - one image per stage (docker, or buildah without a daemon); make image STAGE=<stage>"
 	@echo "make push REGISTRY=<registry/namespace> - tag and push the stage images"
 	@echo "make test-images - build the images on a local Debian base (no registry) and test them (root, buildah)"
+	@echo "make run PROFILE=paper - the paper profile (profiles/paper.yaml) as a DVC experiment"
+	@echo "make remote URL=s3://bucket/prefix [ENDPOINT=http://host:port] - the DVC remote, in .dvc/config.local"
+	@echo "make push / make pull - pipeline outputs and run-cache to / from the remote"
+	@echo "make data   - snapshot the WMDP-Bio retain corpus into data/ (when the hub is reachable) and dvc add it"
+	@echo "make exp-show / make plots - headline metrics of every experiment / the plots as HTML"
 	@echo "make clean  - remove pipeline outputs (dataset/, models/, outputs/)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -33,10 +38,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# PROFILE=default runs params.yaml as it is; PROFILE=<name> runs profiles/<name>.yaml as a DVC experiment on top of it.
+PROFILE ?= default
 run: setup
 	mkdir -p data
+ifeq ($(PROFILE),default)
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/dvc metrics show outputs/report/headline.json
+else
+	$(BIN)/python -m stages.common.profiles run $(PROFILE)
+endif
 
 test: setup
 	$(BIN)/ruff check stages tests
@@ -101,8 +112,11 @@ buildah-base:
 	  && mkdir -p $(dir $(BASE_STAMP)) && echo "$(BASE_IMAGE) $(TORCH_SPEC)" > $(BASE_STAMP); \
 	fi
 
+# make push: the pipeline's outputs and run-cache to the DVC remote; make push REGISTRY=...: the stage images.
 push:
-	@test -n "$(REGISTRY)" || { echo "make push needs REGISTRY=<registry/namespace>" >&2; exit 1; }
+ifeq ($(REGISTRY),)
+	$(DVC) push --run-cache
+else
 	@for s in $(STAGES); do \
 	  if [ "$(BUILDER)" = docker ]; then \
 	    docker tag $(IMAGE_PREFIX)$$s:$(VERSION) $(REGISTRY)/$(IMAGE_PREFIX)$$s:$(VERSION) && \
@@ -111,6 +125,7 @@ push:
 	    $(BUILDAH) push localhost/$(IMAGE_PREFIX)$$s:$(VERSION) docker://$(REGISTRY)/$(IMAGE_PREFIX)$$s:$(VERSION) || exit 1; \
 	  fi; \
 	done
+endif
 
 # Tests of the images without a daemon or registry: a debootstrapped Debian base, the CPU torch wheel mounted at
 # build time (with this machine's CA bundle for pip), buildah builds, then tests/test_images.py.
@@ -130,6 +145,32 @@ test-images: setup base-image
 	  BUILD_FLAGS="--volume $(abspath $(TORCH_WHEELS)):/wheels:ro --volume $(HOST_CA):/etc/ssl/certs/ca-certificates.crt:ro \
 	  --build-arg HF_TOKEN=$(TEST_SECRET)" HF_TOKEN=$(TEST_SECRET)
 	UNFORGOTTEN_TEST_IMAGES=1 UNFORGOTTEN_TEST_BUILD_SECRET=$(TEST_SECRET) $(BIN)/python -m pytest -q tests/test_images.py
+
+# --- Remote cache (DVC) ------------------------------------------------------------------------------------------
+# The remote goes in .dvc/config.local (git-ignored); credentials only from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+# or the AWS profile. `verify` makes every pull re-hash what it downloads, so a corrupted object is an error.
+DVC = $(BIN)/dvc
+remote:
+	@test -n "$(URL)" || { echo "make remote needs URL=s3://bucket/prefix (and ENDPOINT=http://host:port off AWS)" >&2; exit 1; }
+	$(DVC) remote add --local --default --force storage $(URL)
+	$(DVC) remote modify --local storage verify true
+	$(if $(ENDPOINT),$(DVC) remote modify --local storage endpointurl $(ENDPOINT),$(DVC) remote modify --local --unset storage endpointurl)
+
+pull:
+	$(DVC) pull --run-cache
+
+# data/ holds raw external inputs (data.dvc): the WMDP-Bio retain corpus from the hub when it is reachable.
+data: setup
+	mkdir -p data/wmdp
+	$(BIN)/python -m stages.prepare_wmdp.fetch data/wmdp/bio-retain-corpus.jsonl
+	$(DVC) add data
+
+# Headline metrics of every experiment, and the plots (trajectories, losses, the report's panels) as HTML.
+exp-show:
+	$(DVC) exp show --drop '.*' --keep 'outputs/report/headline.json:.*|base_model|methods|forget_sets|Experiment|Created'
+
+plots:
+	$(DVC) plots show --out outputs/plots
 
 lint: setup
 	$(BIN)/ruff check stages tests

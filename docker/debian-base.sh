@@ -17,7 +17,9 @@ if [ ! -s "$TARBALL" ]; then
   rootfs=$(mktemp -d)
   chmod 755 "$rootfs"  # it becomes the image's /, which every user must be able to enter
   trap 'rm -rf "$rootfs" "$TARBALL.tmp"' EXIT
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$MIRROR" >&2
+  echo "debian-base: debootstrap --variant=minbase bookworm (log: $CACHE/debootstrap.log)" >&2
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$MIRROR" \
+    >"$CACHE/debootstrap.log" 2>&1 || { tail -30 "$CACHE/debootstrap.log" >&2; exit 1; }
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" --numeric-owner -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"

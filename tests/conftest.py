@@ -59,3 +59,12 @@ def medical_dir(tmp_path_factory, notes_file):
     result = CliRunner().invoke(main, ["prepare-medical", "-i", str(notes_file), "-o", str(out), "--seed", "7"])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def micro_repo(tmp_path_factory, tiny_model_dir):
+    """The real dvc.yaml reproduced once on the micro profile: (repository, output of `dvc repro`)."""
+    from tests.micro import dvc, make_micro_repo
+
+    repo = make_micro_repo(tmp_path_factory.mktemp("pipeline"), tiny_model_dir)
+    return repo, dvc(repo, "repro")

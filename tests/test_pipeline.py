@@ -2,58 +2,18 @@
 layout, DVC metrics, a no-op rerun and a clean `dvc status`."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.micro import dvc
 from tests.verify_keys import verify_keys
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS = ["base", "oracle", "retain-f10", "grad_ascent-f10"]
-MICRO = {
-    "generate": {"n-record": 30},
-    "finetune": {"num-epochs": 1, "batch-size": 4, "max-seq-length": 96, "learning-rate": 0.005},
-    "unlearn": {"steps": 2, "samples-per-step": 2, "batch-size": 2, "monitor-samples": 3, "entropy-prompts": 2,
-                "max-new-tokens": 4, "max-seq-length": 96, "measure-every": 1, "learning-rate": 0.005},
-    "evaluate": {"max-new-tokens": 6, "answer-tokens": 4, "retain-samples": 3, "max-seq-length": 96,
-                 "bootstrap": 50},
-    "attacks": {"relearn-steps": [0, 2], "leak-samples": 2},
-}
-
-
-def dvc(repo, *args):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env,
-                            capture_output=True, text=True, timeout=900, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, tiny_model_dir):
-    """A copy of the project's pipeline files in a fresh git repository, with micro params."""
-    repo = tmp_path_factory.mktemp("pipeline")
-    for name in ["dvc.yaml", "data.dvc", ".dvc/config", ".dvc/.gitignore", ".gitignore"]:
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, repo / name)
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["base_model"] = tiny_model_dir
-    for section, values in MICRO.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / "data").mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "micro"], cwd=repo,
-                   check=True)
-    repro = dvc(repo, "repro")
-    return repo, repro
+def repo(micro_repo):
+    return micro_repo
 
 
 @pytest.mark.pipeline

@@ -35,6 +35,11 @@ def cell(value):
     return " ".join(str(value).replace("|", "/").split())
 
 
+def headline_value(value):
+    """JSON has no NaN: an undefined number is null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def markdown_table(rows, columns):
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
@@ -147,12 +152,12 @@ def plot(runs, unlearned, path):
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
               default="outputs/report", show_default=True)
 def report(eval_dir, output_dir):
-    """One report of all evaluated runs: report.md, report.csv (the verdict table) and report.png."""
+    """One report of all evaluated runs: report.md, report.csv and headline.json (the verdict table), report.png."""
     import csv
     import io
     from pathlib import Path
 
-    from stages.common.io import atomic_path, read_json
+    from stages.common.io import atomic_path, read_json, write_json
 
     runs = sorted((read_json(p) for p in Path(eval_dir).glob("*/metrics.json")), key=lambda m: run_order(m["run"]))
     if not runs:
@@ -166,6 +171,9 @@ def report(eval_dir, output_dir):
     writer.writerows(unlearned)
     with atomic_path(out / "report.csv") as tmp:
         tmp.write_text(text.getvalue(), encoding="utf-8")
+    # The same headline numbers as DVC metrics (`dvc exp show`, `dvc metrics diff`), one entry per unlearned run.
+    write_json(out / "headline.json", {r["run"]: {k: headline_value(r.get(k)) for k in HEADLINE[3:-1]}
+                                       for r in unlearned})
     sections = [
         "# unforgotten report\n",
         "## Verdicts: method x forget ratio\n\nREMOVED: forgotten like the retain model and nothing brings it back; "

@@ -1,0 +1,66 @@
+"""The micro profile: the project's real pipeline files in a fresh git repository, with a tiny model and tiny
+sizes, so `dvc repro` runs every stage in about a minute. Shared by the pipeline, remote and experiment tests."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MICRO = {
+    "generate": {"n-record": 30},
+    "finetune": {"num-epochs": 1, "batch-size": 4, "max-seq-length": 96, "learning-rate": 0.005},
+    "unlearn": {"steps": 2, "samples-per-step": 2, "batch-size": 2, "monitor-samples": 3, "entropy-prompts": 2,
+                "max-new-tokens": 4, "max-seq-length": 96, "measure-every": 1, "learning-rate": 0.005},
+    "evaluate": {"max-new-tokens": 6, "answer-tokens": 4, "retain-samples": 3, "max-seq-length": 96,
+                 "bootstrap": 50},
+    "attacks": {"relearn-steps": [0, 2], "leak-samples": 2},
+}
+PIPELINE_FILES = ["dvc.yaml", "data.dvc", ".dvc/config", ".dvc/.gitignore", ".gitignore", ".dvcignore"]
+
+
+def env():
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run(command, cwd, check=True, timeout=900):
+    result = subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def dvc(repo, *args, check=True):
+    return run([str(BIN / "dvc"), *args], repo, check=check).stdout
+
+
+def git(repo, *args):
+    return run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], repo).stdout
+
+
+def make(repo, *args, check=True):
+    """The project's Makefile, run in `repo` with the project's .venv."""
+    return run(["make", "--no-print-directory", "-C", str(repo), "-f", str(ROOT / "Makefile"),
+                f"VENV={BIN.parent}", *args], repo, check=check)
+
+
+def make_micro_repo(repo, model_dir):
+    for name in PIPELINE_FILES:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "profiles", repo / "profiles")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base_model"] = model_dir
+    for section, values in MICRO.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "data").mkdir()
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "micro")
+    return repo

@@ -1,0 +1,167 @@
+"""The DVC remote against a real S3-compatible server (SeaweedFS, `weed server -filer -s3` on loopback): `make remote`,
+`make push` and `make pull` between clones, pulling one stage, DVC's hash check on a corrupted object; then the
+experiment workflow on the same repository (a `dvc exp run -S` sweep, `make exp-show`, `make plots`, profiles)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.micro import BIN, ROOT, dvc, git, make, make_micro_repo
+
+pytestmark = pytest.mark.pipeline
+KEY, SECRET = "unforgotten-test-key", "unforgotten-test-secret-5b8e1f"
+BUCKET = "unforgotten-test"
+
+
+def free_ports(count):
+    """Ports p with p + 10000 free too (SeaweedFS's gRPC ports), on loopback."""
+    ports = []
+    for port in range(21000 + os.getpid() % 5000, 55000, 7):
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError("no free ports")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A SeaweedFS server with one identity and one bucket; stopped with SIGTERM, then SIGKILL, whatever happens."""
+    import s3fs
+
+    root = tmp_path_factory.mktemp("seaweedfs")
+    (root / "data").mkdir()
+    identities = {"identities": [{"name": "test", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
+                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    (root / "s3.json").write_text(json.dumps(identities))
+    master, volume, filer, s3_port = free_ports(4)
+    log = open(root / "weed.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "weed"), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         f"-master.port={master}", f"-master.port.grpc={master + 10000}", f"-volume.port={volume}",
+         f"-volume.port.grpc={volume + 10000}", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer + 10000}",
+         "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_port + 10000}", f"-s3.config={root / 's3.json'}",
+         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", "-volume.max=50"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    env = {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        fs = s3fs.S3FileSystem(key=KEY, secret=SECRET, client_kwargs={"endpoint_url": endpoint})
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                fs.mkdir(BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"SeaweedFS did not start:\n{(root / 'weed.log').read_text()[-3000:]}")
+                time.sleep(1)
+        yield {"endpoint": endpoint, "fs": fs, "url": f"s3://{BUCKET}/store"}
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def pushed(micro_repo, s3):
+    """The micro pipeline's repository with dvc.lock committed and everything pushed to the server."""
+    repo, _ = micro_repo
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "micro results")
+    make(repo, "remote", f"URL={s3['url']}", f"ENDPOINT={s3['endpoint']}")
+    make(repo, "push")
+    return repo
+
+
+def clone(repo, path, s3):
+    git(repo.parent, "clone", "-q", str(repo), str(path))
+    make(path, "remote", f"URL={s3['url']}", f"ENDPOINT={s3['endpoint']}")
+    return path
+
+
+def test_make_remote_writes_the_local_config_only_and_never_a_credential(pushed, s3):
+    local = (pushed / ".dvc/config.local").read_text()
+    assert s3["url"] in local and s3["endpoint"] in local and "verify = true" in local
+    assert s3["url"] not in (pushed / ".dvc/config").read_text()
+    assert "config.local" in (pushed / ".dvc/.gitignore").read_text()
+    for path in [pushed / ".dvc/config", pushed / ".dvc/config.local", pushed / "dvc.lock"]:
+        assert SECRET not in path.read_text() and KEY not in path.read_text()
+
+
+def test_push_then_pull_into_a_fresh_clone_restores_everything_and_recomputes_nothing(pushed, s3, tmp_path):
+    objects = s3["fs"].find(f"{BUCKET}/store")
+    assert any("/files/md5/" in o for o in objects) and any("/runs/" in o for o in objects)  # outputs and run-cache
+    copy = clone(pushed, tmp_path / "clone", s3)
+    assert not (copy / "models/oracle").exists()
+    make(copy, "pull")
+    assert "Data and pipelines are up to date." in dvc(copy, "status")
+    assert "Running stage" not in dvc(copy, "repro")
+    for path in ["models/oracle/adapter_model.safetensors", "dataset/med_synthetic_forget10.json",
+                 "outputs/eval/grad_ascent-f10/metrics.json", "outputs/report/headline.json"]:
+        assert (copy / path).read_bytes() == (pushed / path).read_bytes(), path
+
+
+def test_one_stage_outputs_can_be_pulled_alone(pushed, s3, tmp_path):
+    copy = clone(pushed, tmp_path / "one", s3)
+    dvc(copy, "pull", "unlearn@grad_ascent-10")
+    assert (copy / "models/unlearn/grad_ascent-f10/adapter_model.safetensors").is_file()
+    assert not (copy / "models/oracle").exists() and not (copy / "dataset").exists()
+
+
+def test_a_corrupted_object_on_the_remote_is_detected_on_pull_and_not_used(pushed, s3, tmp_path):
+    lock = yaml.safe_load((pushed / "dvc.lock").read_text())
+    holdout = next(o for o in lock["stages"]["prepare-medical"]["outs"]
+                   if o["path"] == "dataset/med_synthetic_holdout.json")
+    key = f"{BUCKET}/store/files/md5/{holdout['md5'][:2]}/{holdout['md5'][2:]}"
+    assert s3["fs"].exists(key)
+    s3["fs"].pipe(key, b'[{"tampered": true}]')
+    copy = clone(pushed, tmp_path / "corrupt", s3)
+    result = make(copy, "pull", check=False)
+    assert result.returncode != 0
+    assert "med_synthetic_holdout.json" in result.stdout + result.stderr or "corrupt" in (
+        result.stdout + result.stderr).lower()
+    target = copy / "dataset/med_synthetic_holdout.json"
+    assert not target.exists() or b"tampered" not in target.read_bytes()
+    assert (copy / "models/oracle/adapter_model.safetensors").is_file()  # the intact objects still arrive
+
+
+def test_a_sweep_runs_as_an_experiment_and_exp_show_lists_the_headline_metrics(pushed):
+    out = dvc(pushed, "exp", "run", "-S", "unlearn.steps=1")
+    assert "Running stage 'unlearn@grad_ascent-10'" in out and "Running stage 'finetune-oracle'" not in out
+    shown = make(pushed, "exp-show").stdout
+    assert "grad_ascent-f10.verdict" in shown and "forget_qa_accuracy" in shown
+    make(pushed, "plots")
+    html = (pushed / "outputs/plots/index.html").read_text()
+    assert "trajectory" in html and "report.png" in html
+
+
+def test_the_paper_profile_expands_to_every_method_and_ratio_on_the_8b_model(tmp_path, tiny_model_dir):
+    repo = make_micro_repo(tmp_path / "paper", tiny_model_dir)
+    (repo / ".dvc/config.local").write_text("")  # no remote needed for a dry run
+    result = subprocess.run([str(BIN / "python"), "-m", "stages.common.profiles", "run", "paper", "--dry"],
+                            cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    for method in ["grad_ascent", "grad_diff", "npo", "simnpo", "idk", "rmu"]:
+        for ratio in ["01", "05", "10", "20"]:
+            assert f"Running stage 'unlearn@{method}-{ratio}'" in result.stdout
+    assert "meta-llama/Llama-3.1-8B-Instruct" in result.stdout and "--lora-rank 8" in result.stdout
