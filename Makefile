@@ -48,7 +48,7 @@ ifeq ($(PROFILE),default)
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show outputs/report/headline.json
 else
-	$(BIN)/python -m stages.common.profiles run $(PROFILE)
+	$(BIN)/python -m stages.profiles run $(PROFILE)
 endif
 
 test: setup

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from stages.common.io import InputError
-from stages.common.profiles import override_value, overrides
+from stages.profiles import override_value, overrides
 from tests.micro import ROOT
 
 
@@ -31,7 +31,7 @@ def test_an_unknown_profile_key_names_the_closest_valid_one(tmp_path):
 
 
 def test_an_unknown_profile_is_one_sentence_listing_the_profiles():
-    result = subprocess.run([sys.executable, "-m", "stages.common.profiles", "run", "nosuch"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "stages.profiles", "run", "nosuch"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == "Error: no profile 'nosuch' (profiles/nosuch.yaml); profiles: default, paper."

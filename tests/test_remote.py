@@ -166,7 +166,7 @@ def test_the_paper_profile_expands_to_every_method_and_ratio_on_the_8b_model(tmp
     from dvc.repo import Repo
     from dvc.utils.hydra import apply_overrides
 
-    from stages.common.profiles import overrides
+    from stages.profiles import overrides
 
     repo = make_micro_repo(tmp_path / "paper", tiny_model_dir)
     apply_overrides(str(repo / "params.yaml"), overrides(repo / "profiles/paper.yaml", repo / "params.yaml"))

@@ -2,8 +2,8 @@
 `make run PROFILE=<name>` runs one as a DVC experiment, `dvc exp run -S key=value ...`, so the
 default profile's results stay in the cache and `dvc exp show` puts the two side by side.
 
-    python -m stages.common.profiles run paper      # what `make run PROFILE=paper` does (extra args go to dvc)
-    python -m stages.common.profiles show paper     # the -S overrides it would pass
+    python -m stages.profiles run paper      # what `make run PROFILE=paper` does (extra args go to dvc)
+    python -m stages.profiles show paper     # the -S overrides it would pass
 """
 
 import difflib
@@ -56,7 +56,7 @@ def overrides(profile_path, params_path="params.yaml"):
 def main(argv):
     action, name, extra = (argv[0], argv[1], argv[2:]) if len(argv) >= 2 else (None, None, [])
     if action not in ("run", "show"):
-        sys.exit("usage: python -m stages.common.profiles run|show <profile name>")
+        sys.exit("usage: python -m stages.profiles run|show <profile name>")
     path = Path("profiles") / f"{name}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in Path("profiles").glob("*.yaml"))
