@@ -52,15 +52,17 @@ else
 endif
 
 test: setup
-	$(BIN)/ruff check stages tests
+	$(BIN)/ruff check stages tests bench
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not pipeline"
 
 bench: run
+	$(BIN)/python bench/entropy.py
 	$(BIN)/python bench/data_stages.py
 	$(BIN)/python bench/collapse.py
+	$(BIN)/python bench/table.py
 
 # Every unlearning method for 3 steps on the pipeline's oracle (after `make run`).
 METHODS := grad_ascent grad_diff npo simnpo idk rmu
@@ -175,7 +177,7 @@ plots:
 	$(DVC) plots show --out outputs/plots
 
 lint: setup
-	$(BIN)/ruff check stages tests
+	$(BIN)/ruff check stages tests bench
 
 clean:
 	rm -rf dataset models outputs

@@ -44,8 +44,8 @@ def main(n=64, new_tokens=30, batch_size=16):
     naive = naive_greedy_entropy(model, tokenizer, prompts, max_new_tokens=new_tokens)
     naive_s = time.perf_counter() - started
     same_tokens = all(a["response"] == b["response"] and a["num_tokens"] == b["num_tokens"]
-                      for a, b in zip(ours, naive))
-    max_diff = max(abs(a[k] - b[k]) for a, b in zip(ours, naive) for k in ("mean_entropy", "max_entropy"))
+                      for a, b in zip(ours, naive, strict=True))
+    max_diff = max(abs(a[k] - b[k]) for a, b in zip(ours, naive, strict=True) for k in ("mean_entropy", "max_entropy"))
     write_result("entropy", naive_s, ours_s, "s",
                  {"prompts": n, "max_new_tokens": new_tokens, "batch_size": batch_size, "model": "embedded"},
                  identical=bool(same_tokens and max_diff < 1e-4), max_entropy_diff=max_diff,
