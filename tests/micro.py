@@ -23,19 +23,16 @@ MICRO = {
 PIPELINE_FILES = ["dvc.yaml", "data.dvc", ".dvc/config", ".dvc/.gitignore", ".gitignore", ".dvcignore"]
 
 
-def env():
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-
-
-def run(command, cwd, check=True, timeout=900):
-    result = subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(command, cwd, check=True, timeout=900, **extra_env):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra_env}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
-def dvc(repo, *args, check=True):
-    return run([str(BIN / "dvc"), *args], repo, check=check).stdout
+def dvc(repo, *args, check=True, **extra_env):
+    return run([str(BIN / "dvc"), *args], repo, check=check, **extra_env).stdout
 
 
 def git(repo, *args):

@@ -132,3 +132,8 @@ def test_an_unknown_runner_is_one_sentence_and_runs_nothing(engine):
     assert result.returncode != 0 and calls == []
     expected = "Error: UNFORGOTTEN_RUNNER='kubernetes' is not one of local, docker, podman, buildah."
     assert result.stderr.strip() == expected
+
+
+def test_dockerignore_keeps_data_models_venv_and_the_dvc_cache_out_of_the_build_context():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {"data", "dataset", "models", "outputs", ".venv", ".dvc/cache", ".git"} <= ignored

@@ -5,19 +5,17 @@ non-root user, dvc stages run through the stage runner, and a scan of every laye
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stages import __version__
+from tests.micro import dvc, make_micro_repo
 
 pytestmark = pytest.mark.images
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BUILDAH = ["buildah", "--storage-driver", os.environ.get("STORAGE_DRIVER", "vfs")]
 STAGES = ["generate", "prepare-medical", "prepare-wmdp", "finetune", "unlearn", "evaluate"]
@@ -127,27 +125,10 @@ def test_generate_and_prepare_medical_run_in_their_images_as_a_non_root_user_on_
         assert (local / "dataset" / path.name).read_bytes() == path.read_bytes(), path.name
 
 
-def dvc(repo, *args, **env):
-    result = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, capture_output=True, text=True,
-                            env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **env})
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def runner_repo(tmp_path_factory):
     """The project's pipeline files in a fresh repository, its data stages reproduced in their images."""
-    repo = tmp_path_factory.mktemp("runner")
-    for name in ["dvc.yaml", "data.dvc", ".dvc/config", ".dvc/.gitignore", ".gitignore"]:
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, repo / name)
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["generate"]["n-record"] = 30
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / "data").mkdir()
-    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "r"]):
-        subprocess.run(["git", *command], cwd=repo, check=True)
+    repo = make_micro_repo(tmp_path_factory.mktemp("runner"), model_dir="embedded")
     output = dvc(repo, "repro", "prepare-medical", UNFORGOTTEN_RUNNER="buildah", HF_TOKEN=RUN_SECRET,
                  STORAGE_DRIVER=BUILDAH[2])
     return repo, output
