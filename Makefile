@@ -60,6 +60,7 @@ test-fast: setup
 
 bench: run
 	$(BIN)/python bench/entropy.py
+	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/data_stages.py
 	$(BIN)/python bench/collapse.py
 	$(BIN)/python bench/table.py

@@ -27,3 +27,27 @@ def naive_greedy_entropy(model, tokenizer, prompts, max_new_tokens=30):
         record.update(entropy_stats(entropies))
         results.append(record)
     return results
+
+
+def seed_recipe_finetune(model, tokenizer, examples, learning_rate, pad_to=256):
+    """The seed's training loop: batch 1, every example padded to `pad_to`, loss on the answer tokens, AdamW.
+    Returns the real (non-padding) tokens it trained on."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    model.train()
+    real = 0
+    for e in examples:
+        n = len(e["input_ids"])
+        input_ids = torch.full((1, pad_to), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((1, pad_to), -100, dtype=torch.long)
+        attention_mask = torch.zeros((1, pad_to), dtype=torch.long)
+        input_ids[0, :n], labels[0, :n], attention_mask[0, :n] = (
+            torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1)
+        loss = model(input_ids=input_ids, labels=labels, attention_mask=attention_mask).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        real += n
+    model.eval()
+    return real
