@@ -1,0 +1,75 @@
+"""Benchmark 2: wall time of one unlearned model's whole `evaluate` (every VERIFY.md metric and attack) on the default
+profile, exactly as dvc.yaml runs it (evaluate-unlearned@<run>), after `make run`. The baseline is the same command on
+the code of BASELINE_REV (the evaluate stage before the speed work), checked out with `git worktree` and run in the
+same benchmark, side by side; both must give the same metrics. Writes bench/results/verification.json.
+
+    python bench/verification.py [stage name, default evaluate-unlearned@npo-10]
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import write_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE_REV = "4d9efdf"  # the last commit before the verification speed work
+TOLERANCE = 1e-6
+
+
+def stage_command(name):
+    from dvc.repo import Repo
+
+    (stage,) = [s for s in Repo(str(ROOT)).index.stages if getattr(s, "name", None) == name]
+    return shlex.split(stage.cmd)
+
+
+def timed_evaluate(code_dir, args, output_dir):
+    """`unforgotten evaluate ...` with the package imported from code_dir (python -P: not from the working dir)."""
+    args = list(args)
+    args[args.index("--output-dir") + 1] = str(output_dir)
+    entry = "import sys; from stages.cli import main; sys.argv[0] = 'unforgotten'; main()"
+    env = {**os.environ, "PYTHONPATH": str(code_dir)}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-P", "-c", entry, *args[1:]], cwd=ROOT, env=env, check=True)
+    return time.perf_counter() - started, json.loads((Path(output_dir) / "metrics.json").read_text())
+
+
+def differences(a, b):
+    keys = sorted(set(a) | set(b))
+    out = {}
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, float) and isinstance(y, float):
+            if abs(x - y) > TOLERANCE and not (x != x and y != y):
+                out[k] = [x, y]
+        elif x != y and k not in ("seconds",):
+            out[k] = [x, y]
+    return out
+
+
+def main(name="evaluate-unlearned@npo-10"):
+    args = stage_command(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline_code = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(baseline_code), BASELINE_REV], cwd=ROOT,
+                       check=True)
+        try:
+            baseline_s, baseline_metrics = timed_evaluate(baseline_code, args, Path(tmp) / "baseline-out")
+            ours_s, ours_metrics = timed_evaluate(ROOT, args, Path(tmp) / "ours-out")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(baseline_code)], cwd=ROOT, check=False)
+    changed = differences(baseline_metrics, ours_metrics)
+    write_result("verification", baseline_s, ours_s, "s",
+                 {"stage": name, "command": " ".join(args), "baseline_rev": BASELINE_REV},
+                 same_metrics=not changed, changed_metrics=changed, target="ours <= 180 s on 2 cores")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
