@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from stages.cli import main
@@ -64,8 +65,9 @@ def test_absent_source_without_if_present_is_a_clear_error(tmp_path):
     assert not (tmp_path / "wmdp").exists()
 
 
-def test_hub_loading_code_reads_a_dataset_in_the_hub_format(tmp_path, monkeypatch):
-    """The real `datasets` path, on a local dataset laid out like cais/wmdp-corpora (config bio-retain-corpus)."""
+@pytest.fixture
+def hub_corpus(tmp_path, monkeypatch):
+    """A local dataset laid out like cais/wmdp-corpora (config bio-retain-corpus), standing in for --source hub."""
     from stages.prepare_wmdp import corpus
 
     repo = tmp_path / "wmdp-corpora"
@@ -74,6 +76,11 @@ def test_hub_loading_code_reads_a_dataset_in_the_hub_format(tmp_path, monkeypatc
                                     "  data_files: bio-retain-corpus.jsonl\n---\n")
     write_corpus(repo / "bio-retain-corpus.jsonl")
     monkeypatch.setitem(corpus.HUB_CORPORA, "hub", (str(repo), "bio-retain-corpus", "wmdp-bio-retain"))
+    return repo
+
+
+def test_hub_loading_code_reads_a_dataset_in_the_hub_format(tmp_path, hub_corpus):
+    """The real `datasets` path, on a local dataset in the hub layout."""
     out = tmp_path / "wmdp"
     result = CliRunner().invoke(main, ["prepare-wmdp", "--source", "hub", "--output-dir", str(out)])
     assert result.exit_code == 0, result.output
@@ -112,17 +119,10 @@ def test_multiple_choice_fixture_is_in_the_benchmark_format():
         assert len(row["choices"]) == 4 and row["answer"] in range(4)
 
 
-def test_make_data_fetch_snapshots_the_hub_corpus_as_jsonl(tmp_path, monkeypatch):
+def test_make_data_fetch_snapshots_the_hub_corpus_as_jsonl(tmp_path, hub_corpus):
     """`make data`'s fetch through the real `datasets` path, on a local dataset in the hub layout."""
-    from stages.prepare_wmdp import corpus
     from stages.prepare_wmdp.fetch import fetch
 
-    repo = tmp_path / "wmdp-corpora"
-    repo.mkdir()
-    (repo / "README.md").write_text("---\nconfigs:\n- config_name: bio-retain-corpus\n"
-                                    "  data_files: bio-retain-corpus.jsonl\n---\n")
-    write_corpus(repo / "bio-retain-corpus.jsonl")
-    monkeypatch.setitem(corpus.HUB_CORPORA, "hub", (str(repo), "bio-retain-corpus", "wmdp-bio-retain"))
     out = tmp_path / "data/wmdp/bio-retain-corpus.jsonl"
     assert fetch(out) == len(PAPERS)
     assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == PAPERS
