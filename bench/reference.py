@@ -2,14 +2,12 @@
 
 import torch
 
-from stages.common.measure import entropy_stats, token_entropy
+from stages.common.measure import _stop_ids, entropy_stats, token_entropy
 
 
 def naive_greedy_entropy(model, tokenizer, prompts, max_new_tokens=30):
     """The seeds' method: one prompt at a time, the whole sequence recomputed for every new token (no KV cache)."""
-    stop_ids = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
-    if isinstance(model.generation_config.eos_token_id, list):
-        stop_ids = set(model.generation_config.eos_token_id) | {tokenizer.eos_token_id}
+    stop_ids = _stop_ids(model, tokenizer)
     results = []
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
