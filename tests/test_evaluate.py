@@ -243,10 +243,17 @@ def test_shared_prompt_scoring_equals_scoring_each_pair_alone(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     items = [("Hi?", ["a", "a much longer answer about nothing in particular", "b c"]),
              ("What was Maria K. Lopez (born 1980-02-03) diagnosed with at the visit?", ["asthma", "x"]),
-             ("Dose?", ["lisinopril 10 mg once daily"])]
-    shared = answer_logprobs(model, tokenizer, items, max_length=96, batch_size=2)
-    alone = token_logprobs(model, tokenizer, [(q, a) for q, answers in items for a in answers], 96, batch_size=1)
-    flat = [scores for answers in shared for scores in answers]
-    assert [len(s) for s in flat] == [len(a["logprobs"]) for a in alone]
-    for ours, reference in zip(flat, alone, strict=True):
-        np.testing.assert_allclose(ours, reference["logprobs"], atol=1e-4)
+             ("Dose?", ["lisinopril 10 mg once daily"]),
+             # answers sharing a beginning, one the start of another, a repeat: the trie's branches and reuse
+             ("When was Amara B. Lee born?", ["1945-02-27", "Amara B. Lee was born on 1945-02-27.",
+                                             "Amara B. Lee was born on 1946-04-03.", "Amara B. Lee was born",
+                                             "Amara B. Lee was born on 1945-02-27."])]
+    for max_length in (96, 60):  # 60 cuts the longer answers
+        shared = answer_logprobs(model, tokenizer, items, max_length=max_length, batch_size=2)
+        alone = token_logprobs(model, tokenizer, [(q, a) for q, answers in items for a in answers], max_length,
+                               batch_size=1)
+        flat = [scores for answers in shared for scores in answers]
+        assert [len(s) for s in flat] == [len(a["logprobs"]) for a in alone]
+        for ours, reference in zip(flat, alone, strict=True):
+            np.testing.assert_allclose(ours, reference["logprobs"], atol=1e-4)
+    assert min(len(s) for s in flat) < max(len(s) for s in flat)

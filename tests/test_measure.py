@@ -127,3 +127,27 @@ def test_sampled_responses_are_seeded_and_counted(tiny):
     again = sample_responses(model, tokenizer, prompts, num_samples=4, max_new_tokens=5, batch_size=8)
     assert first == again and [len(s) for s in first] == [4, 4, 4]
     assert len({text for samples in first for text in samples}) > 3  # temperature 1 on a random model: varied
+
+
+def test_sampling_with_one_prefill_per_prompt_draws_what_generate_draws(tiny):
+    """One prefill per prompt, copied to its samples, gives generate(num_return_sequences=n)'s own samples for the
+    same seed (same rows, same random draws), prompts of different lengths included."""
+    from stages.common.measure import sample_responses
+
+    model, tokenizer = tiny
+    prompts = [format_prompt(tokenizer, q) for q in ["Hi", "What is the date of birth of the patient?", "Name it."]]
+    torch.manual_seed(11)
+    ours = sample_responses(model, tokenizer, prompts, num_samples=4, max_new_tokens=6, batch_size=8)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    torch.manual_seed(11)
+    reference = []
+    for start in (0, 2):  # batch_size 8 // 4 samples = 2 prompts per batch
+        batch = tokenizer(prompts[start:start + 2], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=6, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 num_return_sequences=4, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        reference += [texts[i:i + 4] for i in range(0, len(texts), 4)]
+    tokenizer.padding_side = side
+    assert ours == reference

@@ -123,13 +123,15 @@ def token_logprobs(model, tokenizer, pairs, max_length=256, batch_size=8, moment
     import torch
 
     encoded = [encode_example(tokenizer, q, a, max_length) for q, a in pairs]
-    results = []
-    for start in range(0, len(encoded), batch_size):
-        batch = to_device(collate(encoded[start:start + batch_size], tokenizer.pad_token_id), model.device)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))  # similar lengths: less padding
+    results = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = to_device(collate([encoded[i] for i in chunk], tokenizer.pad_token_id), model.device)
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
-        for row in range(labels.shape[0]):
+        for row, i in enumerate(chunk):
             positions = (labels[row] != -100).nonzero().squeeze(-1)
             logp = torch.log_softmax(logits[row, positions].float(), dim=-1)
             scored = {"logprobs": logp.gather(-1, labels[row, positions].unsqueeze(-1)).squeeze(-1).tolist()}
@@ -138,13 +140,16 @@ def token_logprobs(model, tokenizer, pairs, max_length=256, batch_size=8, moment
                 mean = (probs * logp).sum(-1)
                 scored["means"] = mean.tolist()
                 scored["stds"] = ((probs * logp.square()).sum(-1) - mean.square()).clamp(min=1e-12).sqrt().tolist()
-            results.append(scored)
+            results[i] = scored
     return results
 
 
 def sample_responses(model, tokenizer, prompts, num_samples, max_new_tokens=30, batch_size=64, temperature=1.0):
     """num_samples responses per prompt text, sampled at `temperature` from the full distribution (no top-k/p):
-    a list of lists of strings. Seed torch before calling for reproducible samples."""
+    a list of lists of strings. Seed torch before calling for reproducible samples.
+
+    Each prompt is prefilled once and its KV cache copied to its samples (generate's num_return_sequences would
+    prefill every sample): the same rows and the same random draws, without num_samples - 1 prefills per prompt."""
     import torch
 
     stop_ids = _stop_ids(model, tokenizer)
@@ -157,12 +162,20 @@ def sample_responses(model, tokenizer, prompts, num_samples, max_new_tokens=30, 
         for start in range(0, len(prompts), per_batch):
             batch = tokenizer(prompts[start:start + per_batch], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
             with torch.no_grad():
+                # All but the last prompt token; generate() runs the last one and samples from there.
+                head = mask[:, :-1]
+                cache = model(input_ids=ids[:, :-1], attention_mask=head, use_cache=True, logits_to_keep=1,
+                              position_ids=(head.cumsum(1) - 1).clamp(min=0)).past_key_values
+                cache.batch_repeat_interleave(num_samples)
                 out = model.generate(
-                    **batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
-                    top_p=1.0, num_return_sequences=num_samples, pad_token_id=pad_id, eos_token_id=sorted(stop_ids),
+                    input_ids=ids.repeat_interleave(num_samples, 0), past_key_values=cache,
+                    attention_mask=mask.repeat_interleave(num_samples, 0), max_new_tokens=max_new_tokens,
+                    do_sample=True, temperature=temperature, top_k=0, top_p=1.0, pad_token_id=pad_id,
+                    eos_token_id=sorted(stop_ids),
                 )
-            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
             results += [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
     finally:
         tokenizer.padding_side = side

@@ -23,7 +23,7 @@ def split_patients(records, seed):
 def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alpha, learning_rate, batch_size,
             max_length, seed):
     """Fine-tune a fresh LoRA on the records' notes and call measure(model) after each k in `steps` (k = 0 is the
-    model as given). Returns {k: measure's result}; the LoRA is removed afterwards."""
+    model as given, measured through the fresh LoRA). Returns {k: measure's result}; the LoRA is removed afterwards."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -77,20 +77,20 @@ def fake_quantize_(weight, bits, group_size=64):
     weight.data.copy_(q.view(out_features, -1)[:, :in_features].to(weight.dtype))
 
 
-def quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, group_size=64):
+def quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, group_size=64, batch_size=16):
     """Probe accuracy with every linear weight (but the output head) fake-quantized to `bits`; weights restored."""
     layers = _linear_layers(model)
     saved = [module.weight.data.clone() for _, module in layers]
     try:
         for _, module in layers:
             fake_quantize_(module.weight, bits, group_size)
-        return accuracy(model, tokenizer, probes, max_new_tokens, batch_size=16)
+        return accuracy(model, tokenizer, probes, max_new_tokens, batch_size)
     finally:
         for (_, module), weight in zip(layers, saved, strict=True):
             module.weight.data.copy_(weight)
 
 
-def bnb_quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, quant_type="nf4"):
+def bnb_quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, quant_type="nf4", batch_size=16):
     """Probe accuracy of the model reloaded through bitsandbytes (CUDA): int8, or 4-bit nf4/fp4."""
     import tempfile
 
@@ -106,7 +106,7 @@ def bnb_quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, quant
         model.save_pretrained(tmp)
         quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=config, device_map={"": 0})
     try:
-        return accuracy(quantized.eval(), tokenizer, probes, max_new_tokens, batch_size=16)
+        return accuracy(quantized.eval(), tokenizer, probes, max_new_tokens, batch_size)
     finally:
         del quantized
         torch.cuda.empty_cache()

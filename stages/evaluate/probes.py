@@ -28,61 +28,81 @@ def accuracy(model, tokenizer, probes, max_new_tokens, batch_size):
     return [int(contains_answer(a, p["answer"])) for a, p in zip(answers, probes, strict=True)]
 
 
+def _answer_tree(prompt, answers):
+    """One sequence per question: the prompt, then every distinct prefix of its answers once (a token trie in order
+    of first appearance). Returns (tokens, parents, nodes): parents[i] is the position whose output predicts token i
+    (its trie parent, or the prompt's last position); nodes[a] lists the positions of answer a's tokens."""
+    tokens, parents, nodes, index = list(prompt), [None] * len(prompt), [], {}
+    for answer in answers:
+        path = []
+        for j in range(len(answer)):
+            key = tuple(answer[:j + 1])
+            if key not in index:
+                index[key] = len(tokens)
+                tokens.append(answer[j])
+                parents.append(path[-1] if path else len(prompt) - 1)
+            path.append(index[key])
+        nodes.append(path)
+    return tokens, parents, nodes
+
+
 def answer_logprobs(model, tokenizer, items, max_length, batch_size=16):
     """Teacher-forced log-probs of the tokens of each answer, for items [(question, [answers...])], cut as
     encode_example() cuts them: a list (per item) of lists (per answer) of floats.
 
-    Each question's prompt runs once and its KV cache is shared by all of its answers (a probe's true, paraphrased
-    and perturbed answers), which are scored together: a fraction of the tokens of scoring every prompt + answer on
-    its own, with the same numbers (tests/test_evaluate.py compares the two)."""
+    A question's answers (true, paraphrased, perturbed: mostly the same sentence with a different ending) are
+    scored in one sequence: the prompt, then each distinct answer prefix once, every token attending to the prompt
+    and its own answer's earlier tokens through a 4-D mask, at the position it has in its answer. The same numbers
+    as scoring every prompt + answer on its own (tests/test_evaluate.py compares the two) for about half the tokens."""
     import torch
 
     from stages.common.chat import format_answer
 
-    results = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        prompts = [tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"][:max_length]
-                   for q, _ in chunk]
-        tails = [[tokenizer(format_answer(tokenizer, q, a), add_special_tokens=False)["input_ids"][:max_length - len(p)]
-                  for a in answers] for (q, answers), p in zip(chunk, prompts, strict=True)]
-        if any(not t for rows in tails for t in rows):
+    trees = []
+    for q, answers in items:
+        prompt = tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"][:max_length]
+        tails = [tokenizer(format_answer(tokenizer, q, a), add_special_tokens=False)["input_ids"][:max_length - len(prompt)]
+                 for a in answers]
+        if any(not t for t in tails):
             raise InputError(f"--max-seq-length {max_length} leaves no answer token for some probe; raise it.")
-        # Prompts left-padded (generation-style), answers right-padded after them.
-        plen, width = max(len(p) for p in prompts), max(len(t) for rows in tails for t in rows)
-        owner = [i for i, rows in enumerate(tails) for _ in rows]
-        flat = [t for rows in tails for t in rows]
-        prompt_ids = torch.full((len(chunk), plen), tokenizer.pad_token_id, dtype=torch.long)
-        prompt_mask = torch.zeros((len(chunk), plen), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            prompt_ids[i, plen - len(p):] = torch.tensor(p)
-            prompt_mask[i, plen - len(p):] = 1
-        ids = torch.full((len(flat), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(flat), width), dtype=torch.long)
-        for row, t in enumerate(flat):
-            ids[row, :len(t)] = torch.tensor(t)
-            mask[row, :len(t)] = 1
-        index = torch.tensor(owner)
-        lengths = prompt_mask.sum(1)[index]
-        device = model.device
+        trees.append((len(prompt), *_answer_tree(prompt, tails)))
+    order = sorted(range(len(trees)), key=lambda i: len(trees[i][1]))  # similar lengths share a batch: less padding
+    results = [None] * len(trees)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(trees[i][1]) for i in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.eye(width, dtype=torch.bool).repeat(len(chunk), 1, 1)  # padding sees itself: no empty rows
+        for row, i in enumerate(chunk):
+            plen, tokens, parents, _ = trees[i]
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            mask[row, :plen, :plen] = torch.ones(plen, plen, dtype=torch.bool).tril()
+            for k in range(plen, len(tokens)):  # a node sees the prompt, its ancestors and itself
+                mask[row, k, :plen] = True
+                ancestor = k
+                while ancestor >= plen:
+                    mask[row, k, ancestor] = True
+                    positions[row, k] = positions[row, k] + 1
+                    ancestor = parents[ancestor]
+                positions[row, k] += plen - 1
+            positions[row, :plen] = torch.arange(plen)
+        keep = min(trees[i][0] for i in chunk) - 1  # outputs before the shortest prompt's last token predict nothing
         with torch.no_grad():
-            first = model(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
-                          position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0).to(device), use_cache=True,
-                          logits_to_keep=1)
-            cache = first.past_key_values
-            cache.batch_select_indices(index.to(device))
-            # Answer token j is predicted by the prompt's last position (j = 0) or by answer position j - 1.
-            logits = first.logits[index.to(device), -1:]
-            if width > 1:
-                rest = model(input_ids=ids[:, :-1].to(device), past_key_values=cache,
-                             attention_mask=torch.cat([prompt_mask[index], mask[:, :-1]], 1).to(device),
-                             position_ids=(lengths[:, None] + torch.arange(width - 1)[None]).to(device)).logits
-                logits = torch.cat([logits, rest], dim=1)
-        logits = logits.float()
-        logp = torch.log_softmax(logits, -1).gather(-1, ids.to(device).unsqueeze(-1)).squeeze(-1)
-        scored = [logp[row, :len(t)].tolist() for row, t in enumerate(flat)]
-        for i in range(len(chunk)):
-            results.append([scored[row] for row in range(len(flat)) if owner[row] == i])
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask[:, None].to(model.device),
+                           position_ids=positions.to(model.device),
+                           logits_to_keep=torch.arange(keep, width, device=model.device)).logits
+        for row, i in enumerate(chunk):
+            _, tokens, parents, nodes = trees[i]
+            flat = [k for path in nodes for k in path]
+            predictors = torch.tensor([parents[k] - keep for k in flat], device=logits.device)
+            logp = torch.log_softmax(logits[row, predictors].float(), -1)
+            picked = logp.gather(-1, torch.tensor([tokens[k] for k in flat], device=logits.device)[:, None])[:, 0]
+            scores, offset = picked.tolist(), 0
+            results[i] = []
+            for path in nodes:
+                results[i].append(scores[offset:offset + len(path)])
+                offset += len(path)
     return results
 
 

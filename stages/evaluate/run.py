@@ -82,9 +82,12 @@ def _attacks(model, tokenizer, sets, s, progress):
     def v_accuracy(attacked):
         return accuracy(attacked, tokenizer, v_probes, s["answer_tokens"], s["batch_size"])
 
+    steps = s["relearn_steps"]
+    untouched = {0: v_accuracy(model)} if 0 in steps else {}  # k = 0 is the model as given: measured once for both
     for name, train in (("relearn", [r for r in forget if r["id"] in train_ids]), ("benign", sets["retain"])):
         start = time.perf_counter()
-        results = attack.relearn(model, tokenizer, train, s["relearn_steps"], v_accuracy, **common)
+        results = {**untouched, **attack.relearn(model, tokenizer, train, [k for k in steps if k], v_accuracy,
+                                                 **common)}
         for k, correct in results.items():
             metrics[f"{name}_accuracy@{k}"] = float(np.mean(correct))
             rows += [{"attack": name, "k": k, "record_id": rid, "question": p["question"], "correct": c}
@@ -96,15 +99,17 @@ def _attacks(model, tokenizer, sets, s, progress):
                                f"round-to-nearest symmetric absmax, group {s['group_size']}, merged weights (CPU)")
     for bits in s["quant_bits"]:
         if cuda:
-            correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, bits, s["answer_tokens"])
+            correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, bits, s["answer_tokens"],
+                                                    batch_size=s["batch_size"])
         else:
             correct = attack.quantized_accuracy(model, tokenizer, f_probes, bits, s["answer_tokens"],
-                                                s["group_size"])
+                                                s["group_size"], s["batch_size"])
         metrics[f"quant_accuracy@{bits}"] = float(np.mean(correct))
         rows += [{"attack": "quant", "k": bits, "record_id": rid, "question": p["question"], "correct": c}
                  for (rid, p), c in zip(f_items, correct, strict=True)]
     if cuda:  # VERIFY.md D names both 4-bit formats for bitsandbytes
-        correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, 4, s["answer_tokens"], "fp4")
+        correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, 4, s["answer_tokens"], "fp4",
+                                                s["batch_size"])
         metrics["quant_accuracy@4_fp4"] = float(np.mean(correct))
     n = s["leak_samples"]
     hits = attack.leak_counts(model, tokenizer, f_probes, n, s["answer_tokens"], s["seed"])
