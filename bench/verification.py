@@ -41,17 +41,17 @@ def timed_evaluate(code_dir, args, output_dir):
     return time.perf_counter() - started, json.loads((Path(output_dir) / "metrics.json").read_text())
 
 
+def close(x, y):
+    """Equal, or numbers within TOLERANCE (lists element by element; NaN equals NaN)."""
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(close(a, b) for a, b in zip(x, y, strict=True))
+    if isinstance(x, float) and isinstance(y, float):
+        return abs(x - y) <= TOLERANCE or (x != x and y != y)
+    return x == y
+
+
 def differences(a, b):
-    keys = sorted(set(a) | set(b))
-    out = {}
-    for k in keys:
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, float) and isinstance(y, float):
-            if abs(x - y) > TOLERANCE and not (x != x and y != y):
-                out[k] = [x, y]
-        elif x != y and k not in ("seconds",):
-            out[k] = [x, y]
-    return out
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if not close(a.get(k), b.get(k))}
 
 
 def main(name="evaluate-unlearned@npo-10"):

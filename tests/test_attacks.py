@@ -2,11 +2,12 @@
 they found it."""
 
 import json
+import threading
 
 import pytest
 import torch
 
-from stages.evaluate.attacks import fake_quantize_, quantized_accuracy, relearn, split_patients
+from stages.evaluate.attacks import fake_quantize_, quantized_accuracy, relearn, relearn_all, split_patients
 
 
 def test_patient_split_is_seeded_disjoint_and_complete():
@@ -60,7 +61,7 @@ def test_relearning_fits_the_notes_and_leaves_the_model_unchanged(tiny, medical_
     pairs = [primary_pair(r) for r in records]
     start = perplexity(model, tokenizer, pairs, 128)
 
-    def measure(attacked):  # perplexity of the relearned notes, taken where the attack measures accuracy
+    def measure(attacked, tokenizer):  # perplexity of the relearned notes, taken where the attack measures accuracy
         return perplexity(attacked, tokenizer, pairs, 128)
 
     results = relearn(model, tokenizer, records, [0, 5], measure, lora_rank=4, lora_alpha=8, learning_rate=5e-3,
@@ -69,3 +70,38 @@ def test_relearning_fits_the_notes_and_leaves_the_model_unchanged(tiny, medical_
     assert results[0] == pytest.approx(start, rel=1e-5) and results[5] < 0.9 * start
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert perplexity(model, tokenizer, pairs, 128) == pytest.approx(start, rel=1e-5)
+
+
+def test_relearning_jobs_run_at_once_on_cpu_and_match_one_after_the_other(tiny, medical_dir):
+    """Two jobs on two CPU threads, each on its own copy: the same curves as running them in turn, the model
+    unchanged and the thread count restored."""
+    from stages.common.chat import primary_pair
+    from stages.common.measure import perplexity
+
+    model, tokenizer = tiny
+    records = json.loads((medical_dir / "med_synthetic_forget20.json").read_text())
+    jobs = {"relearn": records[:2], "benign": records[2:5]}
+    pairs = [primary_pair(r) for r in records[:2]]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = dict(lora_rank=4, lora_alpha=8, learning_rate=5e-3, batch_size=1, max_length=128, seed=0)
+    used = []
+
+    def measure(attacked, tok):
+        used.append((threading.get_ident(), id(tok), torch.get_num_threads()))
+        return perplexity(attacked, tok, pairs, 128)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        together = relearn_all(model, tokenizer, jobs, [0, 3], measure, **settings)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert len({ident for ident, _, _ in used}) == 2 and len({tok for _, tok, _ in used}) == 2
+    assert {n for _, _, n in used} == {1}
+    in_turn = {name: relearn(model, tokenizer, records, [0, 3], lambda m, t: perplexity(m, t, pairs, 128), **settings)
+               for name, records in jobs.items()}
+    for name in jobs:
+        assert together[name] == pytest.approx(in_turn[name], rel=1e-4)
+    assert together["relearn"][3] < together["relearn"][0]  # it trained
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -151,3 +151,23 @@ def test_sampling_with_one_prefill_per_prompt_draws_what_generate_draws(tiny):
         reference += [texts[i:i + 4] for i in range(0, len(texts), 4)]
     tokenizer.padding_side = side
     assert ours == reference
+
+
+def test_shared_prompt_beginning_runs_once_and_leaves_every_prompt_a_token(tiny):
+    from stages.common.measure import shared_prefix
+
+    model, tokenizer = tiny
+    prompts = [format_prompt(tokenizer, q) for q in ["Hi", "Hi there"]]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    length, cache = shared_prefix(model, encoded)
+    assert 0 < length < min(len(e) for e in encoded) and encoded[0][:length] == encoded[1][:length]
+    assert encoded[0][length] != encoded[1][length] or length == len(encoded[0]) - 1
+    assert cache.get_seq_length() == length
+    assert shared_prefix(model, [encoded[0], encoded[0]])[0] == len(encoded[0]) - 1  # one token left to run
+    assert shared_prefix(model, [[5, 6], [7, 6]]) == (0, None)
+    # No shared beginning (raw text, no chat template): plain left padding, still the naive loop's tokens.
+    raw = ["Patient notes:", "Zebra"]
+    for prompt, row in zip(raw, greedy_entropy(model, tokenizer, raw, max_new_tokens=6, batch_size=2), strict=True):
+        tokens, entropies = naive_greedy_entropy(model, tokenizer, prompt, 6)
+        assert row["response"] == tokenizer.decode(tokens, skip_special_tokens=True)
+        assert row["mean_entropy"] == pytest.approx(entropy_stats(entropies)["mean_entropy"], abs=1e-4)

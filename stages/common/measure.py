@@ -38,38 +38,73 @@ def _stop_ids(model, tokenizer):
     return ids
 
 
+def shared_prefix(model, token_lists):
+    """The tokens every list starts with (a chat template's system prompt), leaving each list at least one token of
+    its own, and their KV cache computed once: (length, cache or None). expand_cache() gives a batch its copy."""
+    import torch
+
+    length = 0
+    first = token_lists[0] if token_lists else []
+    while all(len(t) > length + 1 and t[length] == first[length] for t in token_lists):
+        length += 1
+    if not length:
+        return 0, None
+    with torch.no_grad():
+        cache = model(input_ids=torch.tensor([first[:length]], device=model.device), use_cache=True).past_key_values
+    return length, cache
+
+
+def expand_cache(cache, rows):
+    """A new cache holding `cache`'s single row for each of `rows` rows (views: a forward pass appends to new
+    tensors), or None for no cache."""
+    from transformers import DynamicCache
+
+    if cache is None:
+        return None
+    expanded = DynamicCache()
+    for index, layer in enumerate(cache.layers):
+        expanded.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index)
+    return expanded
+
+
 def greedy_entropy(model, tokenizer, prompts, max_new_tokens=30, batch_size=16):
     """Greedy-decode each prompt text (already chat-formatted) and return per prompt its response and entropy stats.
 
-    Batched with left padding and the KV cache; a sequence ends at its first stop token, which is counted.
-    """
+    Batched with the KV cache; the beginning all prompts share (a system prompt) runs once, and each batch is laid
+    out as [shared beginning | left padding | rest of the prompt] (positions follow the attention mask, so padding
+    in the middle is skipped). A sequence ends at its first stop token, which is counted."""
     import torch
 
     stop_ids = _stop_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids))
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    shared, prefix = shared_prefix(model, encoded)
     results = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(
-                    **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                    output_logits=True, return_dict_in_generate=True, pad_token_id=pad_id,
-                    eos_token_id=sorted(stop_ids), temperature=None, top_p=None, top_k=None,
-                )
-            new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]
-            entropies = torch.stack([token_entropy(step) for step in out.logits], dim=1)
-            for row in range(new_tokens.shape[0]):
-                tokens = new_tokens[row].tolist()
-                length = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
-                record = {"response": tokenizer.decode(tokens[:length], skip_special_tokens=True)}
-                record.update(entropy_stats(entropies[row, :length].tolist()))
-                results.append(record)
-    finally:
-        tokenizer.padding_side = side
+    for start in range(0, len(encoded), batch_size):
+        rows = [ids[shared:] for ids in encoded[start:start + batch_size]]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), shared + width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        ids[:, :shared] = torch.tensor(encoded[0][:shared], dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, r in enumerate(rows):
+            ids[i, shared + width - len(r):] = torch.tensor(r)
+            mask[i, shared + width - len(r):] = 1
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                past_key_values=expand_cache(prefix, len(rows)), max_new_tokens=max_new_tokens, do_sample=False,
+                num_beams=1, output_logits=True, return_dict_in_generate=True, pad_token_id=pad_id,
+                eos_token_id=sorted(stop_ids), temperature=None, top_p=None, top_k=None,
+            )
+        new_tokens = out.sequences[:, ids.shape[1]:]
+        entropies = torch.stack([token_entropy(step) for step in out.logits], dim=1)
+        for row in range(new_tokens.shape[0]):
+            tokens = new_tokens[row].tolist()
+            length = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), len(tokens))
+            record = {"response": tokenizer.decode(tokens[:length], skip_special_tokens=True)}
+            record.update(entropy_stats(entropies[row, :length].tolist()))
+            results.append(record)
     return results
 
 

@@ -6,6 +6,7 @@ control), with the same seed, data and steps.
 """
 
 import random
+import threading
 
 from stages.common.chat import collate, encode_examples, format_prompt, primary_pair
 from stages.evaluate.metrics import contains_answer
@@ -20,10 +21,14 @@ def split_patients(records, seed):
     return sorted(ids[:half]), sorted(ids[half:])
 
 
+_SEEDED = threading.Lock()  # seeding the global RNG and drawing a LoRA's initial weights happen together
+
+
 def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alpha, learning_rate, batch_size,
             max_length, seed):
-    """Fine-tune a fresh LoRA on the records' notes and call measure(model) after each k in `steps` (k = 0 is the
-    model as given, measured through the fresh LoRA). Returns {k: measure's result}; the LoRA is removed afterwards."""
+    """Fine-tune a fresh LoRA on the records' notes and call measure(model, tokenizer) after each k in `steps`
+    (k = 0 is the model as given, measured through the fresh LoRA). Returns {k: measure's result}; the LoRA is
+    removed afterwards."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -31,9 +36,10 @@ def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alp
     from stages.common.seeding import seed_everything
 
     examples, _ = encode_examples(tokenizer, [primary_pair(r) for r in train_records], max_length)
-    seed_everything(seed)
-    attacked = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
-                                                target_modules="all-linear", task_type="CAUSAL_LM"))
+    with _SEEDED:
+        seed_everything(seed)
+        attacked = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
+                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
     optimizer = torch.optim.AdamW([p for p in attacked.parameters() if p.requires_grad], lr=learning_rate)
     rng = random.Random(seed)
     order, done, results = [], 0, {}
@@ -50,10 +56,34 @@ def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alp
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 done += 1
-            results[k] = measure(attacked)
+            results[k] = measure(attacked, tokenizer)
     finally:
         attacked.unload()
     return results
+
+
+def relearn_all(model, tokenizer, jobs, steps, measure, **settings):
+    """relearn() for each of jobs {name: records}: {name: {k: result}}, each job from the model as given.
+
+    On a CPU with a core per job, the jobs run at once, each on its own copy of the model and tokenizer with one
+    core (a small model's matrices keep one core busier than two: 1.2x here); otherwise one after the other."""
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    threads = torch.get_num_threads()
+    if model.device.type != "cpu" or len(jobs) < 2 or threads < len(jobs):
+        return {name: relearn(model, tokenizer, records, steps, measure, **settings) for name, records in jobs.items()}
+    copies = [(model, tokenizer)] + [(copy.deepcopy(model), copy.deepcopy(tokenizer)) for _ in range(len(jobs) - 1)]
+    torch.set_num_threads(threads // len(jobs))
+    try:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            futures = {name: pool.submit(relearn, m, t, records, steps, measure, **settings)
+                       for (name, records), (m, t) in zip(jobs.items(), copies, strict=True)}
+            return {name: future.result() for name, future in futures.items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _linear_layers(model):

@@ -52,20 +52,25 @@ def answer_logprobs(model, tokenizer, items, max_length, batch_size=16):
 
     A question's answers (true, paraphrased, perturbed: mostly the same sentence with a different ending) are
     scored in one sequence: the prompt, then each distinct answer prefix once, every token attending to the prompt
-    and its own answer's earlier tokens through a 4-D mask, at the position it has in its answer. The same numbers
-    as scoring every prompt + answer on its own (tests/test_evaluate.py compares the two) for about half the tokens."""
+    and its own answer's earlier tokens through a 4-D mask, at the position it has in its answer; the beginning all
+    prompts share (the system prompt) runs once. The same numbers as scoring every prompt + answer on its own
+    (tests/test_evaluate.py compares the two) for about half the tokens."""
     import torch
 
     from stages.common.chat import format_answer
+    from stages.common.measure import expand_cache, shared_prefix
 
-    trees = []
+    prompts, trees = [], []
     for q, answers in items:
         prompt = tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"][:max_length]
         tails = [tokenizer(format_answer(tokenizer, q, a), add_special_tokens=False)["input_ids"][:max_length - len(prompt)]
                  for a in answers]
         if any(not t for t in tails):
             raise InputError(f"--max-seq-length {max_length} leaves no answer token for some probe; raise it.")
-        trees.append((len(prompt), *_answer_tree(prompt, tails)))
+        prompts.append(prompt)
+        trees.append(tails)
+    shared, prefix = shared_prefix(model, prompts)
+    trees = [(len(p) - shared, *_answer_tree(p[shared:], tails)) for p, tails in zip(prompts, trees, strict=True)]
     order = sorted(range(len(trees)), key=lambda i: len(trees[i][1]))  # similar lengths share a batch: less padding
     results = [None] * len(trees)
     for start in range(0, len(order), batch_size):
@@ -87,10 +92,12 @@ def answer_logprobs(model, tokenizer, items, max_length, batch_size=16):
                     ancestor = parents[ancestor]
                 positions[row, k] += plen - 1
             positions[row, :plen] = torch.arange(plen)
+        mask = torch.cat([torch.ones((len(chunk), width, shared), dtype=torch.bool), mask], dim=2)  # + the prefix
         keep = min(trees[i][0] for i in chunk) - 1  # outputs before the shortest prompt's last token predict nothing
         with torch.no_grad():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask[:, None].to(model.device),
-                           position_ids=positions.to(model.device),
+                           position_ids=(positions + shared).to(model.device),
+                           past_key_values=expand_cache(prefix, len(chunk)),
                            logits_to_keep=torch.arange(keep, width, device=model.device)).logits
         for row, i in enumerate(chunk):
             _, tokens, parents, nodes = trees[i]

@@ -79,21 +79,23 @@ def _attacks(model, tokenizer, sets, s, progress):
     common = dict(lora_rank=s["relearn_rank"], lora_alpha=2 * s["relearn_rank"], learning_rate=s["relearn_lr"],
                   batch_size=s["relearn_batch_size"], max_length=s["max_seq_length"], seed=s["seed"])
 
-    def v_accuracy(attacked):
-        return accuracy(attacked, tokenizer, v_probes, s["answer_tokens"], s["batch_size"])
+    def v_accuracy(attacked, tok=tokenizer):
+        return accuracy(attacked, tok, v_probes, s["answer_tokens"], s["batch_size"])
 
     steps = s["relearn_steps"]
     untouched = {0: v_accuracy(model)} if 0 in steps else {}  # k = 0 is the model as given: measured once for both
-    for name, train in (("relearn", [r for r in forget if r["id"] in train_ids]), ("benign", sets["retain"])):
-        start = time.perf_counter()
-        results = {**untouched, **attack.relearn(model, tokenizer, train, [k for k in steps if k], v_accuracy,
-                                                 **common)}
+    start = time.perf_counter()
+    jobs = {"relearn": [r for r in forget if r["id"] in train_ids], "benign": sets["retain"]}
+    relearned = attack.relearn_all(model, tokenizer, jobs, [k for k in steps if k], v_accuracy, **common)
+    for name in jobs:
+        results = {**untouched, **relearned[name]}
         for k, correct in results.items():
             metrics[f"{name}_accuracy@{k}"] = float(np.mean(correct))
             rows += [{"attack": name, "k": k, "record_id": rid, "question": p["question"], "correct": c}
                      for (rid, p), c in zip(v_items, correct, strict=True)]
         curve = ", ".join(f"k={k}: {np.mean(c):.3f}" for k, c in results.items())
-        progress(f"  {name}: accuracy on V {curve} ({time.perf_counter() - start:.0f} s)")
+        progress(f"  {name}: accuracy on V {curve}")
+    progress(f"  relearning attacks: {time.perf_counter() - start:.0f} s")
     cuda = s["device"] == "cuda"
     metrics["quant_method"] = ("bitsandbytes int8 / nf4 (CUDA)" if cuda else
                                f"round-to-nearest symmetric absmax, group {s['group_size']}, merged weights (CPU)")
