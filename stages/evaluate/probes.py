@@ -63,7 +63,8 @@ def answer_logprobs(model, tokenizer, items, max_length, batch_size=16):
     prompts, trees = [], []
     for q, answers in items:
         prompt = tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"][:max_length]
-        tails = [tokenizer(format_answer(tokenizer, q, a), add_special_tokens=False)["input_ids"][:max_length - len(prompt)]
+        room = max_length - len(prompt)
+        tails = [tokenizer(format_answer(tokenizer, q, a), add_special_tokens=False)["input_ids"][:room]
                  for a in answers]
         if any(not t for t in tails):
             raise InputError(f"--max-seq-length {max_length} leaves no answer token for some probe; raise it.")
