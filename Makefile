@@ -63,6 +63,9 @@ bench: run
 	$(BIN)/python bench/finetune.py
 	$(BIN)/python bench/data_stages.py
 	$(BIN)/python bench/collapse.py
+	$(BIN)/python bench/verification.py
+	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/table.py
 
 # Every unlearning method for 3 steps on the pipeline's oracle (after `make run`).

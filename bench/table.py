@@ -23,6 +23,10 @@ def table():
         notes = []
         if "identical" in result:
             notes.append(f"identical: {str(result['identical']).lower()}")
+        if "same_metrics" in result:
+            notes.append(f"same metrics: {str(result['same_metrics']).lower()}")
+        if "exponents" in result:
+            notes.append("growth exponents: " + ", ".join(f"{k} {v:.2f}" for k, v in result["exponents"].items()))
         if "target" in result:
             notes.append(f"target: {result['target']}")
         machine = result["machine"]

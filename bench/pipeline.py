@@ -1,0 +1,57 @@
+"""Benchmark 4: `make run` on a fresh clone of this commit (set-up, every stage of the default profile on the
+embedded model), then `make run` again, which must find everything cached. Baseline = the first run, ours = the
+no-op rerun, both wall-clock seconds. Also records that the clone's headline metrics equal this checkout's and that
+`dvc status` is clean afterwards. Writes bench/results/pipeline.json.
+
+    python bench/pipeline.py    (about 45 min on 2 cores)
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import write_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADLINE = "outputs/report/headline.json"
+
+
+def timed(cmd, cwd, log):
+    started = time.perf_counter()
+    with open(log, "a") as out:
+        subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return time.perf_counter() - started
+
+
+def main():
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="unforgotten-pipeline-"))
+    try:
+        clone, log = tmp / "clone", tmp / "make-run.log"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        subprocess.run(["git", "checkout", "-q", commit], cwd=clone, check=True)
+        first = timed(["make", "run"], clone, log)
+        again = timed(["make", "run"], clone, log)
+        status = subprocess.run([str(clone / ".venv/bin/dvc"), "status", "--quiet"], cwd=clone,
+                                env={**os.environ, "PATH": f"{clone / '.venv/bin'}:{os.environ['PATH']}"})
+        ours_headline = (ROOT / HEADLINE).read_bytes() if (ROOT / HEADLINE).exists() else None
+        same = ours_headline == (clone / HEADLINE).read_bytes()
+    except subprocess.CalledProcessError:
+        print(f"make run failed on the fresh clone; its log: {log}", file=sys.stderr)
+        raise
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_result("pipeline", first, again, "s", {"commit": commit, "command": "make run", "profile": "default"},
+                 fresh_run_s=round(first, 1), noop_rerun_s=round(again, 2), dvc_status_clean=status.returncode == 0,
+                 headline_equals_checkout=same)
+
+
+if __name__ == "__main__":
+    main()
