@@ -105,3 +105,31 @@ def test_relearning_jobs_run_at_once_on_cpu_and_match_one_after_the_other(tiny, 
         assert together[name] == pytest.approx(in_turn[name], rel=1e-4)
     assert together["relearn"][3] < together["relearn"][0]  # it trained
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bf16_relearning_trains_in_bf16_and_measures_in_float32(tiny, medical_dir):
+    from stages.common.chat import primary_pair
+    from stages.common.measure import perplexity
+
+    model, tokenizer = tiny
+    records = json.loads((medical_dir / "med_synthetic_forget20.json").read_text())[:2]
+    pairs = [primary_pair(r) for r in records]
+    seen = []
+
+    def measure(attacked, tok):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return perplexity(attacked, tok, pairs, 128)
+
+    settings = dict(lora_rank=4, lora_alpha=8, learning_rate=5e-3, batch_size=2, max_length=128, seed=0)
+    dtypes = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    try:
+        bf16 = relearn(model, tokenizer, records, [0, 5], measure, precision="bf16", **settings)
+        trained = set(dtypes[:-1])  # the last forward is the k = 5 measurement
+        dtypes.clear()
+        fp32 = relearn(model, tokenizer, records, [0, 5], measure, precision="fp32", **settings)
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in trained and set(dtypes) == {torch.float32} and not any(seen)
+    assert bf16[0] == pytest.approx(fp32[0], rel=1e-6)  # k = 0 measured in float32 both times
+    assert bf16[5] != fp32[5] and bf16[5] < 0.9 * bf16[0] and bf16[5] == pytest.approx(fp32[5], rel=0.05)

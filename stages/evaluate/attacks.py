@@ -25,10 +25,11 @@ _SEEDED = threading.Lock()  # seeding the global RNG and drawing a LoRA's initia
 
 
 def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alpha, learning_rate, batch_size,
-            max_length, seed):
+            max_length, seed, precision="fp32"):
     """Fine-tune a fresh LoRA on the records' notes and call measure(model, tokenizer) after each k in `steps`
     (k = 0 is the model as given, measured through the fresh LoRA). Returns {k: measure's result}; the LoRA is
-    removed afterwards."""
+    removed afterwards. precision "bf16" runs the training forward passes under bf16 autocast (the LoRA weights
+    and the optimizer stay float32; measure() runs outside it)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -51,7 +52,8 @@ def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alp
                 batch = to_device(collate([examples[i] for i in order[:batch_size]], tokenizer.pad_token_id),
                                   model.device)
                 del order[:batch_size]
-                loss = attacked(**batch).loss
+                with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = attacked(**batch).loss
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

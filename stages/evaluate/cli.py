@@ -49,6 +49,10 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               show_default=True)
 @click.option("--relearn-batch-size", "--relearn_batch_size", "relearn_batch_size", type=click.IntRange(min=1),
               default=2, show_default=True)
+@click.option("--relearn-precision", "--relearn_precision", "relearn_precision", type=click.Choice(["bf16", "fp32"]),
+              default="bf16", show_default=True,
+              help="The relearning fine-tune's arithmetic on a CPU: bf16 autocast (as an attacker trains on a GPU, "
+                   "where the model is bf16 anyway) or float32. Measurements are float32 either way.")
 @click.option("--relearn-lora-rank", "--relearn_lora_rank", "relearn_rank", type=click.IntRange(min=1), default=8,
               show_default=True)
 @click.option("--quant-bits", "--quant_bits", "quant_bits", type=click.Choice(["8", "4"]), multiple=True,
@@ -87,8 +91,8 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_file, reference, oracle_dir,
              retain_dir, attacks, output_dir, max_new_tokens, answer_tokens, retain_samples, max_seq_length,
-             batch_size, mink_fraction, relearn_steps, relearn_lr, relearn_batch_size, relearn_rank, quant_bits,
-             group_size, leak_samples, wmdp_bio, mmlu, mc_limit, bootstrap, seed, hf_token, **thresholds):
+             batch_size, mink_fraction, relearn_steps, relearn_lr, relearn_batch_size, relearn_precision, relearn_rank,
+             quant_bits, group_size, leak_samples, wmdp_bio, mmlu, mc_limit, bootstrap, seed, hf_token, **thresholds):
     """Verify one model: uncertainty, knowledge probes, membership inference, recovery attacks and a verdict."""
     from pathlib import Path
 
@@ -122,6 +126,7 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
     settings = {"max_new_tokens": max_new_tokens, "answer_tokens": answer_tokens, "max_seq_length": max_seq_length,
                 "batch_size": batch_size, "mink_fraction": mink_fraction, "relearn_steps": sorted(relearn_steps),
                 "relearn_lr": relearn_lr, "relearn_batch_size": relearn_batch_size, "relearn_rank": relearn_rank,
+                "relearn_precision": relearn_precision,
                 "quant_bits": [int(b) for b in quant_bits], "group_size": group_size, "leak_samples": leak_samples,
                 "bootstrap": bootstrap, "seed": seed, "device": device, "mc_limit": mc_limit,
                 "mc_tasks": {key: task for key, task in (("wmdp_bio", wmdp_bio), ("mmlu", mmlu)) if task}}

@@ -77,7 +77,8 @@ def _attacks(model, tokenizer, sets, s, progress):
     v_probes, f_probes = [p for _, p in v_items], [p for _, p in f_items]
     metrics, rows = {}, []
     common = dict(lora_rank=s["relearn_rank"], lora_alpha=2 * s["relearn_rank"], learning_rate=s["relearn_lr"],
-                  batch_size=s["relearn_batch_size"], max_length=s["max_seq_length"], seed=s["seed"])
+                  batch_size=s["relearn_batch_size"], max_length=s["max_seq_length"], seed=s["seed"],
+                  precision=s["relearn_precision"])
 
     def v_accuracy(attacked, tok=tokenizer):
         return accuracy(attacked, tok, v_probes, s["answer_tokens"], s["batch_size"])
