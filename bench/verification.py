@@ -30,6 +30,16 @@ def stage_command(name):
     return shlex.split(stage.cmd)
 
 
+def baseline_args(args):
+    """The command for BASELINE_REV's CLI: without --relearn-precision, which came later (that code trains the
+    relearning attacks in float32 only)."""
+    args = list(args)
+    if "--relearn-precision" in args:
+        i = args.index("--relearn-precision")
+        del args[i:i + 2]
+    return args
+
+
 def timed_evaluate(code_dir, args, output_dir):
     """`unforgotten evaluate ...` with the package imported from code_dir (python -P: not from the working dir)."""
     args = list(args)
@@ -61,7 +71,8 @@ def main(name="evaluate-unlearned@npo-10"):
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(baseline_code), BASELINE_REV], cwd=ROOT,
                        check=True)
         try:
-            baseline_s, baseline_metrics = timed_evaluate(baseline_code, args, Path(tmp) / "baseline-out")
+            baseline_s, baseline_metrics = timed_evaluate(baseline_code, baseline_args(args),
+                                                          Path(tmp) / "baseline-out")
             ours_s, ours_metrics = timed_evaluate(ROOT, args, Path(tmp) / "ours-out")
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(baseline_code)], cwd=ROOT, check=False)
