@@ -15,18 +15,30 @@ from stages.unlearn.cli import unlearn
 
 
 class StageGroup(click.Group):
-    """Turns bad-input errors raised deep in a stage into one-sentence CLI errors (exit code 1)."""
+    """Errors raised inside a stage become one sentence and exit code 1: bad input (InputError) as it is, anything
+    else with its type and a pointer to --debug, which shows the traceback instead."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except InputError as e:
+            if ctx.params.get("debug"):
+                raise
             raise click.ClickException(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the last line of defence against a traceback
+            if ctx.params.get("debug"):
+                raise
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else "no message"
+            raise click.ClickException(f"{type(e).__name__}: {detail} (run `unforgotten --debug ...` or set "
+                                       "UNFORGOTTEN_DEBUG=1 for the traceback).") from None
 
 
 @click.group(cls=StageGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="unforgotten")
-def main():
+@click.option("--debug", is_flag=True, envvar="UNFORGOTTEN_DEBUG", help="Show the traceback of an error.")
+def main(debug):
     """unforgotten: after an LLM is unlearned, is the knowledge gone or only hidden?"""
     import warnings
 

@@ -37,3 +37,28 @@ def test_seed_script_underscore_aliases_are_accepted(tmp_path):
     result = CliRunner().invoke(main, ["prepare-medical", "--input_file", str(tmp_path / "n.jsonl"),
                                        "--output_dir", str(tmp_path / "d"), "--dry_run"])
     assert "--input_file" not in result.output  # parsed, not rejected
+
+
+def test_an_unexpected_error_is_one_sentence_and_debug_shows_the_traceback(tmp_path):
+    """A real process with a fault no input check anticipates (the split function raises): one line naming the
+    error and --debug, exit code 1, nothing written; with --debug (or UNFORGOTTEN_DEBUG=1) the traceback."""
+    import os
+
+    notes = tmp_path / "notes.jsonl"
+    assert CliRunner().invoke(main, ["generate", "--n-record", "12", "--output", str(notes)]).exit_code == 0
+    fault = ("import sys, stages.common.splits as s\n"
+             "def broken(*args, **kwargs):\n    raise RuntimeError('disk on fire\\nsecond line')\n"
+             "s.holdout_split = broken\n"
+             "from stages.cli import main\nsys.argv[0] = 'unforgotten'\nmain()")
+    args = ["prepare-medical", "-i", str(notes), "-o", str(tmp_path / "out")]
+    for extra, env in (([], {}), (["--debug"], {}), ([], {"UNFORGOTTEN_DEBUG": "1"})):
+        run = subprocess.run([sys.executable, "-c", fault, *extra, *args], capture_output=True, text=True,
+                             env={**os.environ, **env})
+        assert run.returncode == 1 and not (tmp_path / "out").exists()
+        if not extra and not env:
+            assert "Traceback" not in run.stderr
+            (line,) = run.stderr.strip().splitlines()
+            assert line == ("Error: RuntimeError: disk on fire (run `unforgotten --debug ...` or set "
+                            "UNFORGOTTEN_DEBUG=1 for the traceback).")
+        else:
+            assert "Traceback" in run.stderr and "RuntimeError: disk on fire" in run.stderr
