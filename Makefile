@@ -44,6 +44,7 @@ setup: $(STAMP)
 PROFILE ?= default
 run: setup
 	mkdir -p data
+	$(BIN)/python -m stages.profiles check
 ifeq ($(PROFILE),default)
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show outputs/report/headline.json
@@ -101,12 +102,18 @@ ifeq ($(BUILDER),docker)
 	docker build -f docker/Dockerfile --target $* -t $(IMAGE_PREFIX)$*:$(VERSION) $(BUILD_ARGS) $(BUILD_FLAGS) .
 else ifeq ($(BUILDER),buildah)
 	$(MAKE) --no-print-directory buildah-base
+	@old=$$($(BUILDAH) images -q --no-trunc localhost/$(IMAGE_PREFIX)$*:$(VERSION) 2>/dev/null); set -x; \
 	$(BUILDAH) build --isolation chroot --layers=false -f docker/Dockerfile --target $* \
 	  --build-arg STAGE_BASE=localhost/$(IMAGE_PREFIX)base:$(VERSION) \
-	  -t localhost/$(IMAGE_PREFIX)$*:$(VERSION) $(BUILD_ARGS) $(BUILD_FLAGS) .
+	  -t localhost/$(IMAGE_PREFIX)$*:$(VERSION) $(BUILD_ARGS) $(BUILD_FLAGS) . && $(call drop_replaced,$*)
 else
 	@echo "make images needs docker (with a running daemon) or buildah" >&2; exit 1
 endif
+
+# The image a rebuild replaced ($$old, now untagged) is removed: vfs storage keeps a full copy of every layer, and
+# superseded images would fill the disk.
+drop_replaced = { [ -z "$$old" ] || [ "$$old" = "$$($(BUILDAH) images -q --no-trunc localhost/$(IMAGE_PREFIX)$(1):$(VERSION))" ] \
+	  || $(BUILDAH) rmi "$$old" >/dev/null 2>&1 || true; }
 
 # buildah: the base stage as an image of its own, rebuilt when it is missing, its files changed or it was built
 # from another base or torch.
@@ -115,8 +122,9 @@ buildah-base:
 	@if [ "$$(cat $(BASE_STAMP) 2>/dev/null)" != "$(BASE_IMAGE) $(TORCH_SPEC)" ] \
 	  || [ -n "$$(find docker/Dockerfile pyproject.toml constraints.txt README.md -newer $(BASE_STAMP))" ] \
 	  || ! $(BUILDAH) inspect --type image localhost/$(IMAGE_PREFIX)base:$(VERSION) >/dev/null 2>&1; then \
-	  set -x; $(BUILDAH) build --isolation chroot --layers=false -f docker/Dockerfile --target base \
-	    -t localhost/$(IMAGE_PREFIX)base:$(VERSION) $(BUILD_ARGS) $(BUILD_FLAGS) . \
+	  old=$$($(BUILDAH) images -q --no-trunc localhost/$(IMAGE_PREFIX)base:$(VERSION) 2>/dev/null); set -x; \
+	  $(BUILDAH) build --isolation chroot --layers=false -f docker/Dockerfile --target base \
+	    -t localhost/$(IMAGE_PREFIX)base:$(VERSION) $(BUILD_ARGS) $(BUILD_FLAGS) . && $(call drop_replaced,base) \
 	  && mkdir -p $(dir $(BASE_STAMP)) && echo "$(BASE_IMAGE) $(TORCH_SPEC)" > $(BASE_STAMP); \
 	fi
 

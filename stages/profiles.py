@@ -4,6 +4,7 @@ default profile's results stay in the cache and `dvc exp show` puts the two side
 
     python -m stages.profiles run paper      # what `make run PROFILE=paper` does (extra args go to dvc)
     python -m stages.profiles show paper     # the -S overrides it would pass
+    python -m stages.profiles check          # params.yaml's keys against the stages' options (make run does it)
 """
 
 import difflib
@@ -53,10 +54,59 @@ def overrides(profile_path, params_path="params.yaml"):
     return result
 
 
+TOP_LEVEL = {"seed", "base_model", "forget_sets", "reference_forget", "methods"}
+# params.yaml section -> the stage command whose options its keys are.
+SECTIONS = {"generate": "generate", "prepare_medical": "prepare-medical", "prepare_wmdp": "prepare-wmdp",
+            "finetune": "finetune", "unlearn": "unlearn", "evaluate": "evaluate", "attacks": "evaluate",
+            "verdict": "evaluate"}
+
+
+def valid_keys():
+    """Every key params.yaml may hold: the top-level ones and, per section, its command's long option names."""
+    from stages.cli import main as cli
+
+    keys = set(TOP_LEVEL)
+    for section, command in SECTIONS.items():
+        options = [o for p in cli.commands[command].params for o in p.opts + p.secondary_opts if o.startswith("--")]
+        keys |= {f"{section}.{o[2:]}" for o in options if not o.startswith("--no-")}
+    return keys
+
+
+def check_params(params_path="params.yaml"):
+    """params.yaml's keys are known (a typo names the closest valid key), its methods exist and its forget sets
+    are among prepare_medical's ratios."""
+    from stages.common.params import ratio_tag
+    from stages.unlearn.methods import available
+
+    params = yaml.safe_load(Path(params_path).read_text()) or {}
+    known = valid_keys()
+    for key, _ in leaves(params):
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(f"{params_path}: '{key}' is not a known key{hint}.")
+    for method in params.get("methods", []):
+        if method not in available():
+            raise InputError(f"{params_path}: methods: '{method}' is not a method ({', '.join(available())}).")
+    tags = {ratio_tag(r) for r in (params.get("prepare_medical") or {}).get("forget-ratios", [])}
+    for name in ("forget_sets", "reference_forget"):
+        for tag in params.get(name, []) if isinstance(params.get(name), list) else [params.get(name)]:
+            if tag is not None and str(tag) not in tags:
+                raise InputError(f"{params_path}: {name}: '{tag}' is not a forget set of prepare_medical's "
+                                 f"forget-ratios ({', '.join(sorted(tags))}).")
+
+
 def main(argv):
+    if argv[:1] == ["check"]:
+        path = argv[1] if len(argv) > 1 else "params.yaml"
+        try:
+            check_params(path)
+        except InputError as error:
+            sys.exit(f"Error: {error}")
+        return
     action, name, extra = (argv[0], argv[1], argv[2:]) if len(argv) >= 2 else (None, None, [])
     if action not in ("run", "show"):
-        sys.exit("usage: python -m stages.profiles run|show <profile name>")
+        sys.exit("usage: python -m stages.profiles run|show <profile name> | check [params.yaml]")
     path = Path("profiles") / f"{name}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in Path("profiles").glob("*.yaml"))

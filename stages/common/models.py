@@ -51,22 +51,42 @@ def embedded_model_dir():
     return target
 
 
-def resolve_base_model(name):
-    """'embedded', a local model directory, or a hub id -> what from_pretrained should be given."""
+def resolve_base_model(name, token=None, trust_remote_code=False):
+    """'embedded', a local model directory, or a hub id (downloaded with retries) -> a local model directory.
+    A model that ships its own code (auto_map) is refused unless trust_remote_code."""
     if name == EMBEDDED:
         return str(embedded_model_dir())
     path = Path(name)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise InputError(f"{name}: is not a model directory (no config.json).")
-        return str(path)
-    return name
+    if not path.exists():
+        from stages.common.hub import download_model
+
+        path = Path(download_model(name, token=token))
+    if not (path / "config.json").is_file():
+        raise InputError(f"{name}: is not a model directory (no config.json).")
+    check_remote_code(path, name, trust_remote_code)
+    return str(path)
 
 
-def load_tokenizer(base_model, token=None):
+def check_remote_code(path, name, trust_remote_code):
+    """Refuse a model whose config or tokenizer names its own Python code, unless the user said to trust it."""
+    import json
+
+    for config in ("config.json", "tokenizer_config.json"):
+        file = Path(path) / config
+        try:
+            needs_code = file.is_file() and "auto_map" in json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise InputError(f"{file}: not valid JSON.") from None
+        if needs_code and not trust_remote_code:
+            raise InputError(f"{name}: runs its own code ('auto_map' in {config}); pass --trust-remote-code only if "
+                             "you trust its authors.")
+
+
+def load_tokenizer(base_model, token=None, trust_remote_code=False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model), token=token)
+    source = resolve_base_model(base_model, token, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, token=token, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -77,27 +97,40 @@ def is_full_model(path):
     return (Path(path) / "config.json").is_file() and not (Path(path) / "adapter_config.json").is_file()
 
 
+def check_adapter(adapter, full_ok=False):
+    """A LoRA adapter directory, or with `full_ok` also a whole model directory (from unlearn --full)."""
+    if (Path(adapter) / "adapter_config.json").is_file() or (full_ok and is_full_model(adapter)):
+        return
+    what = "a LoRA adapter or model directory" if full_ok else "a LoRA adapter directory"
+    raise InputError(f"{adapter}: is not {what} (no adapter_config.json).")
+
+
 def apply_adapter(model, adapter, trainable=False, merge=None):
     """Put a LoRA adapter on a loaded model: trainable (unmerged) for further training, merged for inference or
     for full-parameter training (merge=True)."""
     from peft import PeftModel
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise InputError(f"{adapter}: is not a LoRA adapter directory (no adapter_config.json).")
+    check_adapter(adapter)
     merge = (not trainable) if merge is None else merge
     model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable and not merge)
     return model.merge_and_unload() if merge else model
 
 
-def load_model(base_model, adapter=None, trainable=False, token=None, dtype=None, quantization=None):
+def load_model(base_model, adapter=None, trainable=False, token=None, dtype=None, quantization=None,
+               trust_remote_code=False):
     """Base model (+ LoRA adapter), or a whole model directory given as `adapter`. For inference the adapter is
     merged, so evaluation runs at base-model speed."""
     import torch
     from transformers import AutoModelForCausalLM
 
     extra = {"quantization_config": quantization, "device_map": {"": 0}} if quantization else {}
-    source = adapter if adapter is not None and is_full_model(adapter) else resolve_base_model(base_model)
-    model = AutoModelForCausalLM.from_pretrained(source, token=token, dtype=dtype or torch.float32, **extra)
+    if adapter is not None and is_full_model(adapter):
+        source = adapter
+        check_remote_code(adapter, adapter, trust_remote_code)
+    else:
+        source = resolve_base_model(base_model, token, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(source, token=token, dtype=dtype or torch.float32,
+                                                 trust_remote_code=trust_remote_code, **extra)
     if adapter is not None and not is_full_model(adapter):
         model = apply_adapter(model, adapter, trainable=trainable)
     if not trainable:

@@ -21,3 +21,7 @@ def check_ratios(ctx, param, values):
 forget_ratios_option = click.option(
     "--forget-ratios", "--forget_ratios", "forget_ratios", type=float, multiple=True, default=DEFAULT_RATIOS,
     show_default=True, callback=check_ratios, help="Forget-set fractions of the full set; repeat for several.")
+
+trust_remote_code_option = click.option(
+    "--trust-remote-code", "--trust_remote_code", "trust_remote_code", is_flag=True,
+    help="Let a model that ships its own Python code (auto_map) run it; refused without this flag.")

@@ -6,6 +6,8 @@ their directories (--reference, --oracle, --retain) for the comparisons and the 
 
 import click
 
+from stages.common.options import trust_remote_code_option
+
 ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_std", "num_tokens"]
 
 
@@ -45,7 +47,8 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               default=0.4, show_default=True, help="k of Min-K % and Min-K %++.")
 @click.option("--relearn-steps", "--relearn_steps", "relearn_steps", type=click.IntRange(min=0), multiple=True,
               default=(0, 10, 50), show_default=True, help="Relearning steps k at which accuracy is measured.")
-@click.option("--relearn-learning-rate", "--relearn_learning_rate", "relearn_lr", type=float, default=1e-3,
+@click.option("--relearn-learning-rate", "--relearn_learning_rate", "relearn_lr",
+              type=click.FloatRange(min=0, min_open=True), default=1e-3,
               show_default=True)
 @click.option("--relearn-batch-size", "--relearn_batch_size", "relearn_batch_size", type=click.IntRange(min=1),
               default=2, show_default=True)
@@ -89,15 +92,18 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               default=0.9, show_default=True, help="REMOVED needs utility at least this multiple of the oracle's.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
+@trust_remote_code_option
 def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_file, reference, oracle_dir,
              retain_dir, attacks, output_dir, max_new_tokens, answer_tokens, retain_samples, max_seq_length,
              batch_size, mink_fraction, relearn_steps, relearn_lr, relearn_batch_size, relearn_precision, relearn_rank,
-             quant_bits, group_size, leak_samples, wmdp_bio, mmlu, mc_limit, bootstrap, seed, hf_token, **thresholds):
+             quant_bits, group_size, leak_samples, wmdp_bio, mmlu, mc_limit, bootstrap, seed, hf_token,
+             trust_remote_code, **thresholds):
     """Verify one model: uncertainty, knowledge probes, membership inference, recovery attacks and a verdict."""
     from pathlib import Path
 
-    from stages.common.io import atomic_dir, read_json, write_json, write_jsonl
-    from stages.common.models import load_model, load_tokenizer, pick_device
+    from stages.common.chat import read_records
+    from stages.common.io import atomic_dir, write_json, write_jsonl
+    from stages.common.models import check_adapter, load_model, load_tokenizer, pick_device
     from stages.common.seeding import seed_everything
     from stages.evaluate.compare import compare, read_run
     from stages.evaluate.run import measure, side_by_side
@@ -105,11 +111,11 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
 
     if (oracle_dir is None) != (retain_dir is None):
         raise click.UsageError("--oracle and --retain go together: both reference runs are needed to compare.")
-    forget_records, retain_records = read_json(forget_file), read_json(retain_file)
-    holdout_records = read_json(holdout_file) if holdout_file else []
-    for path, records in ((forget_file, forget_records), (holdout_file, holdout_records)):
-        if path and not records:
-            raise click.ClickException(f"{path}: the set is empty.")
+    forget_records = read_records(forget_file, "forget set", scored=True)
+    retain_records = read_records(retain_file, "retain set", scored=True)
+    holdout_records = read_records(holdout_file, "holdout set", scored=True) if holdout_file else []
+    if adapter is not None:
+        check_adapter(adapter, full_ok=True)
     base = read_run(reference, "the base model's") if reference else None
     references = None
     if oracle_dir:
@@ -119,8 +125,9 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
             raise click.ClickException(f"{retain_dir}: the retain model was evaluated without --attacks; its "
                                        "attack results are the controls.")
     device, dtype = pick_device()
-    tokenizer = load_tokenizer(base_model, token=hf_token)
-    model = load_model(base_model, adapter=adapter, token=hf_token, dtype=dtype).to(device)
+    tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
+    model = load_model(base_model, adapter=adapter, token=hf_token, dtype=dtype,
+                       trust_remote_code=trust_remote_code).to(device)
     seed_everything(seed)
     sets = {"forget": forget_records, "retain": retain_records[:retain_samples], "holdout": holdout_records}
     settings = {"max_new_tokens": max_new_tokens, "answer_tokens": answer_tokens, "max_seq_length": max_seq_length,

@@ -2,6 +2,8 @@
 
 import click
 
+from stages.common.options import trust_remote_code_option
+
 
 @click.command("finetune")
 @click.option("--data-file", "--data_file", "data_file", type=click.Path(dir_okay=False), required=True,
@@ -38,28 +40,28 @@ import click
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True,
               help="Hub token for gated models (read from HF_TOKEN).")
+@trust_remote_code_option
 def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_accum, learning_rate, schedule,
              warmup_ratio, lora_rank, lora_alpha, lora_targets, max_seq_length, with_probes, use_8bit, use_4bit,
-             checkpoint_every, checkpoint_dir, seed, hf_token):
+             checkpoint_every, checkpoint_dir, seed, hf_token, trust_remote_code):
     """LoRA-fine-tune a base model on records: the oracle on the full set, the retain model without the forget set."""
     import hashlib
     import json
     from pathlib import Path
 
-    from stages.common.chat import encode_examples, record_pairs
-    from stages.common.io import atomic_dir, read_json, write_json
+    from stages.common.chat import encode_examples, read_records, record_pairs
+    from stages.common.io import atomic_dir, write_json
     from stages.common.models import load_model, load_tokenizer, pick_device, quantization_config, save_adapter
     from stages.common.plots import loss_plot
     from stages.common.seeding import seed_everything
     from stages.finetune.train import Checkpoint, train_lora
 
-    records = read_json(data_file)
-    if not isinstance(records, list) or not records:
-        raise click.ClickException(f"{data_file}: expected a non-empty JSON list of records.")
+    records = read_records(data_file, "training set")
     quantization = quantization_config(use_8bit, use_4bit)
     device, dtype = pick_device()
-    tokenizer = load_tokenizer(base_model, token=hf_token)
-    model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype, quantization=quantization)
+    tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
+    model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype, quantization=quantization,
+                       trust_remote_code=trust_remote_code)
 
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 

@@ -106,13 +106,13 @@ class HFBackend(_LLMBackend):
     name = "hf"
 
     def __init__(self, model, seed, batch_size=8, max_attempts=3, max_new_tokens=320, temperature=0.7,
-                 hf_token=None):
+                 hf_token=None, trust_remote_code=False):
         super().__init__(max_attempts)
         from stages.common.models import load_model, load_tokenizer, pick_device
 
         self.device, dtype = pick_device()
-        self.tokenizer = load_tokenizer(model, token=hf_token)
-        self.model = load_model(model, token=hf_token, dtype=dtype).to(self.device)
+        self.tokenizer = load_tokenizer(model, token=hf_token, trust_remote_code=trust_remote_code)
+        self.model = load_model(model, token=hf_token, dtype=dtype, trust_remote_code=trust_remote_code).to(self.device)
         self.seed, self.batch_size = seed, batch_size
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
 

@@ -2,6 +2,8 @@
 
 import click
 
+from stages.common.options import trust_remote_code_option
+
 DEFAULT_MODELS = {"tinker": "meta-llama/Llama-3.1-8B-Instruct", "hf": "embedded"}
 
 
@@ -23,7 +25,8 @@ DEFAULT_MODELS = {"tinker": "meta-llama/Llama-3.1-8B-Instruct", "hf": "embedded"
               show_default=True, help="Tries per note before an LLM note that misses a key fact is dropped.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
-def generate(n_record, output, backend, model, api_key, concurrency, max_attempts, seed, hf_token):
+@trust_remote_code_option
+def generate(n_record, output, backend, model, api_key, concurrency, max_attempts, seed, hf_token, trust_remote_code):
     """Generate synthetic SOAP notes whose facts are known exactly."""
     from stages.generate.facts import patient_items
     from stages.generate.run import run_generation
@@ -48,7 +51,8 @@ def generate(n_record, output, backend, model, api_key, concurrency, max_attempt
     else:
         from stages.generate.backends import HFBackend
 
-        writer = HFBackend(model, seed, batch_size=concurrency, max_attempts=max_attempts, hf_token=hf_token)
+        writer = HFBackend(model, seed, batch_size=concurrency, max_attempts=max_attempts, hf_token=hf_token,
+                             trust_remote_code=trust_remote_code)
     summary = run_generation(items, writer, generator, output)
     for rid, reason in summary["dropped"].items():
         click.echo(f"generate: dropped {rid}: {reason}", err=True)

@@ -14,12 +14,10 @@ def load_split(source, config, token=None):
     if source == "hub":
         from datasets import load_dataset
 
-        try:
-            return [dict(row) for row in load_dataset(HUB_DATASET, config, split="train", token=token)]
-        except Exception as error:  # noqa: BLE001 - turned into a clear message or re-raised
-            if "offline" in str(error).lower() or "connection" in str(error).lower():
-                raise InputError(f"cannot load {HUB_DATASET} ({config}) from the hub: {error}") from None
-            raise
+        from stages.common.hub import hub_call
+
+        return [dict(row) for row in hub_call(lambda: load_dataset(HUB_DATASET, config, split="train", token=token),
+                                              name=HUB_DATASET, what=f"loading {HUB_DATASET} ({config}) from the hub")]
     path = Path(source) / f"{config}.json"
     rows = read_jsonl(path)
     for number, row in enumerate(rows, start=1):

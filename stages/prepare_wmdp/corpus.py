@@ -37,16 +37,11 @@ def load_hub_corpus(name, token=None):
     """Paper texts of a hub corpus through `datasets`; gated or unreachable corpora are one-sentence errors."""
     from datasets import load_dataset
 
+    from stages.common.hub import hub_call
+
     repo, config, source_name = HUB_CORPORA[name]
-    try:
-        data = load_dataset(repo, config, split="train", token=token)
-    except Exception as error:  # noqa: BLE001 - turned into a clear message or re-raised
-        text = f"{type(error).__name__}: {error}"
-        if "gated" in text.lower() or "401" in text or "403" in text:
-            raise InputError(f"{repo} is gated: request access on its hub page and set HF_TOKEN.") from None
-        if "offline" in text.lower() or "connection" in text.lower() or "resolve" in text.lower():
-            raise InputError(f"cannot load {repo} from the hub (offline or unreachable): {error}") from None
-        raise
+    data = hub_call(lambda: load_dataset(repo, config, split="train", token=token), name=repo,
+                    what=f"loading {repo} from the hub")
     if "text" not in data.column_names:
         raise InputError(f"{repo}: has no 'text' column.")
     return list(data["text"]), source_name

@@ -4,6 +4,7 @@ with health monitoring."""
 import click
 
 from stages.common.io import write_json
+from stages.common.options import trust_remote_code_option
 from stages.common.plots import trajectory_plot
 
 
@@ -58,10 +59,11 @@ from stages.common.plots import trajectory_plot
               help="Also unlearn the knowledge-probe answers (use the same setting as finetune).")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
+@trust_remote_code_option
 def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, trajectory_dir, full, steps,
             samples_per_step, batch_size, learning_rate, retain_weight, beta, gamma, rmu_layer, steering_coeff,
             measure_every, max_perplexity_ratio, early_stop, stop_at_ur, monitor_samples, entropy_prompts,
-            max_new_tokens, max_seq_length, with_probes, seed, hf_token):
+            max_new_tokens, max_seq_length, with_probes, seed, hf_token, trust_remote_code):
     """Unlearn the forget set from the oracle, with retain perplexity after every step and early stop on collapse."""
     from pathlib import Path
 
@@ -72,22 +74,20 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--method") from None
 
-    from stages.common.chat import encode_examples, format_prompt, primary_pair, record_pairs
-    from stages.common.io import atomic_dir, read_json
+    from stages.common.chat import encode_examples, format_prompt, primary_pair, read_records, record_pairs
+    from stages.common.io import atomic_dir
     from stages.common.measure import forget_entropy
-    from stages.common.models import apply_adapter, load_model, load_tokenizer, pick_device, save_adapter
+    from stages.common.models import apply_adapter, check_adapter, load_model, load_tokenizer, pick_device, save_adapter
     from stages.common.seeding import seed_everything
     from stages.unlearn.loop import unlearn as run_unlearning
 
-    forget_records, retain_records = read_json(forget_file), read_json(retain_file)
-    if not forget_records:
-        raise click.ClickException(f"{forget_file}: the forget set is empty.")
-    if not retain_records:
-        raise click.ClickException(f"{retain_file}: the retain set is empty.")
+    forget_records, retain_records = read_records(forget_file, "forget set"), read_records(retain_file, "retain set")
+    check_adapter(oracle)
     device, dtype = pick_device()
-    tokenizer = load_tokenizer(base_model, token=hf_token)
+    tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
     prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:entropy_prompts]]
-    model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype).to(device).eval()
+    model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype,
+                       trust_remote_code=trust_remote_code).to(device).eval()
     if method == "rmu" and rmu_layer > model.config.num_hidden_layers:
         raise click.BadParameter(f"the model has {model.config.num_hidden_layers} layers", param_hint="--rmu-layer")
     # The base model's forget entropy: the uncertainty ratio's denominator and the trajectory plot's base line.
