@@ -49,7 +49,8 @@ class FakeHub:
         return [status for _, _, status in self.requests]
 
     def answer(self, handler, body):
-        if not any(f"/{name}/" in handler.path + "/" for name in self.repos):  # not about a repo (e.g. telemetry)
+        path = handler.path.split("?")[0]
+        if path.startswith("/api/") and not path.startswith(("/api/models/", "/api/datasets/")):  # e.g. telemetry
             self.send(handler, 404, b"{}", body)
             return
         with self.lock:

@@ -52,14 +52,38 @@ def _one_sentence(name, error):
         return InputError(f"{name}: not a local path, and not in the hub cache while offline (HF_HUB_OFFLINE=1).")
     if "HFValidationError" in names:
         return InputError(f"{name}: no such local path, and not a valid hub id.")
-    if names & {"GatedRepoError"} or statuses & {401, 403} or any("gated" in str(e).lower() for e in chain):
-        return InputError(f"{name} is gated or private on the hub: request access on its page and set HF_TOKEN.")
-    if names & {"RepositoryNotFoundError", "DatasetNotFoundError"} or 404 in statuses:
+    gated = InputError(f"{name} is gated or private on the hub: request access on its page and set HF_TOKEN.")
+    if names & {"GatedRepoError"} or statuses & {401, 403}:
+        return gated
+    if names & {"RepositoryNotFoundError"} or 404 in statuses:
         return InputError(f"{name}: no such repository on the hub (or it is private: set HF_TOKEN).")
+    if "DatasetNotFoundError" in names:  # `datasets` says "gated" in its message, or nothing more
+        return gated if any("gated" in str(e).lower() for e in chain) else InputError(
+            f"{name}: no such dataset on the hub (or it is private: set HF_TOKEN).")
     if names & {"ConnectError", "ConnectionError"}:
         return InputError(f"{name}: cannot reach the hub ({os.environ.get('HF_ENDPOINT', 'huggingface.co')}); "
                           "set HF_HUB_OFFLINE=1 to use only the local cache.")
     return None
+
+
+def _limit_requests(session, seconds):
+    """huggingface_hub asks for no timeout at all (a stalled hub would hang a run forever): every request of its
+    session gets `seconds` to connect and between bytes, through a request hook (the client's public interface)."""
+
+    def deadline(request):
+        limits = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {k: seconds if limits.get(k) is None else limits[k]
+                                         for k in ("connect", "read", "write", "pool")}
+
+    hooks = session.event_hooks
+    hooks["request"] = [h for h in hooks.get("request", []) if getattr(h, "__name__", "") != "deadline"] + [deadline]
+    session.event_hooks = hooks
+
+
+def reason(error):
+    """'HTTP 429' or 'timed out after 60 s': what a transient hub error was."""
+    status = next((_status(e) for e in _chain(error) if _status(e)), None)
+    return f"HTTP {status}" if status else f"timed out after {_settings()[0]:g} s"
 
 
 def hub_call(call, *, name, what):
@@ -68,16 +92,13 @@ def hub_call(call, *, name, what):
     from huggingface_hub import get_session
 
     timeout, attempts, delay = _settings()
-    get_session().timeout = timeout
+    _limit_requests(get_session(), timeout)
     try:
         return with_retries(call, what=what, is_transient=is_transient, attempts=attempts, base_delay=delay,
-                            report=lambda line: click.echo(line, err=True))
+                            report=lambda line: click.echo(line, err=True), describe=reason)
     except GiveUp as error:
-        last = error.__cause__
-        status = next((_status(e) for e in _chain(last) if _status(e)), None)
-        reason = f"HTTP {status}" if status else "timed out"
-        raise GiveUp(f"{what}: gave up after {attempts} attempts (last: {reason}); the hub is rate-limiting, failing "
-                     "or too slow, try again later.") from None
+        raise GiveUp(f"{what}: gave up after {attempts} attempts (last: {reason(error.__cause__)}); the hub is "
+                     "rate-limiting, failing or too slow, try again later.") from None
     except Exception as error:  # noqa: BLE001 - a clear sentence when we can give one, else as it is
         sentence = _one_sentence(name, error)
         if sentence is None:

@@ -9,8 +9,9 @@ class GiveUp(RuntimeError):
 
 
 def with_retries(call, *, what, is_transient, attempts=6, base_delay=1.0, max_delay=60.0, sleep=time.sleep,
-                 report=None, rng=random):
-    """Run `call()`; on a transient error wait base_delay * 2^k (capped, jittered) and try again."""
+                 report=None, rng=random, describe=None):
+    """Run `call()`; on a transient error wait base_delay * 2^k (capped, jittered) and try again. `report` gets a
+    line per wait; `describe(error)` says in a few words what went wrong (default: the error's type and text)."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
@@ -21,5 +22,6 @@ def with_retries(call, *, what, is_transient, attempts=6, base_delay=1.0, max_de
                 raise GiveUp(f"{what} failed {attempts} times; last error: {error}") from error
             delay = rng.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
             if report:
-                report(f"{what}: {type(error).__name__} ({error}); retry {attempt}/{attempts - 1} in {delay:.1f} s")
+                reason = describe(error) if describe else f"{type(error).__name__} ({error})"
+                report(f"{what}: {reason}; retry {attempt}/{attempts - 1} in {delay:.1f} s")
             sleep(delay)

@@ -1,0 +1,99 @@
+"""Hub downloads against a hub on loopback (tests/fake_hub.py) that answers 429, 500 and too slowly before it
+answers: a real stage process retries with backoff, says what it waits for, and gives up with one sentence."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fake_hub import FakeHub
+
+BIN = Path(sys.executable).parent
+
+
+def finetune(tmp_path, hub, model, data, **env):
+    """`unforgotten finetune` on the hub's model (one short epoch), online, with a fresh hub cache."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    environment.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), UNFORGOTTEN_HUB_TIMEOUT="1",
+                       UNFORGOTTEN_RETRY_DELAY="0.05", HF_HUB_DISABLE_TELEMETRY="1", **env)
+    command = [str(BIN / "unforgotten"), "finetune", "--data-file", str(data), "--base-model", model,
+               "--output-dir", str(tmp_path / "adapter"), "--num-epochs", "1", "--batch-size", "8",
+               "--max-seq-length", "192", "--no-with-probes"]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, medical_dir):
+    path = tmp_path_factory.mktemp("hub-data") / "train.json"
+    path.write_text(json.dumps(json.loads((medical_dir / "med_synthetic_forget10.json").read_text())[:2]))
+    return path
+
+
+def test_download_retries_rate_limits_server_errors_and_timeouts_then_trains(tmp_path, tiny_model_dir, data):
+    with FakeHub({"org/tiny": tiny_model_dir}, failures=[429, 500, "timeout", 503], stall=4) as hub:
+        result = finetune(tmp_path, hub, "org/tiny", data)
+    assert result.returncode == 0, result.stderr
+    assert hub.statuses()[:5] == [429, 500, "timeout", 503, 200]
+    waits = [line for line in result.stderr.splitlines() if line.startswith("downloading org/tiny from the hub: ")]
+    assert [w.split(": ", 1)[1].split(";")[0] for w in waits] == ["HTTP 429", "HTTP 500", "timed out after 1 s",
+                                                                  "HTTP 503"]
+    assert all(f"retry {n}/5 in " in w for n, w in enumerate(waits, start=1))
+    assert (tmp_path / "adapter/adapter_model.safetensors").is_file()
+
+
+def test_a_hub_that_keeps_failing_is_given_up_in_one_sentence_and_nothing_is_written(tmp_path, tiny_model_dir,
+                                                                                      data):
+    with FakeHub({"org/tiny": tiny_model_dir}, failures=[500] * 50) as hub:
+        result = finetune(tmp_path, hub, "org/tiny", data, UNFORGOTTEN_HUB_ATTEMPTS="3")
+    assert result.returncode == 1
+    assert len(hub.requests) == 3
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: GiveUp: downloading org/tiny from the hub: gave up after 3 attempts (last: HTTP 500); the hub is "
+        "rate-limiting, failing or too slow, try again later. (run `unforgotten --debug ...` or set "
+        "UNFORGOTTEN_DEBUG=1 for the traceback).")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_an_unknown_repository_is_one_sentence_without_retries(tmp_path, tiny_model_dir, data):
+    with FakeHub({"org/tiny": tiny_model_dir}) as hub:
+        result = finetune(tmp_path, hub, "org/absent", data)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: org/absent: no such repository on the hub (or it is private: set HF_TOKEN).")
+    assert len(hub.requests) == 1
+
+
+def test_an_unreachable_hub_fails_at_once(tmp_path, data):
+    hub = FakeHub({})  # bound but never started: the port refuses... once closed
+    hub.server.server_close()
+    result = finetune(tmp_path, hub, "org/tiny", data)
+    assert result.returncode == 1
+    assert "org/tiny: cannot reach the hub" in result.stderr.strip().splitlines()[-1]
+
+
+def test_transient_errors_are_recognised_through_the_libraries_wrappers():
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from stages.common.hub import is_transient
+
+    class Response:
+        def __init__(self, status_code):
+            self.status_code = status_code
+            self.headers, self.request, self.url = {}, None, "http://hub"
+
+    def wrapped(status):
+        try:
+            try:
+                raise HfHubHTTPError("hub said no", response=Response(status))
+            except HfHubHTTPError as error:
+                raise LocalEntryNotFoundError("could not locate the file") from error
+        except LocalEntryNotFoundError as outer:
+            return outer
+
+    assert [is_transient(wrapped(s)) for s in (429, 500, 503, 404, 401)] == [True, True, True, False, False]
+    assert is_transient(TimeoutError("read timed out"))
+    assert not is_transient(ValueError("bad"))
