@@ -1,6 +1,7 @@
 """The one JSON/JSONL reader and writer. Every write is atomic: a temporary file beside the target, then rename."""
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -29,9 +30,12 @@ def atomic_path(path):
 
 @contextlib.contextmanager
 def atomic_dir(path):
-    """Yield a temporary directory beside `path`; on success it replaces `path` (a directory), else it is removed."""
+    """Yield a temporary directory beside `path`; on success it replaces `path` (a directory), else it is removed.
+    Temporary directories of the same target that a killed run left behind are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
