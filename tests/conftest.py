@@ -63,8 +63,10 @@ def medical_dir(tmp_path_factory, notes_file):
 
 @pytest.fixture(scope="session")
 def micro_repo(tmp_path_factory, tiny_model_dir):
-    """The real dvc.yaml reproduced once on the micro profile: (repository, output of `dvc repro`)."""
-    from tests.micro import dvc, make_micro_repo
+    """The real dvc.yaml reproduced once on the micro profile, with fake secrets in the environment (which
+    test_pipeline then looks for everywhere): (repository, stdout and stderr of `dvc repro`)."""
+    from tests.micro import BIN, FAKE_SECRETS, make_micro_repo, run
 
     repo = make_micro_repo(tmp_path_factory.mktemp("pipeline"), tiny_model_dir)
-    return repo, dvc(repo, "repro")
+    result = run([str(BIN / "dvc"), "repro"], repo, **FAKE_SECRETS)
+    return repo, result.stdout + result.stderr

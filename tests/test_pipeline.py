@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.micro import dvc
+from tests.micro import FAKE_SECRETS, dvc
 from tests.verify_keys import verify_keys
 
 RUNS = ["base", "oracle", "retain-f10", "grad_ascent-f10"]
@@ -94,3 +94,20 @@ def test_unlearned_entropies_reproduce_with_an_independent_loop(repo, tiny_model
         assert row["response"] == tokenizer.decode(tokens, skip_special_tokens=True)
         assert abs(row["mean_entropy"] - sum(entropies) / len(entropies)) < 1e-4
         assert abs(row["max_entropy"] - max(entropies)) < 1e-4
+
+
+@pytest.mark.pipeline
+def test_no_secret_in_the_environment_reaches_an_output_log_lock_plot_or_cache(repo):
+    """The repro ran with fake HF_TOKEN, TINKER_API_KEY and AWS keys set: none is in any file of the repository
+    (outputs, plots, dvc.lock, DVC's cache and temporary files, git) or in what the stages printed."""
+    repo, output = repo
+    needles = [secret.encode() for secret in FAKE_SECRETS.values()]
+    scanned = [path for path in repo.rglob("*") if path.is_file()]
+    for path in scanned:
+        data = path.read_bytes()
+        assert not any(needle in data for needle in needles), path
+    assert not any(secret in output for secret in FAKE_SECRETS.values())
+    # The scan covered what it should: the lock, plots, adapters and the DVC cache.
+    names = {p.name for p in scanned}
+    assert {"dvc.lock", "report.png", "trajectory.png", "adapter_model.safetensors"} <= names
+    assert any(".dvc/cache" in str(p) for p in scanned)
