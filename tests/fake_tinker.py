@@ -69,7 +69,7 @@ class FakeSamplingClient:
             sequences = [Sequence()]
 
         class Future:
-            def result(self):
+            def result(self, timeout=None):
                 return Response()
 
         return Future()

@@ -217,3 +217,72 @@ def test_hf_backend_drops_and_counts_replies_that_are_not_notes(tmp_path, tiny_m
     assert summary["written"] == 0 and len(summary["dropped"]) == 4
     assert set(summary["dropped"].values()) == {"reply is not a four-section SOAP note"}
     assert (tmp_path / "n.jsonl").read_text() == ""
+
+
+class RefusingService:
+    """A Tinker service on loopback that answers every request with `status` (or never answers: 'stall'),
+    recording when each request came."""
+
+    def __init__(self, status):
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.times = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                service.times.append(time.monotonic())
+                if status == "stall":
+                    time.sleep(30)
+                    return
+                body = b'{"error": "scripted"}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [429, 500, "stall"])
+def test_a_tinker_service_that_refuses_is_retried_reported_and_given_up_in_one_sentence(status, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    service = RefusingService(status)
+    env = {**os.environ, "TINKER_BASE_URL": service.url, "TINKER_API_KEY": "tml-fake-key-for-the-test",
+           "UNFORGOTTEN_TINKER_TIMEOUT": "6"}
+    try:
+        result = subprocess.run([str(Path(sys.executable).parent / "unforgotten"), "generate", "--backend", "tinker",
+                                 "--n-record", "2", "--output", str(tmp_path / "notes.jsonl")], env=env,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        service.close()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"Error: GiveUp: Tinker ({service.url}) did not give a sampling client for ")
+    assert "within 6 s: it is rate-limiting, failing or unreachable; try again later." in lines[-1]
+    assert any(line.startswith(f"Tinker: waiting 2 s for {service.url}") for line in lines), lines
+    assert "Traceback" not in result.stderr and "tml-fake-key-for-the-test" not in result.stdout + result.stderr
+    assert not (tmp_path / "notes.jsonl").exists()
+    if status != "stall":  # the SDK's own retries, each wait longer than the one before (exponential backoff)
+        gaps = [b - a for a, b in zip(service.times, service.times[1:])]
+        assert len(gaps) >= 3 and gaps[0] < gaps[1] < gaps[2], gaps

@@ -4,7 +4,7 @@ Tinker SDK, `hf` with a local transformers model. LLM notes that miss a key fact
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-from stages.common.retry import with_retries
+from stages.common.retry import GiveUp, with_retries
 from stages.generate.llm import missing_key_facts, note_prompt, parse_note
 from stages.generate.template import render_note
 
@@ -53,6 +53,52 @@ class _LLMBackend:
         return None, reason
 
 
+def tinker_timeout():
+    """Seconds to wait for one Tinker answer (UNFORGOTTEN_TINKER_TIMEOUT, default 600)."""
+    import os
+
+    return float(os.environ.get("UNFORGOTTEN_TINKER_TIMEOUT", 600))
+
+
+def connect_tinker(model, api_key, report=None, deadline=600.0):
+    """The Tinker SDK's sampling client for `model`. The SDK retries rate limits and server errors itself, with
+    backoff but without a bound or a word; this waits for it at most `deadline` seconds, says every 10 s (a third of
+    a short deadline) what it is waiting for, and then gives up in one sentence."""
+    import os
+    import threading
+    import time
+
+    import tinker
+
+    where = os.environ.get("TINKER_BASE_URL") or "the Tinker service"
+    every = min(10.0, deadline / 3)
+    outcome = {}
+
+    def connect():
+        try:
+            outcome["client"] = tinker.ServiceClient(api_key=api_key).create_sampling_client(base_model=model)
+        except Exception as error:  # noqa: BLE001 - raised in the caller's thread below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=connect, daemon=True)  # a daemon: giving up does not wait for the SDK
+    thread.start()
+    start = time.monotonic()
+    while True:
+        thread.join(min(every, max(0.0, deadline - (time.monotonic() - start))))
+        waited = time.monotonic() - start
+        if not thread.is_alive():
+            break
+        if waited >= deadline:
+            raise GiveUp(f"Tinker ({where}) did not give a sampling client for {model} within {deadline:g} s: it is "
+                         "rate-limiting, failing or unreachable; try again later.")
+        if report:
+            report(f"Tinker: waiting {waited:.0f} s for {where} to give a sampling client for {model} (the SDK "
+                   "retries rate limits and server errors)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["client"]
+
+
 class TinkerBackend(_LLMBackend):
     """Samples from `model` on the Tinker service. `client` is a SamplingClient; by default the real SDK's."""
 
@@ -61,10 +107,9 @@ class TinkerBackend(_LLMBackend):
     def __init__(self, model, api_key, seed, concurrency=8, max_attempts=3, client=None, report=None,
                  max_tokens=400, temperature=0.7, sleep=None):
         super().__init__(max_attempts)
+        self.timeout = tinker_timeout()
         if client is None:
-            import tinker
-
-            client = tinker.ServiceClient(api_key=api_key).create_sampling_client(base_model=model)
+            client = connect_tinker(model, api_key, report, self.timeout)
         self.client, self.model, self.seed, self.concurrency = client, model, seed, concurrency
         self.tokenizer = client.get_tokenizer()
         self.report, self.max_tokens, self.temperature = report, max_tokens, temperature
@@ -81,7 +126,8 @@ class TinkerBackend(_LLMBackend):
                                       seed=self.seed * 1_000_003 + number * 31 + attempt)
         extra = {"sleep": self.sleep} if self.sleep else {}
         response = with_retries(
-            lambda: self.client.sample(prompt=model_input, num_samples=1, sampling_params=params).result(),
+            lambda: self.client.sample(prompt=model_input, num_samples=1, sampling_params=params).result(
+                timeout=self.timeout),
             what=f"Tinker sampling for {record_id}", is_transient=is_transient, report=self.report, **extra)
         return self.tokenizer.decode(response.sequences[0].tokens, skip_special_tokens=True)
 
