@@ -18,7 +18,9 @@ from pathlib import Path
 
 RUNNERS = ("local", "docker", "podman", "buildah")
 IMAGE_OF = {"prepare-tofu": "prepare-wmdp", "report": "evaluate"}  # stages that run in another stage's image
-PASS_ENV = ("HF_TOKEN", "TINKER_API_KEY", "HF_HUB_OFFLINE", "HF_ENDPOINT", "TQDM_DISABLE")
+PASS_ENV = ("HF_TOKEN", "TINKER_API_KEY", "TINKER_BASE_URL", "HF_HUB_OFFLINE", "HF_ENDPOINT", "TQDM_DISABLE",
+            "UNFORGOTTEN_DEBUG", "UNFORGOTTEN_HUB_TIMEOUT", "UNFORGOTTEN_HUB_ATTEMPTS", "UNFORGOTTEN_RETRY_DELAY",
+            "UNFORGOTTEN_TINKER_TIMEOUT")
 DEFAULT_IMAGE = "unforgotten-{stage}:{version}"
 
 

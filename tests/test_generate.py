@@ -284,5 +284,5 @@ def test_a_tinker_service_that_refuses_is_retried_reported_and_given_up_in_one_s
     assert "Traceback" not in result.stderr and "tml-fake-key-for-the-test" not in result.stdout + result.stderr
     assert not (tmp_path / "notes.jsonl").exists()
     if status != "stall":  # the SDK's own retries, each wait longer than the one before (exponential backoff)
-        gaps = [b - a for a, b in zip(service.times, service.times[1:])]
+        gaps = [b - a for a, b in zip(service.times, service.times[1:], strict=False)]
         assert len(gaps) >= 3 and gaps[0] < gaps[1] < gaps[2], gaps
