@@ -51,6 +51,8 @@ def work(tmp_path_factory, medical_dir, notes_file, tiny_model_dir):
         (w / name).write_text(text)
     (w / "latin1.json").write_bytes('[{"id": "é"}]'.encode("latin-1"))
     (w / "not-a-model").mkdir()
+    (w / "oracle").mkdir()  # an adapter directory as far as the checks before loading go
+    (w / "oracle/adapter_config.json").write_text("{}")
     remote = w / "remote-code-model"
     remote.mkdir()
     for f in Path(tiny_model_dir).iterdir():
@@ -131,6 +133,10 @@ CASES = {
     "unknown-method": (["unlearn", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",
                         "--oracle", "{w}/not-a-model", "--base-model", "{model}", "--method", "nop", "--output-dir",
                         "{w}/out/u"], 2, r"unknown unlearning method 'nop' \(available: grad_ascent, "),
+    "rmu-layer-beyond-the-model": (["unlearn", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",
+                                    "--oracle", "{w}/oracle", "--base-model", "{model}", "--method", "rmu",
+                                    "--rmu-layer", "5", "--output-dir", "{w}/out/u"], 2,
+                                   r"Invalid value for --rmu-layer: 5 is beyond the model's 2 layers"),
     "unknown-quant-bits": (["evaluate", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",
                             "--base-model", "{model}", "--run-name", "x", "--output-dir", "{w}/out/e",
                             "--quant-bits", "3"], 2,

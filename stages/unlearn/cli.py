@@ -77,19 +77,32 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     from stages.common.chat import encode_examples, format_prompt, primary_pair, read_records, record_pairs
     from stages.common.io import atomic_dir
     from stages.common.measure import forget_entropy
-    from stages.common.models import apply_adapter, check_adapter, load_model, load_tokenizer, pick_device, save_adapter
+    from stages.common.models import (
+        apply_adapter,
+        check_adapter,
+        load_model,
+        load_tokenizer,
+        pick_device,
+        resolve_base_model,
+        save_adapter,
+    )
     from stages.common.seeding import seed_everything
     from stages.unlearn.loop import unlearn as run_unlearning
 
     forget_records, retain_records = read_records(forget_file, "forget set"), read_records(retain_file, "retain set")
     check_adapter(oracle)
+    if method == "rmu":  # checked on the config, before the model is loaded
+        from transformers import AutoConfig
+
+        layers = AutoConfig.from_pretrained(resolve_base_model(base_model, hf_token, trust_remote_code),
+                                            trust_remote_code=trust_remote_code).num_hidden_layers
+        if rmu_layer > layers:
+            raise click.BadParameter(f"{rmu_layer} is beyond the model's {layers} layers", param_hint="--rmu-layer")
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
     prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:entropy_prompts]]
     model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype,
                        trust_remote_code=trust_remote_code).to(device).eval()
-    if method == "rmu" and rmu_layer > model.config.num_hidden_layers:
-        raise click.BadParameter(f"the model has {model.config.num_hidden_layers} layers", param_hint="--rmu-layer")
     # The base model's forget entropy: the uncertainty ratio's denominator and the trajectory plot's base line.
     base_entropy = forget_entropy(model, tokenizer, prompts, max_new_tokens)
     model = apply_adapter(model, oracle, trainable=True, merge=full)
