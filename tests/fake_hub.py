@@ -63,11 +63,20 @@ class FakeHub:
             self.requests.append((handler.command, handler.path, failure))
             self.send(handler, failure, json.dumps({"error": "scripted failure"}).encode(), body)
             return
-        status, payload, headers = self.route(handler.path.split("?")[0])
+        status, payload, headers = self.route(path, handler.path.partition("?")[2])
         self.requests.append((handler.command, handler.path, status))
         self.send(handler, status, payload, body, headers)
 
-    def route(self, path):
+    @staticmethod
+    def tree(root, folder, recursive):
+        """The hub's listing of `folder`: its files and folders, or with `recursive` everything below it."""
+        base = root / folder
+        entries = sorted(base.rglob("*") if recursive else base.iterdir()) if base.is_dir() else []
+        return [{"type": "directory", "path": str(p.relative_to(root)), "oid": SHA} if p.is_dir() else
+                {"type": "file", "path": str(p.relative_to(root)), "size": p.stat().st_size, "oid": SHA}
+                for p in entries]
+
+    def route(self, path, query=""):
         parts = path.strip("/").split("/")
         if parts[0] == "api" and parts[1] in ("models", "datasets"):  # /api/models/org/name[/revision/rev]
             name = "/".join(parts[2:4])
@@ -75,8 +84,8 @@ class FakeHub:
                 return 404, json.dumps({"error": "Repository not found"}).encode(), {"X-Error-Code": "RepoNotFound"}
             root = self.repos[name]
             files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-            if len(parts) > 4 and parts[4] == "tree":  # /api/models/org/name/tree/rev: the file listing
-                info = [{"type": "file", "path": f, "size": (root / f).stat().st_size, "oid": SHA} for f in files]
+            if len(parts) > 4 and parts[4] == "tree":  # /api/models/org/name/tree/rev[/folder][?recursive=true]
+                info = self.tree(root, "/".join(parts[6:]), "recursive=true" in query)
             else:
                 info = {"id": name, "sha": SHA, "siblings": [{"rfilename": f} for f in files], "private": False}
             return 200, json.dumps(info).encode(), {"Content-Type": "application/json"}

@@ -97,3 +97,29 @@ def test_transient_errors_are_recognised_through_the_libraries_wrappers():
     assert [is_transient(wrapped(s)) for s in (429, 500, 503, 404, 401)] == [True, True, True, False, False]
     assert is_transient(TimeoutError("read timed out"))
     assert not is_transient(ValueError("bad"))
+
+
+def test_a_hub_corpus_is_loaded_through_rate_limits_server_errors_and_timeouts(tmp_path):
+    """prepare-wmdp --source hub: `datasets` against the hub on loopback, in the layout of cais/wmdp-corpora."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "wmdp-corpora"
+    (corpus / "bio-retain-corpus").mkdir(parents=True)
+    (corpus / "README.md").write_text("---\nconfigs:\n- config_name: bio-retain-corpus\n  data_files:\n"
+                                      "  - split: train\n    path: bio-retain-corpus/train-*\n---\n")
+    papers = ["The first paper has one long sentence here. And a second one after it.",
+              "The second paper says something else entirely, at length."]
+    pq.write_table(pa.table({"text": papers}), corpus / "bio-retain-corpus/train-00000-of-00001.parquet")
+    environment = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    with FakeHub({"cais/wmdp-corpora": corpus}, failures=[429, 500, "timeout", 503], stall=4) as hub:
+        environment.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), UNFORGOTTEN_HUB_TIMEOUT="1",
+                           UNFORGOTTEN_RETRY_DELAY="0.05", HF_HUB_DISABLE_TELEMETRY="1")
+        result = subprocess.run([str(BIN / "unforgotten"), "prepare-wmdp", "--source", "hub", "--output-dir",
+                                 str(tmp_path / "wmdp"), "--target-size", "3", "--forget-ratios", "0.5"],
+                                env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert hub.statuses()[:4] == [429, 500, "timeout", 503] and 200 in hub.statuses()
+    full = json.loads((tmp_path / "wmdp/wmdp_bio_full.json").read_text())
+    assert len(full) == 3 and {r["source"] for r in full} == {"wmdp-bio-retain"}
+    assert all(any(r["text"] in paper for paper in papers) for r in full)
