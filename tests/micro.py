@@ -21,9 +21,9 @@ MICRO = {
     "attacks": {"relearn-steps": [0, 2], "leak-samples": 2},
 }
 # Credentials a stage could see in a real run; fake, so a test can look for them in everything the run left.
-FAKE_SECRETS = {"HF_TOKEN": "hf_fakeTokenForTheSecretScan0123456789",
+FAKE_SECRETS = {"HF_TOKEN": "hf_fake_token_for_the_secret_scan_0123",
                 "TINKER_API_KEY": "tml-fake-tinker-key-4f3e2d1c",
-                "AWS_ACCESS_KEY_ID": "AKIAFAKESECRETSCAN00",
+                "AWS_ACCESS_KEY_ID": "AKIA_FAKE_KEY_FOR_THE_SCAN",
                 "AWS_SECRET_ACCESS_KEY": "fakeSecretKeyForTheScan/abcdefghij0123"}
 PIPELINE_FILES = ["dvc.yaml", "data.dvc", ".dvc/config", ".dvc/.gitignore", ".gitignore", ".dvcignore"]
 
