@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from stages.cli import main
-from stages.common.retry import GiveUp, with_retries
-from stages.generate.backends import TemplateBackend, TinkerBackend, is_transient
+from stages.common.retry import GiveUp, is_transient, with_retries
+from stages.generate.backends import TemplateBackend, TinkerBackend
 from stages.generate.facts import NAME_CAPACITY, patient_items, sample_patients
 from stages.generate.llm import missing_key_facts, note_prompt, parse_note
 from stages.generate.run import run_generation

@@ -78,7 +78,7 @@ def test_an_unreachable_hub_fails_at_once(tmp_path, data):
 def test_transient_errors_are_recognised_through_the_libraries_wrappers():
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from stages.common.hub import is_transient
+    from stages.common.retry import is_transient
 
     class Response:
         def __init__(self, status_code):
@@ -97,6 +97,9 @@ def test_transient_errors_are_recognised_through_the_libraries_wrappers():
     assert [is_transient(wrapped(s)) for s in (429, 500, 503, 404, 401)] == [True, True, True, False, False]
     assert is_transient(TimeoutError("read timed out"))
     assert not is_transient(ValueError("bad"))
+    # A refused connection: retried for Tinker, not for the hub (unreachable means fail at once).
+    refused = ConnectionRefusedError()
+    assert is_transient(refused) and not is_transient(refused, connection_errors=False)
 
 
 def test_a_hub_corpus_is_loaded_through_rate_limits_server_errors_and_timeouts(tmp_path):

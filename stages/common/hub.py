@@ -6,9 +6,7 @@ import os
 import click
 
 from stages.common.io import InputError
-from stages.common.retry import GiveUp, with_retries
-
-TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+from stages.common.retry import GiveUp, chain, is_transient, status, with_retries
 
 
 def _settings():
@@ -18,36 +16,11 @@ def _settings():
             float(os.environ.get("UNFORGOTTEN_RETRY_DELAY", 1.0)))
 
 
-def _chain(error):
-    """The error and every error it was raised from or while handling."""
-    seen = []
-    while error is not None and error not in seen:
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    return seen
-
-
-def _status(error):
-    response = getattr(error, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def is_transient(error):
-    """Worth another try: HTTP 429/5xx (and 408/425), or a request that timed out, anywhere in the chain."""
-    for e in _chain(error):
-        if _status(e) in TRANSIENT_STATUS:
-            return True
-        if any(cls.__name__ in ("TimeoutException", "Timeout") for cls in type(e).__mro__) \
-                or isinstance(e, TimeoutError):
-            return True
-    return False
-
-
 def _one_sentence(name, error):
     """InputError for what a user can fix (offline, unknown or gated repository), else None."""
-    chain = _chain(error)
-    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
-    statuses = {_status(e) for e in chain}
+    errors = chain(error)
+    names = {cls.__name__ for e in errors for cls in type(e).__mro__}
+    statuses = {status(e) for e in errors}
     if names & {"OfflineModeIsEnabled"} or ("LocalEntryNotFoundError" in names and os.environ.get("HF_HUB_OFFLINE")):
         return InputError(f"{name}: not a local path, and not in the hub cache while offline (HF_HUB_OFFLINE=1).")
     if "HFValidationError" in names:
@@ -58,7 +31,7 @@ def _one_sentence(name, error):
     if names & {"RepositoryNotFoundError"} or 404 in statuses:
         return InputError(f"{name}: no such repository on the hub (or it is private: set HF_TOKEN).")
     if "DatasetNotFoundError" in names:  # `datasets` says "gated" in its message, or nothing more
-        return gated if any("gated" in str(e).lower() for e in chain) else InputError(
+        return gated if any("gated" in str(e).lower() for e in errors) else InputError(
             f"{name}: no such dataset on the hub (or it is private: set HF_TOKEN).")
     if names & {"ConnectError", "ConnectionError"}:
         return InputError(f"{name}: cannot reach the hub ({os.environ.get('HF_ENDPOINT', 'huggingface.co')}); "
@@ -82,8 +55,8 @@ def _limit_requests(session, seconds):
 
 def reason(error):
     """'HTTP 429' or 'timed out after 60 s': what a transient hub error was."""
-    status = next((_status(e) for e in _chain(error) if _status(e)), None)
-    return f"HTTP {status}" if status else f"timed out after {_settings()[0]:g} s"
+    code = next((status(e) for e in chain(error) if status(e)), None)
+    return f"HTTP {code}" if code else f"timed out after {_settings()[0]:g} s"
 
 
 def hub_call(call, *, name, what):
@@ -94,8 +67,10 @@ def hub_call(call, *, name, what):
     timeout, attempts, delay = _settings()
     _limit_requests(get_session(), timeout)
     try:
-        return with_retries(call, what=what, is_transient=is_transient, attempts=attempts, base_delay=delay,
-                            report=lambda line: click.echo(line, err=True), describe=reason)
+        # An unreachable hub fails at once rather than after every backoff.
+        return with_retries(call, what=what, is_transient=lambda e: is_transient(e, connection_errors=False),
+                            attempts=attempts, base_delay=delay, report=lambda line: click.echo(line, err=True),
+                            describe=reason)
     except GiveUp as error:
         raise GiveUp(f"{what}: gave up after {attempts} attempts (last: {reason(error.__cause__)}); the hub is "
                      "rate-limiting, failing or too slow, try again later.") from None

@@ -3,6 +3,38 @@
 import random
 import time
 
+TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# Tinker SDK and httpx errors that mean "try again", by class name (no import of either needed to classify).
+TRANSIENT_NAMES = {"APITimeoutError", "APIConnectionError", "RateLimitError", "InternalServerError",
+                   "TimeoutException"}
+
+
+def chain(error):
+    """The error and every error it was raised from or while handling."""
+    seen = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+def status(error):
+    """An HTTP status carried by an error: its own `status_code` (Tinker) or its response's (httpx, hub)."""
+    code = getattr(error, "status_code", None)
+    return code if isinstance(code, int) else getattr(getattr(error, "response", None), "status_code", None)
+
+
+def is_transient(error, connection_errors=True):
+    """Rate limits, server errors and timeouts (anywhere in the chain of wrapped errors) are worth another try;
+    so are dropped connections unless `connection_errors` is False (the hub: unreachable means fail at once)."""
+    for e in chain(error):
+        names = {cls.__name__ for cls in type(e).__mro__}
+        if status(e) in TRANSIENT_STATUS or isinstance(e, TimeoutError) or names & TRANSIENT_NAMES:
+            return True
+        if connection_errors and isinstance(e, ConnectionError):
+            return True
+    return False
+
 
 class GiveUp(RuntimeError):
     """A call still failed after every attempt; the message says what and why."""

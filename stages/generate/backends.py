@@ -4,19 +4,9 @@ Tinker SDK, `hf` with a local transformers model. LLM notes that miss a key fact
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-from stages.common.retry import GiveUp, with_retries
+from stages.common.retry import GiveUp, is_transient, with_retries
 from stages.generate.llm import missing_key_facts, note_prompt, parse_note
 from stages.generate.template import render_note
-
-TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-TRANSIENT_NAMES = {"APITimeoutError", "APIConnectionError", "RateLimitError", "InternalServerError"}
-
-
-def is_transient(error):
-    """Rate limits, timeouts, dropped connections and server errors are worth another try; the rest is not."""
-    if isinstance(error, (TimeoutError, ConnectionError)) or type(error).__name__ in TRANSIENT_NAMES:
-        return True
-    return getattr(error, "status_code", None) in TRANSIENT_STATUS
 
 
 class TemplateBackend:
