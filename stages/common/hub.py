@@ -1,6 +1,7 @@
 """The one way to the model/dataset hub: a timeout on every request, retries on rate limits, timeouts and 5xx
 (capped exponential backoff with jitter, each wait reported), and one-sentence errors for everything else."""
 
+import functools
 import os
 
 import click
@@ -81,8 +82,10 @@ def hub_call(call, *, name, what):
         raise sentence from None
 
 
+@functools.cache
 def download_model(name, token=None):
-    """A hub model's files (weights, config, tokenizer) in the local hub cache; returns the snapshot directory."""
+    """A hub model's files (weights, config, tokenizer) in the local hub cache; returns the snapshot directory.
+    Once per process: the tokenizer, the config check and the model all ask for it."""
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
