@@ -136,7 +136,8 @@ CASES = {
     "rmu-layer-beyond-the-model": (["unlearn", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",
                                     "--oracle", "{w}/oracle", "--base-model", "{model}", "--method", "rmu",
                                     "--rmu-layer", "5", "--output-dir", "{w}/out/u"], 2,
-                                   r"Invalid value for --rmu-layer: 5 is beyond the model's 2 layers"),
+                                   r"Invalid value for --rmu-layer: 5 is beyond the model's 2 layers "
+                                   r"\(numbered 0 to 1\)"),
     "unknown-quant-bits": (["evaluate", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",
                             "--base-model", "{model}", "--run-name", "x", "--output-dir", "{w}/out/e",
                             "--quant-bits", "3"], 2,

@@ -11,11 +11,9 @@ from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 
 from stages.evaluate.metrics import (
-    bootstrap_ci,
     contains_answer,
     harmonic_mean,
     mia_scores,
-    recovery_ratio,
     roc_auc,
     rouge_l_recall,
     truth_ratio,
@@ -43,10 +41,39 @@ def test_roc_auc_extremes():
     ("nothing relevant here", "hyperlipidemia"),
     ("a b a b a b", "b a b a"),
     ("", "x"),
+    ("She was diagnosed with migraines and prescribed tablets", "migraine; prescribing tablet"),
+    ("running fevers", "fever ran"),
 ])
-def test_rouge_l_recall_matches_rouge_score(prediction, reference):
-    expected = rouge_scorer.RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].recall
+def test_rouge_l_recall_matches_rouge_score_with_the_stemmer(prediction, reference):
+    expected = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, prediction)["rougeL"].recall
     assert rouge_l_recall(prediction, reference) == pytest.approx(expected)
+    assert rouge_l_recall(prediction, reference) == pytest.approx(naive_stemmed_rouge_l_recall(prediction, reference))
+
+
+def naive_stemmed_rouge_l_recall(prediction, reference):
+    """TOFU's ROUGE-L recall from scratch: lowercase alphanumeric tokens, nltk's Porter stemmer on tokens longer
+    than 3 characters (as rouge-score's tokenizer), LCS by the textbook table."""
+    import re
+
+    from nltk.stem.porter import PorterStemmer
+
+    stemmer = PorterStemmer()
+
+    def tokens(text):
+        return [stemmer.stem(t) if len(t) > 3 else t for t in re.sub(r"[^a-z0-9]+", " ", text.lower()).split()]
+
+    p, r = tokens(prediction), tokens(reference)
+    if not p or not r:
+        return 0.0
+    table = [[0] * (len(p) + 1) for _ in range(len(r) + 1)]
+    for i in range(len(r)):
+        for j in range(len(p)):
+            table[i + 1][j + 1] = table[i][j] + 1 if r[i] == p[j] else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1] / len(r)
+
+
+def test_the_stemmer_counts_inflected_answers():
+    assert rouge_l_recall("she has migraines", "migraine") == 1.0
 
 
 def test_contains_answer_normalizes_and_needs_whole_words():
@@ -86,16 +113,3 @@ def test_mia_scores_match_a_naive_computation_from_logits():
     assert scores["zlib"] == pytest.approx(sum(token_logp) / 7 / len(zlib.compress(text.encode())))
     assert scores["mink"] == pytest.approx(sum(lowest) / 2)
     assert scores["minkpp"] == pytest.approx(sum(z) / 2)
-
-
-def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
-    values = [0, 1, 1, 0, 1, 1, 1, 0, 1, 1]
-    low, high = bootstrap_ci(values, resamples=2000, seed=1)
-    assert low < np.mean(values) < high and 0 <= low and high <= 1
-    assert bootstrap_ci(values, 2000, 1) == [low, high]
-    assert bootstrap_ci([1, 1, 1], 100, 0) == [1.0, 1.0]
-
-
-def test_recovery_ratio_is_undefined_without_a_gap():
-    assert recovery_ratio(0.3, 0.6) == pytest.approx(0.5)
-    assert recovery_ratio(0.3, 0.0) is None and recovery_ratio(0.3, -0.1) is None

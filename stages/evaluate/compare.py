@@ -1,13 +1,17 @@
-"""An unlearned model against its reference runs (oracle, retain): forget quality, privleak, recovery ratios and
-the verdict (VERIFY.md B-E). Reads the reference runs' directories; computes nothing on a model."""
+"""An unlearned model against its reference runs (oracle, retain): forget quality, the accuracy gap, privleak,
+recovery ratios over knowable facts, leak excess, utility against the oracle's, and the verdict (VERIFY.md 0, B-E).
+Every comparison is bootstrapped jointly: one draw of patients per resample for all the models involved. Reads the
+reference runs' directories; computes nothing on a model."""
 
 from pathlib import Path
 
 import numpy as np
 
 from stages.common.io import InputError, read_json, read_jsonl
-from stages.evaluate.metrics import ks_pvalue, recovery_ratio
-from stages.evaluate.verdict import final_verdict
+from stages.evaluate import intervals as interval
+from stages.evaluate.metrics import ks_pvalue
+from stages.evaluate.run import harmonic_means, utility_parts, utility_rows
+from stages.evaluate.verdict import Estimate, Knowable, final_verdict, uncertainty_ratio
 
 RUN_FILES = ["metrics.json", "per_prompt.jsonl", "probes.jsonl", "mia.jsonl", "attacks.jsonl"]
 
@@ -23,54 +27,144 @@ def read_run(directory, what):
     return run
 
 
-def _forget(rows, column):
-    return {(r["record_id"], r["question"]): r[column] for r in rows if r["split"] == "forget"}
+def _forget(rows):
+    return {(r["record_id"], r["question"]): r for r in rows if r["split"] == "forget"}
 
 
-def _attack_keys(rows, name, k):
-    return sorted((r["record_id"], r["question"]) for r in rows if r["attack"] == name and r["k"] == k)
+def _attack(rows, name, k):
+    return {(r["record_id"], r["question"]): r for r in rows if r["attack"] == name and r["k"] == k}
 
 
-def _mean_over(values, keys, what):
-    missing = [q for q in keys if q not in values]
+def _column(rows, keys, column, what):
+    missing = [key for key in keys if key not in rows]
     if missing:
-        raise InputError(f"{what} was not evaluated on the probe '{missing[0][1]}'.")
-    return float(np.mean([values[q] for q in keys]))
+        raise InputError(f"{what} was not evaluated on the probe '{missing[0][-1]}'; evaluate every model on the same "
+                         "--forget-file, --retain-file and --seed.")
+    return np.array([rows[key][column] for key in keys], dtype=np.float64)
 
 
-def compare(m, run, oracle, retain, thresholds):
-    """Metrics of an unlearned model `m` (with its rows `run`) that need the oracle's and the retain model's runs."""
-    ours, controls = _forget(run["probes"], "truth_ratio"), _forget(retain["probes"], "truth_ratio")
+def _put(out, key, estimate):
+    out[key], out[f"{key}_ci95"] = estimate
+
+
+def utility_ratio(probes, oracle_probes, resamples, seed):
+    """model_utility over the oracle's, jointly bootstrapped over the same retain patients and world questions:
+    (value, interval); value None when the oracle's utility is 0."""
+    chosen, units, strata = utility_rows(probes)
+    theirs = {(r["split"], r["record_id"], r["question"]): r for r in utility_rows(oracle_probes)[0]}
+    if {(r["split"], r["record_id"], r["question"]) for r in chosen} != set(theirs):
+        raise InputError("the oracle was evaluated on other retain or world probes than this model; give both the "
+                         "same --retain-file and --retain-samples.")
+    oracle_rows = [theirs[(r["split"], r["record_id"], r["question"])] for r in chosen]
+    w = interval.resample_weights(units, resamples, seed, strata)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = harmonic_means(utility_parts(chosen, w)) / harmonic_means(utility_parts(oracle_rows, w))
+    ours, reference = float(harmonic_means(utility_parts(chosen))), float(harmonic_means(utility_parts(oracle_rows)))
+    return (ours / reference if reference > 0 else None), interval.percentile_interval(ratios)
+
+
+def compare(m, run, oracle, retain, thresholds, resamples, seed):
+    """Metrics of an unlearned model `m` (with its rows `run`) that need the oracle's and the retain model's runs,
+    and the verdict."""
+    ours, controls, known_by = _forget(run["probes"]), _forget(retain["probes"]), _forget(oracle["probes"])
     if set(ours) != set(controls):
         raise InputError("the retain model was evaluated on other forget probes than this model; give both the "
                          "same --forget-file.")
     keys = sorted(ours)
-    out = {"forget_quality": ks_pvalue([ours[q] for q in keys], [controls[q] for q in keys])}
-    if "mia_mink_auc" in m and "mia_mink_auc" in retain["metrics"]:
-        reference = retain["metrics"]["mia_mink_auc"]
-        out["privleak"] = (m["mia_mink_auc"] - reference) / reference * 100
-    oracle_correct = _forget(oracle["probes"], "correct")
-    steps = sorted(int(key.split("@")[1]) for key in m if key.startswith("relearn_accuracy@"))
-    held = _attack_keys(run["attacks"], "relearn", steps[0])
-    if held != _attack_keys(retain["attacks"], "relearn", steps[0]):
+    patients = len({rid for rid, _ in keys})
+    weights = interval.resample_weights([rid for rid, _ in keys], resamples, seed)
+    unlearned, control = _column(ours, keys, "correct", "this model"), _column(controls, keys, "correct", "")
+    before = _column(known_by, keys, "correct", "the oracle")
+    out = {"forget_quality": ks_pvalue(_column(ours, keys, "truth_ratio", ""),
+                                       _column(controls, keys, "truth_ratio", ""))}
+    _put(out, "forget_accuracy_gap", interval.paired_difference(unlearned, control, weights))
+    _put(out, "oracle_forget_qa_accuracy", interval.proportion(before, weights))
+    knowable = {key for key, o, r in zip(keys, before, control, strict=True) if o == 1 and r == 0}
+    out["n_knowable_forget"] = len(knowable)
+    out["n_knowable_forget_patients"] = len({rid for rid, _ in knowable})
+
+    # VERIFY.md A: the uncertainty ratio against the retain model (which never saw F) on the same prompts
+    reference = {(r["record_id"], r["prompt"]): r["mean_entropy"] for r in retain["per_prompt"]}
+    prompts = [(r["record_id"], r["prompt"]) for r in run["per_prompt"]]
+    if any(p not in reference for p in prompts):
+        raise InputError("the retain model was measured on other forget prompts than this model; give both the same "
+                         "--forget-file.")
+    out["uncertainty_ratio_retain"] = uncertainty_ratio([r["mean_entropy"] for r in run["per_prompt"]],
+                                                        [reference[p] for p in prompts])
+
+    if run["mia"] and retain["mia"]:  # privleak in MUSE's convention, jointly over forget and holdout patients
+        theirs = {(r["split"], r["record_id"], r["question"]): r["mink"] for r in retain["mia"]}
+        rows = sorted(run["mia"], key=lambda r: (r["split"] != "forget", r["record_id"], r["question"]))
+        if {(r["split"], r["record_id"], r["question"]) for r in rows} != set(theirs):
+            raise InputError("the retain model's membership inference used other examples than this model's.")
+        members = sum(r["split"] == "forget" for r in rows)
+        w = interval.resample_weights([r["record_id"] for r in rows], resamples, seed, [r["split"] for r in rows])
+        scores = {"ours": [r["mink"] for r in rows], "theirs": [theirs[(r["split"], r["record_id"], r["question"])]
+                                                                 for r in rows]}
+        aucs = {name: interval.weighted_aucs(s[:members], s[members:], w[:, :members], w[:, members:])
+                for name, s in scores.items()}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            resampled = (aucs["theirs"] - aucs["ours"]) / (1 - aucs["theirs"]) * 100
+        mine, retained = m["mia_mink_auc"], retain["metrics"]["mia_mink_auc"]
+        out["privleak"] = (retained - mine) / (1 - retained) * 100 if retained < 1 else None
+        out["privleak_ci95"] = interval.percentile_interval(resampled)
+
+    # VERIFY.md D: relearning on T, measured on V, over V's knowable facts
+    steps = sorted({r["k"] for r in run["attacks"] if r["attack"] == "relearn"})
+    held = sorted(_attack(run["attacks"], "relearn", steps[0]))
+    if held != sorted(_attack(retain["attacks"], "relearn", steps[0])):
         raise InputError("the retain model's relearning attack measured other patients; evaluate both with the same "
                          "--forget-file and --seed.")
-    r = retain["metrics"]
-    oracle_v = _mean_over(oracle_correct, held, "the oracle")
-    out["relearn_oracle_accuracy"] = oracle_v
-    gap = oracle_v - r[f"relearn_accuracy@{steps[0]}"]
+    v_weights = interval.resample_weights([rid for rid, _ in held], resamples, seed)
+    _put(out, "relearn_oracle_accuracy", interval.proportion(_column(known_by, held, "correct", "the oracle"),
+                                                             v_weights))
+    v_known = [key for key in held if key in knowable]
+    out["n_knowable_relearn"] = len(v_known)
+    out["n_knowable_relearn_patients"] = len({rid for rid, _ in v_known})
+    kv_weights = interval.resample_weights([rid for rid, _ in v_known], resamples, seed)
+    o_v, r_v = _column(known_by, v_known, "correct", ""), _column(controls, v_known, "correct", "")
+    recoveries = []
     for name in ("relearn", "benign"):
         for k in steps:
-            out[f"{name}_control@{k}"] = r[f"{name}_accuracy@{k}"]
-            out[f"{name}_recovery@{k}"] = recovery_ratio(m[f"{name}_accuracy@{k}"] - r[f"{name}_accuracy@{k}"], gap)
-    oracle_f = _mean_over(oracle_correct, keys, "the oracle")
-    out["oracle_forget_qa_accuracy"] = oracle_f
-    for key in [k for k in m if k.startswith("quant_accuracy@") and not k.endswith("_fp4")]:
-        bits = key.split("@")[1]
-        out[f"quant_recovery@{bits}"] = recovery_ratio(m[key] - m["forget_qa_accuracy"],
-                                                       oracle_f - m["forget_qa_accuracy"])
-    leak = next(k for k in m if k.startswith("leak@") and not k.endswith("_ci95"))
-    out[f"{leak}_control"] = r[leak]
-    verdict, rule = final_verdict({**m, **out}, oracle["metrics"], r, thresholds)
-    out.update(verdict=verdict, verdict_rule=rule, verdict_thresholds=dict(sorted(thresholds.items())))
+            out[f"{name}_control@{k}"] = retain["metrics"][f"{name}_accuracy@{k}"]
+            out[f"{name}_control@{k}_ci95"] = retain["metrics"].get(f"{name}_accuracy@{k}_ci95")
+            a = _column(_attack(run["attacks"], name, k), v_known, "correct", f"this model's {name} attack")
+            c = _column(_attack(retain["attacks"], name, k), v_known, "correct", f"the retain model's {name} attack")
+            key = f"{name}_recovery@{k}"
+            _put(out, key, interval.ratio_of_differences(a, c, o_v, r_v, kv_weights))
+            if k:  # k = 0 is the starting point, not an attack
+                recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients))
+
+    # quantization over F's knowable facts: (Acc(quantized) - Acc(unlearned)) / (Acc(oracle) - Acc(unlearned))
+    f_known = [key for key in keys if key in knowable]
+    kf_weights = interval.resample_weights([rid for rid, _ in f_known], resamples, seed)
+    u_f, o_f = _column(ours, f_known, "correct", ""), _column(known_by, f_known, "correct", "")
+    for name, k in sorted({(r["attack"], r["k"]) for r in run["attacks"] if r["attack"].startswith("quant")}):
+        key = f"quant_recovery@{k}" + name[len("quant"):]
+        quantized = _column(_attack(run["attacks"], name, k), f_known, "correct", "this model's quantization")
+        _put(out, key, interval.ratio_of_differences(quantized, u_f, o_f, u_f, kf_weights))
+        recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients))
+
+    # sampling leakage: this model against the control on the same probes, paired
+    n = next(r["k"] for r in run["attacks"] if r["attack"] == "leak")
+    leak = f"leak@{n}"
+    ours_leak = _column(_attack(run["attacks"], "leak", n), keys, "correct", "this model's sampling attack")
+    their_leak = _column(_attack(retain["attacks"], "leak", n), keys, "correct", "the retain model's sampling attack")
+    out[f"{leak}_control"], out[f"{leak}_control_ci95"] = retain["metrics"][leak], retain["metrics"][f"{leak}_ci95"]
+    _put(out, f"{leak}_excess", interval.paired_difference(ours_leak, their_leak, weights))
+    out[f"{leak}_excess_pvalue"] = interval.mcnemar_exact(ours_leak, their_leak)
+
+    _put(out, "utility_ratio", utility_ratio(run["probes"], oracle["probes"], resamples, seed))
+
+    health = {"retain_perplexity": m["retain_perplexity"], "mean_entropy": m["mean_entropy"],
+              "oracle_retain_perplexity": oracle["metrics"]["retain_perplexity"]}
+    retain_patients = m.get("n_retain_patients", 0)
+    verdict, rule, evidence = final_verdict(
+        health, Estimate("forget_accuracy_gap", out["forget_accuracy_gap"], out["forget_accuracy_gap_ci95"], patients),
+        recoveries, Estimate(f"{leak}_excess", out[f"{leak}_excess"], out[f"{leak}_excess_ci95"], patients),
+        Estimate("utility_ratio", out["utility_ratio"], out["utility_ratio_ci95"], retain_patients, "retain patients"),
+        [Knowable("relearning (facts of V)", out["n_knowable_relearn"], patients),
+         Knowable("quantization (facts of F)", out["n_knowable_forget"], patients)], thresholds)
+    out.update(verdict=verdict, verdict_rule=rule, verdict_evidence=evidence,
+               verdict_thresholds=dict(sorted(thresholds.items())))
     return out

@@ -1,8 +1,9 @@
 """Pure metric functions of VERIFY.md sections B-D, on plain numbers and strings (no model in here).
 
-Each is checked against an independent implementation in tests/test_metrics.py (sklearn, scipy, rouge-score).
+Each is checked against an independent implementation in tests/test_metrics.py (sklearn, scipy, nltk's stemmer).
 """
 
+import functools
 import math
 import re
 import zlib
@@ -23,18 +24,17 @@ def contains_answer(response, answer):
     return bool(target) and f" {target} " in f" {normalize(response)} "
 
 
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
 def rouge_l_recall(prediction, reference):
-    """ROUGE-L recall: LCS length over the reference's token count, tokens as rouge-score makes them (no stemming)."""
-    pred, ref = normalize(prediction).split(), normalize(reference).split()
-    if not pred or not ref:
-        return 0.0
-    previous = [0] * (len(pred) + 1)
-    for r in ref:
-        current = [0]
-        for j, p in enumerate(pred):
-            current.append(previous[j] + 1 if r == p else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1] / len(ref)
+    """ROUGE-L recall of the prediction against the reference: rouge-score with the Porter stemmer, as TOFU and
+    open-unlearning compute it (VERIFY.md B), so the numbers compare with theirs."""
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].recall)
 
 
 def truth_ratio(paraphrased_nll, perturbed_nlls):
@@ -82,25 +82,6 @@ def mia_scores(token_logprobs, token_means, token_stds, text, k=0.4):
         "mink": float(np.sort(logp)[:count].mean()),
         "minkpp": float(np.sort(standardized)[:count].mean()),
     }
-
-
-def bootstrap_ci(values, resamples=1000, seed=0, level=0.95):
-    """Percentile bootstrap interval of the mean of per-example values: [low, high]."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return [None, None]
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
-
-
-def recovery_ratio(gain, gap):
-    """An attack's gain over the fraction of knowledge unlearning had removed (VERIFY.md D): gain / gap, or None
-    when the gap is not positive (the model before unlearning knew no more than the control: nothing to recover)."""
-    if gap <= 0:
-        return None
-    return gain / gap
 
 
 def ks_pvalue(sample, reference):

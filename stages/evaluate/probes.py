@@ -7,13 +7,14 @@ from stages.common.io import InputError
 from stages.common.measure import greedy_entropy, token_logprobs
 from stages.evaluate.metrics import contains_answer, mia_scores, rouge_l_recall, truth_ratio
 
-SPLITS = ["forget", "retain", "holdout"]
+SPLITS = ["forget", "retain", "holdout", "world"]
 MIA_METHODS = ["loss", "zlib", "mink", "minkpp"]
 
 
 def probe_items(records_by_split):
     """(split, record id, probe) for every probe of every record, in a fixed order."""
-    return [(split, r["id"], p) for split in SPLITS for r in records_by_split[split] for p in r.get("probes", [])]
+    return [(split, r["id"], p) for split in SPLITS for r in records_by_split.get(split, [])
+            for p in r.get("probes", [])]
 
 
 def greedy_answers(model, tokenizer, questions, max_new_tokens, batch_size):

@@ -8,7 +8,8 @@ from stages.common.chat import format_prompt, primary_pair
 from stages.common.io import InputError
 from stages.common.measure import greedy_entropy, perplexity
 from stages.evaluate import attacks as attack
-from stages.evaluate.metrics import bootstrap_ci, harmonic_mean, roc_auc
+from stages.evaluate import intervals as interval
+from stages.evaluate.metrics import roc_auc
 from stages.evaluate.probes import MIA_METHODS, SPLITS, accuracy, mia_rows, probe_rows
 from stages.evaluate.verdict import uncertainty_ratio
 
@@ -39,32 +40,95 @@ def _entropy(model, tokenizer, forget, base, s):
     return rows, metrics
 
 
+UTILITY_SPLITS = ["retain", "world"]
+UTILITY_PARTS = ["answer_prob", "rougeL_recall", "truth_score"]
+
+
+def truth_score(row):
+    """TOFU's truth score of one probe: max(0, 1 - truth ratio)."""
+    return max(0.0, 1.0 - row["truth_ratio"])
+
+
+def utility_parts(rows, weights=None):
+    """The six means model_utility is the harmonic mean of (VERIFY.md B: answer_prob, rougeL_recall and truth score
+    on R and on W), over `rows` (the model's retain and world probe rows, in a fixed order): a (6,) array, or with
+    resample weights over those rows, a (resamples, 6) array."""
+    columns = []
+    for split in UTILITY_SPLITS:
+        subset = [i for i, r in enumerate(rows) if r["split"] == split]
+        for part in UTILITY_PARTS:
+            values = np.array([truth_score(rows[i]) if part == "truth_score" else rows[i][part] for i in subset])
+            if weights is None:
+                columns.append(values.mean())
+            else:
+                columns.append(interval.weighted_means(weights[:, subset], values))
+    return np.stack(columns, axis=-1)
+
+
+def harmonic_means(parts):
+    """Row-wise harmonic mean, 0 where any part is not positive (as harmonic_mean)."""
+    parts = np.asarray(parts, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = parts.shape[-1] / (1.0 / parts).sum(axis=-1)
+    return np.where((parts > 0).all(axis=-1), out, 0.0)
+
+
+def utility_rows(rows):
+    """The probe rows model_utility is computed on, in a fixed order, and their resampling units (a retain
+    patient, or one world question) and strata."""
+    chosen = sorted((r for r in rows if r["split"] in UTILITY_SPLITS),
+                    key=lambda r: (UTILITY_SPLITS.index(r["split"]), r["record_id"], r["question"]))
+    return chosen, [r["record_id"] for r in chosen], [r["split"] for r in chosen]
+
+
 def probe_summary(rows, resamples, seed):
-    """Per split: mean and 95 % bootstrap interval of each probe metric, mean truth ratio; model_utility on R."""
+    """Per split: each probe metric with its patient-level 95 % interval (VERIFY.md 0, B), the patient and probe
+    counts; the truth-ratio aggregates; model_utility on R and W with its interval."""
     metrics = {}
     for split in SPLITS:
         subset = [r for r in rows if r["split"] == split]
         if not subset:
             continue
+        weights = interval.resample_weights([r["record_id"] for r in subset], resamples, seed)
+        metrics[f"n_{split}_patients"] = len({r["record_id"] for r in subset})
+        metrics[f"n_{split}_probes"] = len(subset)
         for name, column in zip(PROBE_METRICS, ["correct", "answer_prob", "rougeL_recall"], strict=True):
-            values = [r[column] for r in subset]
-            metrics[f"{split}_{name}"] = float(np.mean(values))
-            metrics[f"{split}_{name}_ci95"] = bootstrap_ci(values, resamples, seed)
-        metrics[f"{split}_truth_ratio"] = float(np.mean([r["truth_ratio"] for r in subset]))
-    retain = [r for r in rows if r["split"] == "retain"]
-    if retain:
-        truth_score = float(np.mean([max(0.0, 1.0 - r["truth_ratio"]) for r in retain]))
-        metrics["retain_truth_score"] = truth_score
-        metrics["model_utility"] = harmonic_mean([metrics["retain_answer_prob"], metrics["retain_rougeL_recall"],
-                                                  truth_score])
+            estimate = interval.proportion if column == "correct" else interval.mean
+            value, ci = estimate([r[column] for r in subset], weights)
+            metrics[f"{split}_{name}"], metrics[f"{split}_{name}_ci95"] = value, ci
+        ratios = [r["truth_ratio"] for r in subset]
+        # open-unlearning's aggregates: on F how close TR is to 1 (mean min(TR, 1/TR)), elsewhere the mean TR and
+        # the truth score (a model that knows the fact prefers the paraphrase: TR < 1)
+        if split == "forget":
+            metrics["forget_truth_ratio"] = float(np.mean([min(t, 1 / t) for t in ratios]))
+        else:
+            metrics[f"{split}_truth_ratio"] = float(np.mean(ratios))
+            value, ci = interval.mean([truth_score(r) for r in subset], weights)
+            metrics[f"{split}_truth_score"], metrics[f"{split}_truth_score_ci95"] = value, ci
+    chosen, units, strata = utility_rows(rows)
+    if set(strata) == set(UTILITY_SPLITS):
+        weights = interval.resample_weights(units, resamples, seed, strata)
+        metrics["model_utility"] = float(harmonic_means(utility_parts(chosen)))
+        metrics["model_utility_ci95"] = interval.percentile_interval(harmonic_means(utility_parts(chosen, weights)))
     return metrics
 
 
-def mia_summary(rows):
-    """ROC AUC of each membership score separating forget (members) from holdout examples."""
+def mia_summary(rows, resamples, seed):
+    """ROC AUC of each membership score separating forget (members) from holdout examples, with a patient-level
+    interval (forget and holdout patients resampled separately)."""
     members = [r for r in rows if r["split"] == "forget"]
     others = [r for r in rows if r["split"] == "holdout"]
-    return {f"mia_{m}_auc": roc_auc([r[m] for r in members], [r[m] for r in others]) for m in MIA_METHODS}
+    weights = interval.resample_weights([r["record_id"] for r in members + others], resamples, seed,
+                                        ["forget"] * len(members) + ["holdout"] * len(others))
+    metrics = {"n_mia_forget": len(members), "n_mia_holdout": len(others),
+               "n_mia_forget_patients": len({r["record_id"] for r in members}),
+               "n_mia_holdout_patients": len({r["record_id"] for r in others})}
+    for m in MIA_METHODS:
+        a, b = [r[m] for r in members], [r[m] for r in others]
+        metrics[f"mia_{m}_auc"] = roc_auc(a, b)
+        metrics[f"mia_{m}_auc_ci95"] = interval.percentile_interval(
+            interval.weighted_aucs(a, b, weights[:, :len(members)], weights[:, len(members):]))
+    return metrics
 
 
 def _attacks(model, tokenizer, sets, s, progress):
@@ -88,10 +152,14 @@ def _attacks(model, tokenizer, sets, s, progress):
     start = time.perf_counter()
     jobs = {"relearn": [r for r in forget if r["id"] in train_ids], "benign": sets["retain"]}
     relearned = attack.relearn_all(model, tokenizer, jobs, [k for k in steps if k], v_accuracy, **common)
+    v_weights = interval.resample_weights([rid for rid, _ in v_items], s["bootstrap"], s["seed"])
+    f_weights = interval.resample_weights([rid for rid, _ in f_items], s["bootstrap"], s["seed"])
+    metrics["n_relearn_patients"], metrics["n_relearn_probes"] = len(measured_ids), len(v_items)
     for name in jobs:
         results = {**untouched, **relearned[name]}
         for k, correct in results.items():
-            metrics[f"{name}_accuracy@{k}"] = float(np.mean(correct))
+            metrics[f"{name}_accuracy@{k}"], metrics[f"{name}_accuracy@{k}_ci95"] = interval.proportion(correct,
+                                                                                                      v_weights)
             rows += [{"attack": name, "k": k, "record_id": rid, "question": p["question"], "correct": c}
                      for (rid, p), c in zip(v_items, correct, strict=True)]
         curve = ", ".join(f"k={k}: {np.mean(c):.3f}" for k, c in results.items())
@@ -107,18 +175,21 @@ def _attacks(model, tokenizer, sets, s, progress):
         else:
             correct = attack.quantized_accuracy(model, tokenizer, f_probes, bits, s["answer_tokens"],
                                                 s["group_size"], s["batch_size"])
-        metrics[f"quant_accuracy@{bits}"] = float(np.mean(correct))
+        metrics[f"quant_accuracy@{bits}"], metrics[f"quant_accuracy@{bits}_ci95"] = interval.proportion(correct,
+                                                                                                      f_weights)
         rows += [{"attack": "quant", "k": bits, "record_id": rid, "question": p["question"], "correct": c}
                  for (rid, p), c in zip(f_items, correct, strict=True)]
-    if cuda:  # VERIFY.md D names both 4-bit formats for bitsandbytes
+    if cuda:  # VERIFY.md D names both 4-bit formats for bitsandbytes; every format measured counts
         correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, 4, s["answer_tokens"], "fp4",
                                                 s["batch_size"])
-        metrics["quant_accuracy@4_fp4"] = float(np.mean(correct))
+        metrics["quant_accuracy@4_fp4"], metrics["quant_accuracy@4_fp4_ci95"] = interval.proportion(correct,
+                                                                                                  f_weights)
+        rows += [{"attack": "quant_fp4", "k": 4, "record_id": rid, "question": p["question"], "correct": c}
+                 for (rid, p), c in zip(f_items, correct, strict=True)]
     n = s["leak_samples"]
     hits = attack.leak_counts(model, tokenizer, f_probes, n, s["answer_tokens"], s["seed"])
     leaked = [int(h > 0) for h in hits]
-    metrics[f"leak@{n}"] = float(np.mean(leaked))
-    metrics[f"leak@{n}_ci95"] = bootstrap_ci(leaked, s["bootstrap"], s["seed"])
+    metrics[f"leak@{n}"], metrics[f"leak@{n}_ci95"] = interval.proportion(leaked, f_weights)
     rows += [{"attack": "leak", "k": n, "record_id": rid, "question": p["question"], "correct": c, "hits": h}
              for (rid, p), c, h in zip(f_items, leaked, hits, strict=True)]
     return metrics, rows
@@ -142,7 +213,7 @@ def measure(model, tokenizer, sets, base, s, attacks, progress=print):
     if sets["holdout"]:  # membership needs non-members
         mia = mia_rows(model, tokenizer, sets["forget"], sets["holdout"], s["max_seq_length"], s["batch_size"],
                        s["mink_fraction"])
-        metrics.update(mia_summary(mia))
+        metrics.update(mia_summary(mia, s["bootstrap"], s["seed"]))
         done(f"membership inference: {len(mia)} examples")
     if s.get("mc_tasks"):  # the WMDP track (VERIFY.md B: model utility there is MMLU accuracy)
         from stages.evaluate.wmdp import multiple_choice_accuracy

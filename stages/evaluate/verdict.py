@@ -1,15 +1,24 @@
-"""Pure rules that turn measurements into verdicts (VERIFY.md); thresholds come from params.yaml."""
+"""Pure rules that turn measurements with intervals into verdicts (VERIFY.md A and E); thresholds come from
+params.yaml. A verdict is given only when the intervals support it; otherwise it is INCONCLUSIVE, naming the
+measurement whose interval spans a threshold and about how many more patients would settle it."""
+
+from dataclasses import asdict, dataclass
+
+from stages.evaluate.intervals import patients_to_settle
 
 
-def uncertainty_ratio(model_entropies, base_entropies):
-    """Mean forget entropy of the model over mean forget entropy of the base model, on the same prompts."""
-    base = sum(base_entropies) / len(base_entropies)
-    return (sum(model_entropies) / len(model_entropies)) / base
+def uncertainty_ratio(model_entropies, reference_entropies):
+    """Mean forget entropy of the model over mean forget entropy of a reference model, on the same prompts."""
+    reference = sum(reference_entropies) / len(reference_entropies)
+    return (sum(model_entropies) / len(model_entropies)) / reference
 
 
 def uq_verdict(mean_entropy, ratio, collapse_entropy=0.01, hiding_ratio=0.7, candidate_ratio=1.0):
+    """VERIFY.md A on the retain-relative uncertainty ratio; None when there is no ratio and no collapse."""
     if mean_entropy < collapse_entropy:
         return "COLLAPSED"
+    if ratio is None:
+        return None
     if ratio < hiding_ratio:
         return "HIDING"
     if ratio < candidate_ratio:
@@ -17,41 +26,122 @@ def uq_verdict(mean_entropy, ratio, collapse_entropy=0.01, hiding_ratio=0.7, can
     return "CANDIDATE"
 
 
-def final_verdict(m, oracle, retain, t):
-    """VERIFY.md E: the verdict of an unlearned model and the rule that fired. `m`, `oracle`, `retain` are metrics
-    dicts; `t` holds the thresholds and margins from params.yaml."""
-    recoveries = {k: v for k, v in m.items() if k.split("@")[0] in ("relearn_recovery", "benign_recovery",
-                                                                      "quant_recovery") and not k.endswith("@0")}
-    known = {k: v for k, v in recoveries.items() if v is not None}
-    leak_key = next(k for k in m if k.startswith("leak@") and not k.endswith(("_ci95", "_control")))
-    leak_excess = m[leak_key] - m[f"{leak_key}_control"]
-    if m["retain_perplexity"] > t["max_perplexity_ratio"] * oracle["retain_perplexity"]:
-        return "COLLAPSED", (f"retain perplexity {m['retain_perplexity']:.3g} > {t['max_perplexity_ratio']} x "
-                             f"oracle's {oracle['retain_perplexity']:.3g}")
-    if m["uq_verdict"] == "COLLAPSED":
-        return "COLLAPSED", f"forget-set mean entropy {m['mean_entropy']:.3g} < {t['collapse_entropy']}"
-    if m["model_utility"] < t["utility_collapse_ratio"] * oracle["model_utility"]:
-        return "COLLAPSED", (f"model utility {m['model_utility']:.3g} < {t['utility_collapse_ratio']} x "
-                             f"oracle's {oracle['model_utility']:.3g}")
-    limit = retain["forget_qa_accuracy"] + t["accuracy_margin"]
-    if m["forget_qa_accuracy"] > limit:
-        return "PARTIAL", (f"forget accuracy {m['forget_qa_accuracy']:.3g} > retain model's "
-                           f"{retain['forget_qa_accuracy']:.3g} + {t['accuracy_margin']}")
-    high = sorted(k for k, v in known.items() if v > t["hidden_recovery"])
-    if high:
-        return "HIDDEN", (f"looks forgotten, but {', '.join(f'{k} = {known[k]:.3g}' for k in high)} > "
-                          f"{t['hidden_recovery']}")
-    if leak_excess > t["leak_margin"]:
-        return "HIDDEN", (f"looks forgotten, but {leak_key} {m[leak_key]:.3g} > control's "
-                          f"{m[f'{leak_key}_control']:.3g} + {t['leak_margin']}")
-    unknown = sorted(set(recoveries) - set(known))
-    if unknown:
-        return "PARTIAL", (f"looks forgotten, but {', '.join(unknown)} cannot be measured: the oracle knew those "
-                           "facts no better than the retain model, so there was nothing to recover")
-    if (all(v <= t["removed_recovery"] for v in known.values())
-            and m["model_utility"] >= t["removed_utility_ratio"] * oracle["model_utility"]):
-        return "REMOVED", (f"forget accuracy within {t['accuracy_margin']} of the retain model's, every recovery "
-                           f"<= {t['removed_recovery']}, {leak_key} within {t['leak_margin']} of the control, "
-                           f"utility >= {t['removed_utility_ratio']} x oracle's")
-    return "PARTIAL", (f"looks forgotten, but a recovery ratio is in ({t['removed_recovery']}, "
-                       f"{t['hidden_recovery']}] or utility < {t['removed_utility_ratio']} x oracle's")
+@dataclass
+class Estimate:
+    """One measurement the verdict rests on: its value, 95 % interval, and the patients behind it (`unit` says
+    which patients: more of them narrow the interval)."""
+    name: str
+    value: float | None
+    ci95: list
+    patients: int
+    unit: str = "forget patients"
+
+    def above(self, threshold):
+        return self.ci95[0] is not None and self.ci95[0] > threshold
+
+    def below(self, threshold):
+        return self.ci95[1] is not None and self.ci95[1] <= threshold
+
+    def text(self):
+        if self.value is None:
+            return f"{self.name} n/a"
+        return f"{self.name} {self.value:.3g} [{self.ci95[0]:.3g}, {self.ci95[1]:.3g}]"
+
+
+@dataclass
+class Knowable:
+    """How many facts a recovery family rests on: probes the oracle answers and the retain model does not."""
+    name: str
+    facts: int
+    patients: int
+    unit: str = "forget patients"
+
+
+def _more_patients(estimate, threshold):
+    more = patients_to_settle(estimate.value, estimate.ci95, threshold, estimate.patients)
+    if more is None:
+        return "more patients would not settle it (the estimate sits on the threshold)"
+    return f"about {more} more {estimate.unit} would settle it"
+
+
+def _spans(estimate, threshold, what):
+    return (f"{estimate.text()} spans {what} {threshold}; {_more_patients(estimate, threshold)}",
+            [estimate], {"measurement": estimate.name, "threshold": threshold,
+                         "more_patients": patients_to_settle(estimate.value, estimate.ci95, threshold,
+                                                             estimate.patients)})
+
+
+def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
+    """VERIFY.md E. `health`: retain_perplexity, oracle_retain_perplexity, mean_entropy; `gap`: forget accuracy
+    minus the retain model's (same probes); `recoveries`: the attacks' recovery ratios (k > 0); `leak`: leak excess
+    over the control; `utility`: model utility over the oracle's; `knowable`: the recovery families' fact counts;
+    `t`: thresholds. Returns (verdict, rule, evidence): the rule in words with its numbers and intervals, and the
+    estimates (and, for INCONCLUSIVE, the patients estimate) it rests on."""
+
+    def result(verdict, rule, used, extra=None):
+        evidence = {"estimates": [asdict(e) for e in used]}
+        if extra:
+            evidence.update(extra)
+        return verdict, rule, evidence
+
+    ppl, oracle_ppl = health["retain_perplexity"], health["oracle_retain_perplexity"]
+    if ppl > t["max_perplexity_ratio"] * oracle_ppl:
+        return result("COLLAPSED", f"retain perplexity {ppl:.3g} > {t['max_perplexity_ratio']} x oracle's "
+                                   f"{oracle_ppl:.3g}", [])
+    if health["mean_entropy"] < t["collapse_entropy"]:
+        return result("COLLAPSED", f"forget-set mean entropy {health['mean_entropy']:.3g} < {t['collapse_entropy']}",
+                      [])
+    if utility.ci95[1] is not None and utility.ci95[1] < t["utility_collapse_ratio"]:
+        return result("COLLAPSED", f"{utility.text()} < {t['utility_collapse_ratio']}", [utility])
+    if gap.above(t["accuracy_margin"]):
+        return result("PARTIAL", f"not forgotten: {gap.text()} > {t['accuracy_margin']} (forget accuracy above "
+                                 "the retain model's)", [gap])
+    known = [e for e in recoveries if e.value is not None]
+    hidden = [e for e in known if e.above(t["hidden_recovery"])]
+    leaks = leak.above(t["leak_margin"])
+    if gap.below(t["accuracy_margin"]) and (hidden or leaks):
+        parts = [f"{e.text()} > {t['hidden_recovery']}" for e in hidden]
+        parts += [f"{leak.text()} > {t['leak_margin']}"] if leaks else []
+        return result("HIDDEN", f"looks forgotten ({gap.text()} <= {t['accuracy_margin']}), but "
+                                + "; ".join(parts), [gap, *hidden, *([leak] if leaks else [])])
+    if not gap.below(t["accuracy_margin"]):
+        return result("INCONCLUSIVE", *_spans(gap, t["accuracy_margin"], "the forgetting margin"))
+    few = [k for k in knowable if k.facts < t["min_knowable"]]
+    if few:
+        k = few[0]
+        more = (None if k.facts == 0 else
+                max(1, round(k.patients * t["min_knowable"] / k.facts) - k.patients))
+        settle = (f"about {more} more {k.unit} would give enough" if more else
+                  "the oracle knows none of these facts: it must learn them before anything can be forgotten")
+        return result("INCONCLUSIVE", f"too few knowable facts for {k.name}: {k.facts} < {t['min_knowable']} "
+                                      f"(facts the oracle answers and the retain model does not); {settle}", [],
+                      {"knowable": [asdict(x) for x in knowable], "measurement": k.name,
+                       "threshold": t["min_knowable"], "more_patients": more})
+    missing = [e for e in recoveries if e.value is None]
+    if missing:
+        return result("INCONCLUSIVE", f"{missing[0].name} cannot be measured: on its knowable facts the unlearned "
+                                      "model forgot nothing that an attack could bring back",
+                      missing[:1])
+    removed = (all(e.below(t["removed_recovery"]) for e in known) and leak.below(t["leak_margin"])
+               and utility.ci95[0] is not None and utility.ci95[0] >= t["removed_utility_ratio"])
+    if removed:
+        return result("REMOVED", f"forgotten ({gap.text()} <= {t['accuracy_margin']}), every recovery ratio's upper "
+                                 f"bound <= {t['removed_recovery']}, {leak.text()} <= {t['leak_margin']}, "
+                                 f"{utility.text()} >= {t['removed_utility_ratio']}", [gap, *known, leak, utility])
+    no_hidden_doubt = all(e.below(t["hidden_recovery"]) for e in known) and leak.below(t["leak_margin"])
+    between = [e for e in known if e.above(t["removed_recovery"])]
+    damaged = utility.ci95[1] is not None and utility.ci95[1] < t["removed_utility_ratio"]
+    if no_hidden_doubt and (between or damaged):
+        parts = [f"{e.text()} in ({t['removed_recovery']}, {t['hidden_recovery']}]" for e in between]
+        parts += [f"{utility.text()} < {t['removed_utility_ratio']}"] if damaged else []
+        return result("PARTIAL", "looks forgotten, but " + "; ".join(parts), [gap, *between,
+                                                                              *([utility] if damaged else [])])
+    for e in known:
+        if not e.below(t["hidden_recovery"]):
+            return result("INCONCLUSIVE", *_spans(e, t["hidden_recovery"], "the hidden threshold"))
+    if not leak.below(t["leak_margin"]):
+        return result("INCONCLUSIVE", *_spans(leak, t["leak_margin"], "the leak margin"))
+    for e in known:
+        if not e.below(t["removed_recovery"]):
+            return result("INCONCLUSIVE", *_spans(e, t["removed_recovery"], "the removed threshold"))
+    return result("INCONCLUSIVE", *_spans(utility, t["removed_utility_ratio"], "the utility threshold"))

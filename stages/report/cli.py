@@ -7,12 +7,33 @@ import click
 
 # The verdict table's columns; for the attack families, the strongest attack the run has (most relearning steps,
 # fewest bits, its leak@N), so the table fits any profile's attack settings.
-HEADLINE = ["verdict", "forget_qa_accuracy", "forget_quality", "model_utility", "privleak", "relearn_recovery@",
-            "benign_recovery@", "quant_recovery@", "leak@", "uncertainty_ratio", "retain_perplexity"]
-COMPARISON = ["run", "mean_entropy", "uncertainty_ratio", "retain_perplexity", "forget_qa_accuracy",
-              "retain_qa_accuracy", "holdout_qa_accuracy", "mia_mink_auc", "uq_verdict"]
+HEADLINE = ["verdict", "forget_qa_accuracy", "forget_accuracy_gap", "n_knowable_forget", "n_knowable_relearn",
+            "forget_quality", "model_utility", "utility_ratio", "privleak", "relearn_recovery@", "benign_recovery@",
+            "quant_recovery@", "leak@", "uncertainty_ratio_retain", "retain_perplexity"]
+COMPARISON = ["run", "mean_entropy", "uncertainty_ratio", "uncertainty_ratio_retain", "retain_perplexity",
+              "forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy", "world_qa_accuracy", "model_utility",
+              "mia_mink_auc", "uq_verdict", "n_forget_patients", "n_forget_probes"]
 REFERENCE_ORDER = ["base", "oracle"]
 SAMPLES_PER_RUN = 3
+HOW_TO_READ = """How to read it. Every number carries its 95 % interval in brackets: a patient-level bootstrap
+(a patient's facts are correlated, so patients, not probes, are resampled; comparisons of two models resample the
+same patients for both), never narrower than a Wilson interval on the effective sample size. A verdict is given
+only when the intervals support it:
+
+- REMOVED: forgotten like the retain model (the accuracy gap's upper bound within the margin), every recovery ratio's
+  upper bound at most `removed-recovery`, no leak excess, utility kept, and enough knowable facts;
+- HIDDEN: looks forgotten, but an attack's recovery ratio (or the leak excess over the control) has its *lower* bound
+  above the threshold: the knowledge comes back;
+- PARTIAL: the intervals place the model between the two (a recovery ratio clearly between the thresholds, utility
+  clearly damaged, or forget accuracy clearly above the retain model's);
+- COLLAPSED: the model broke (retain perplexity, near-zero entropy, or utility far below the oracle's);
+- INCONCLUSIVE: the data cannot tell: an interval spans a threshold, or the oracle knew too few of the forget facts
+  (knowable facts: the oracle answers them, the retain model does not; only they can be "recovered"). The rule
+  names the measurement and about how many more patients would settle it.
+
+Recovery ratios: 0 = no better than the retain model (never saw the facts), 1 = as good as the oracle, over the
+knowable facts only.
+"""
 
 
 def run_order(name):
@@ -28,11 +49,18 @@ def method_and_ratio(name):
     return (method, int(ratio)) if method and ratio.isdigit() else (name, None)
 
 
-def cell(value):
+def number(value):
+    return f"{value:.3g}" if abs(value) < 1e-3 and value else f"{value:.3f}"
+
+
+def cell(value, ci=None):
+    """A table cell: a number with its 95 % interval where it has one, `0.450 [0.300, 0.610]`."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e-3 and value else f"{value:.3f}"
+        if ci and ci[0] is not None:
+            return f"{number(value)} [{number(ci[0])}, {number(ci[1])}]"
+        return number(value)
     return " ".join(str(value).replace("|", "/").split())
 
 
@@ -46,7 +74,10 @@ def headline_keys(metrics):
         ks = [int(k[len(key):]) for k in metrics if k.startswith(key) and k[len(key):].isdigit()]
         if ks:
             strongest = min(ks) if key == "quant_recovery@" else max(ks)
-            keys += [f"{key}{strongest}", f"{key}{strongest}_control"] if key == "leak@" else [f"{key}{strongest}"]
+            if key == "leak@":
+                keys += [f"{key}{strongest}", f"{key}{strongest}_control", f"{key}{strongest}_excess"]
+            else:
+                keys += [k for k in (f"{key}{strongest}", f"{key}{strongest}_fp4") if k in metrics]
     return keys
 
 
@@ -57,8 +88,19 @@ def headline_value(value):
 
 def markdown_table(rows, columns):
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row.get(c), row.get(f"{c}_ci95")) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def with_intervals(keys, row):
+    """Each key, followed by its interval's ends as two scalar columns where the run has one (CSV, headline)."""
+    out = {}
+    for key in keys:
+        out[key] = headline_value(row.get(key))
+        ci = row.get(f"{key}_ci95")
+        if ci:
+            out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = ci
+    return out
 
 
 def oracle_forget_quality(eval_dir, oracle, retain_name):
@@ -87,10 +129,17 @@ def sanity_rows(eval_dir, runs):
     for r in runs:
         if "verdict" not in r:
             continue
-        rows.append({"check": f"{r['run']}: relearning 50 steps on half the forget patients brings back the other "
-                              "half (Deeb & Roger: 88 %)", "found": r.get("relearn_recovery@50")})
-        rows.append({"check": f"{r['run']}: 4-bit quantization restores forgotten answers (Zhang et al.: "
-                              "21 % -> 83 %)", "found": r.get("quant_recovery@4")})
+        keys = headline_keys(r)
+        relearn = next((k for k in keys if k.startswith("relearn_recovery@")), None)
+        quant = next((k for k in keys if k.startswith("quant_recovery@")), None)
+        if relearn:
+            rows.append({"check": f"{r['run']}: {relearn.split('@')[1]} relearning steps on half the forget patients "
+                                  "bring back the other half (Deeb & Roger: 88 %)", "found": r.get(relearn),
+                         "found_ci95": r.get(f"{relearn}_ci95")})
+        if quant:
+            rows.append({"check": f"{r['run']}: {quant.split('@')[1]}-bit quantization restores forgotten answers "
+                                  "(Zhang et al.: 21 % -> 83 %)", "found": r.get(quant),
+                         "found_ci95": r.get(f"{quant}_ci95")})
         rows.append({"check": f"{r['run']}: forget quality against the retain model", "found": r["forget_quality"]})
     return rows
 
@@ -121,13 +170,19 @@ def plot(runs, unlearned, path):
         width = 0.8 / len(keys)
         for i, key in enumerate(keys):
             values = [r.get(key) if isinstance(r.get(key), (int, float)) else float("nan") for r in rows]
-            ax.bar([x + i * width for x in range(len(rows))], values, width, label=key)
+            errors = [[v - r[f"{key}_ci95"][0], r[f"{key}_ci95"][1] - v]
+                      if isinstance(v, (int, float)) and (r.get(f"{key}_ci95") or [None])[0] is not None
+                      else [0.0, 0.0] for v, r in zip(values, rows, strict=True)]
+            ax.bar([x + i * width for x in range(len(rows))], values, width, label=key,
+                   yerr=[[max(0.0, e[0]) for e in errors], [max(0.0, e[1]) for e in errors]], capsize=2,
+                   error_kw={"elinewidth": 0.8})
         ax.set_xticks([x + width * (len(keys) - 1) / 2 for x in range(len(rows))], [r["run"] for r in rows],
                       rotation=30, ha="right")
         ax.set_title(title)
         ax.legend(fontsize=7)
 
-    bars(axes[0, 0], ["forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy"], "probe accuracy")
+    bars(axes[0, 0], ["forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy", "world_qa_accuracy"],
+         "probe accuracy (95 % patient-level intervals)")
     axes[0, 0].set_ylim(0, 1)
     bars(axes[0, 1], ["mia_loss_auc", "mia_zlib_auc", "mia_mink_auc", "mia_minkpp_auc"],
          "membership AUC, forget vs holdout (0.5 = none)")
@@ -141,13 +196,19 @@ def plot(runs, unlearned, path):
     axes[1, 0].set_title("retain perplexity")
     axes[1, 0].tick_params(axis="x", rotation=30)
     if unlearned:
-        keys = sorted({k for r in unlearned for k in r if "_recovery@" in k and not k.endswith("@0")})
-        bars(axes[1, 1], keys, "recovery (0 = retain model, 1 = oracle)", unlearned)
+        keys = sorted({k for r in unlearned for k in r
+                       if "_recovery@" in k and not k.endswith(("@0", "_ci95"))})
+        bars(axes[1, 1], keys, "recovery over knowable facts (0 = retain model, 1 = oracle)", unlearned)
         axes[1, 1].axhline(0.5, color="gray", linestyle="--")
         ax = axes[1, 2]
         for r in unlearned:
-            steps = sorted(int(k.split("@")[1]) for k in r if k.startswith("relearn_accuracy@"))
-            ax.plot(steps, [r[f"relearn_accuracy@{k}"] for k in steps], marker="o", label=r["run"])
+            steps = sorted(int(k.split("@")[1]) for k in r
+                           if k.startswith("relearn_accuracy@") and k.split("@")[1].isdigit())
+            values = [r[f"relearn_accuracy@{k}"] for k in steps]
+            cis = [r.get(f"relearn_accuracy@{k}_ci95") or [v, v] for k, v in zip(steps, values, strict=True)]
+            ax.errorbar(steps, values, yerr=[[v - c[0] for v, c in zip(values, cis, strict=True)],
+                                             [c[1] - v for v, c in zip(values, cis, strict=True)]],
+                        marker="o", capsize=3, label=r["run"])
             ax.plot(steps, [r[f"relearn_control@{k}"] for k in steps], linestyle=":", color="gray")
             ax.axhline(r["relearn_oracle_accuracy"], color="black", linestyle="--", linewidth=0.8)
         ax.set_xlabel("relearning steps k (on forget half T)")
@@ -185,24 +246,25 @@ def report(eval_dir, output_dir):
     for run in unlearned:
         columns += [k for k in headline_keys(run) if k not in columns]
     columns.append("verdict_rule")
-    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    csv_rows = [{"run": r["run"], "method": r["method"], "forget_pct": r["forget_pct"],
+                 **with_intervals(columns[3:-1], r), "verdict_rule": r["verdict_rule"]} for r in unlearned]
+    fields = list(dict.fromkeys(k for row in csv_rows for k in row)) or columns
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(unlearned)
+    writer.writerows(csv_rows)
     with atomic_path(out / "report.csv") as tmp:
         tmp.write_text(text.getvalue(), encoding="utf-8")
     # The same headline numbers as DVC metrics (`dvc exp show`, `dvc metrics diff`), one entry per unlearned run.
-    write_json(out / "headline.json", {r["run"]: {k: headline_value(r.get(k)) for k in headline_keys(r)}
-                                       for r in unlearned})
+    write_json(out / "headline.json", {r["run"]: with_intervals(headline_keys(r), r) for r in unlearned})
     sections = [
         "# unforgotten report\n",
-        "## Verdicts: method x forget ratio\n\nREMOVED: forgotten like the retain model and nothing brings it back; "
-        "HIDDEN: looks forgotten but an attack recovers it; PARTIAL: anything between; COLLAPSED: the model broke. "
-        "Recovery ratios: 0 = no better than the retain model (never saw the facts), 1 = as good as the oracle.\n",
+        "## Verdicts: method x forget ratio\n\n" + HOW_TO_READ,
         markdown_table(unlearned, columns) if unlearned else "No unlearned run evaluated yet.\n",
         "## Models compared (forget-set uncertainty, retain health, knowledge)\n",
         markdown_table(runs, COMPARISON),
         "## The literature's sanity checks (VERIFY.md F)\n",
-        markdown_table(sanity_rows(eval_dir, runs), ["check", "found"]),
+        markdown_table([{**row, "found_ci95": row.get("found_ci95")} for row in sanity_rows(eval_dir, runs)],
+                       ["check", "found"]),
         "## Answers side by side (forget probes)\n",
         samples_section(eval_dir, unlearned) or "No unlearned run evaluated yet.\n",
         "![report](report.png)\n",

@@ -21,7 +21,8 @@ from stages.common.plots import trajectory_plot
               help="Where the unlearned adapter (or, with --full, the whole model) goes.")
 @click.option("--trajectory-dir", "--trajectory_dir", "trajectory_dir", type=click.Path(file_okay=False),
               default=None, help="Where trajectory.json, trajectory.png and summary.json go [default: --output-dir].")
-@click.option("--full", is_flag=True, help="Train all parameters of the oracle (merged) instead of its LoRA adapter.")
+@click.option("--full", is_flag=True,
+              help="Train the oracle's merged weights instead of its LoRA adapter (all; rmu: its down_proj ones).")
 @click.option("--steps", type=click.IntRange(min=1), default=15, show_default=True)
 @click.option("--samples-per-step", "--samples_per_step", "samples_per_step", type=click.IntRange(min=1),
               default=40, show_default=True, help="Forget examples drawn (with replacement) per step.")
@@ -30,14 +31,22 @@ from stages.common.plots import trajectory_plot
 @click.option("--learning-rate", "--learning_rate", "learning_rate", type=click.FloatRange(min=0, min_open=True),
               default=5e-6, show_default=True)
 @click.option("--retain-weight", "--retain_weight", "retain_weight", type=click.FloatRange(min=0), default=1.0,
-              show_default=True, help="Weight of the retain term for methods that use one.")
+              show_default=True, help="Weight of the retain NLL of grad_diff, npo, simnpo and idk (rmu: --rmu-alpha).")
 @click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
               help="Inverse temperature of npo and simnpo.")
 @click.option("--gamma", type=float, default=0.0, show_default=True, help="Reward margin of simnpo.")
-@click.option("--rmu-layer", "--rmu_layer", "rmu_layer", type=click.IntRange(min=1), default=7, show_default=True,
-              help="Decoder layer whose output rmu steers.")
-@click.option("--steering-coeff", "--steering_coeff", "steering_coeff", type=click.FloatRange(min=0),
-              default=6.5, show_default=True, help="Length of rmu's random control vector.")
+@click.option("--rmu-layer", "--rmu_layer", "rmu_layer", type=click.IntRange(min=0), default=7, show_default=True,
+              help="rmu: the decoder layer whose output is steered, numbered from 0 (model.model.layers[N], WMDP's "
+                   "layer_id); the down_proj weights of it and the two layers below it are the ones trained.")
+@click.option("--rmu-alpha", "--rmu_alpha", "rmu_alpha", type=click.FloatRange(min=0), default=1200.0,
+              show_default=True, help="rmu: weight of the retain activation MSE (WMDP's alpha, Zephyr-7B's value).")
+@click.option("--steering-scale", "--steering_scale", "steering_scale", type=click.FloatRange(min=0, min_open=True),
+              default=5.0, show_default=True,
+              help="rmu: length of the random control vector as a multiple of the oracle's mean per-token activation "
+                   "norm at --rmu-layer on the forget set (Adaptive RMU's scale).")
+@click.option("--steering-coeff", "--steering_coeff", "steering_coeff", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="rmu: absolute length of the control vector, instead of --steering-scale "
+                                 "(WMDP used 6.5 on Zephyr-7B).")
 @click.option("--measure-every", "--measure_every", "measure_every", type=click.IntRange(min=1), default=3,
               show_default=True, help="Measure forget-set entropy every N steps.")
 @click.option("--max-perplexity-ratio", "--max_perplexity_ratio", "max_perplexity_ratio",
@@ -61,7 +70,8 @@ from stages.common.plots import trajectory_plot
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 @trust_remote_code_option
 def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, trajectory_dir, full, steps,
-            samples_per_step, batch_size, learning_rate, retain_weight, beta, gamma, rmu_layer, steering_coeff,
+            samples_per_step, batch_size, learning_rate, retain_weight, beta, gamma, rmu_layer, rmu_alpha,
+            steering_scale, steering_coeff,
             measure_every, max_perplexity_ratio, early_stop, stop_at_ur, monitor_samples, entropy_prompts,
             max_new_tokens, max_seq_length, with_probes, seed, hf_token, trust_remote_code):
     """Unlearn the forget set from the oracle, with retain perplexity after every step and early stop on collapse."""
@@ -96,8 +106,9 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
 
         layers = AutoConfig.from_pretrained(resolve_base_model(base_model, hf_token, trust_remote_code),
                                             trust_remote_code=trust_remote_code).num_hidden_layers
-        if rmu_layer > layers:
-            raise click.BadParameter(f"{rmu_layer} is beyond the model's {layers} layers", param_hint="--rmu-layer")
+        if rmu_layer >= layers:
+            raise click.BadParameter(f"{rmu_layer} is beyond the model's {layers} layers (numbered 0 to {layers - 1})",
+                                     param_hint="--rmu-layer")
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
     prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:entropy_prompts]]
@@ -121,7 +132,10 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
     monitor_pairs = [primary_pair(r) for r in retain_records[:monitor_samples]]
-    hyper = {"beta": beta, "gamma": gamma, "rmu_layer": rmu_layer, "steering_coeff": steering_coeff, "seed": seed}
+    hyper = {"beta": beta, "gamma": gamma, "rmu_layer": rmu_layer, "steering_scale": steering_scale,
+             "steering_coeff": steering_coeff, "seed": seed}
+    if method == "rmu":  # rmu's retain term is an activation MSE, weighted by WMDP's alpha instead
+        retain_weight = rmu_alpha
     trajectory, summary = run_unlearning(
         model, tokenizer, unlearning_method, forget_examples, retain_examples, monitor_pairs, prompts,
         base_entropy=base_entropy, steps=steps, samples_per_step=samples_per_step, batch_size=batch_size,

@@ -39,7 +39,8 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
 
     Early stop: when retain perplexity exceeds max_perplexity_ratio x its starting value, the step is undone and
     unlearning ends (off with early_stop=False, the seeds' v1). With stop_at_ur, unlearning ends as soon as the
-    forget-set uncertainty ratio reaches it with perplexity within bounds (the seeds' phase 2).
+    forget-set uncertainty ratio reaches it with perplexity within bounds (the seeds' phase 2). The summary's
+    steps_run counts the steps kept: an undone step has its trajectory entry but is not counted.
     """
     import torch
     from tqdm.auto import tqdm
@@ -60,18 +61,26 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
     start_entropy = forget_entropy()
     trajectory = [{"step": 0, "loss": None, "perplexity": start_perplexity, "entropy": start_entropy,
                    "uncertainty_ratio": start_entropy / base_entropy}]
-    params = [p for p in model.parameters() if p.requires_grad]
-    ctx = {"beta": 0.1, "gamma": 0.0, **(hyper or {}), "reference": Reference(params)}
+    ctx = {"beta": 0.1, "gamma": 0.0, **(hyper or {})}
+    # What trains: every trainable parameter, unless the method picks a few (and freezes the rest).
+    if hasattr(method, "trainable"):
+        params = method.trainable(model, ctx)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    ctx["reference"] = Reference(params)
+
+    def forget_batches():  # every forget example once, in micro-batches
+        return (batch_of(forget_examples[i:i + batch_size]) for i in range(0, len(forget_examples), batch_size))
+
     if getattr(method, "needs_reference", False):
         # The frozen oracle's answer NLL of every forget example: fixed data, so computed once, before any step.
         with torch.no_grad():
-            ctx["reference_nll_all"] = torch.cat([sequence_nll(model, batch_of(forget_examples[i:i + batch_size]))[0]
-                                                  for i in range(0, len(forget_examples), batch_size)])
+            ctx["reference_nll_all"] = torch.cat([sequence_nll(model, batch)[0] for batch in forget_batches()])
     if hasattr(method, "setup"):
-        method.setup(model, ctx)
+        method.setup(model, ctx, forget_batches())
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     rng = random.Random(seed)
-    stop_reason = None
+    stop_reason, undone = None, False
     name = method.__name__.rsplit(".", 1)[-1]
     bar = tqdm(range(1, steps + 1), desc=f"unlearn {name}", disable=not progress)
     for step in bar:
@@ -110,15 +119,17 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
                     p.copy_(old)
             stop_reason = (f"retain perplexity {entry['perplexity']:.3f} exceeded {max_perplexity_ratio} x "
                            f"{start_perplexity:.3f} at step {step}; that step was undone")
+            undone = True
             break
         if stop_at_ur is not None and entry["uncertainty_ratio"] >= stop_at_ur and entry["perplexity"] <= threshold:
             stop_reason = (f"uncertainty ratio {entry['uncertainty_ratio']:.3f} reached {stop_at_ur} at step {step} "
                            f"with retain perplexity within bounds")
             break
     bar.close()
-    kept = trajectory[-2] if stop_reason and "undone" in stop_reason else trajectory[-1]
-    summary = {"steps_run": len(trajectory) - 1, "stopped_early": stop_reason is not None,
+    kept = trajectory[-2] if undone else trajectory[-1]  # the trajectory keeps the undone step's entry
+    summary = {"steps_run": kept["step"], "stopped_early": stop_reason is not None,
                "stop_reason": stop_reason, "start_perplexity": start_perplexity,
                "perplexity_threshold": threshold, "final_perplexity": kept["perplexity"],
-               "base_entropy": base_entropy, "early_stop": early_stop, "stop_at_ur": stop_at_ur}
+               "base_entropy": base_entropy, "early_stop": early_stop, "stop_at_ur": stop_at_ur,
+               **ctx.get("summary", {})}
     return trajectory, summary

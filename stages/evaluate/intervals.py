@@ -1,0 +1,172 @@
+"""Uncertainty of every reported number (VERIFY.md 0): patient-level (cluster) bootstrap, joint across models, with
+score intervals as a floor so that an interval never collapses to a point because nothing was observed.
+
+A patient's facts are correlated (one note, one condition), so the unit of resampling is the patient: each resample
+draws patients with replacement (separately within each stratum, e.g. forget and holdout patients) and keeps all of
+a drawn patient's rows. Comparisons of models on the same patients use one draw for every model (joint bootstrap).
+Pure functions on plain arrays; tests/test_intervals.py checks them against plain loops, scipy and closed forms.
+"""
+
+import math
+
+import numpy as np
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def resample_weights(clusters, resamples, seed, strata=None):
+    """How often each row is drawn in each resample, as an int array (resamples, rows).
+
+    clusters[i] is row i's patient; strata[i] (default: one stratum) the group its patient is drawn within. The
+    draws, in order: for each resample, for each stratum in order of first appearance, rng.integers(0, m, m) over
+    that stratum's m patients in order of first appearance."""
+    clusters = list(clusters)
+    strata = [None] * len(clusters) if strata is None else list(strata)
+    patients = list(dict.fromkeys(zip(strata, clusters, strict=True)))  # (stratum, patient), first appearance
+    index = {key: i for i, key in enumerate(patients)}
+    row_patient = np.array([index[key] for key in zip(strata, clusters, strict=True)], dtype=np.int64)
+    groups = [np.array([i for i, (s, _) in enumerate(patients) if s == stratum], dtype=np.int64)
+              for stratum in dict.fromkeys(strata)]
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((resamples, len(patients)), dtype=np.int64)
+    for b in range(resamples):
+        for group in groups:
+            counts[b] += np.bincount(group[rng.integers(0, len(group), len(group))], minlength=len(patients))
+    return counts[:, row_patient]
+
+
+def weighted_means(weights, values):
+    """Per resample, the weighted mean of `values` (NaN where a resample drew none of these rows)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    total = weights.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, weights @ np.asarray(values, dtype=np.float64) / total, np.nan)
+
+
+def percentile_interval(statistics, level=0.95):
+    """The percentile interval of a bootstrap distribution, ignoring resamples where the statistic is undefined."""
+    statistics = np.asarray(statistics, dtype=np.float64)
+    statistics = statistics[np.isfinite(statistics)]
+    if statistics.size == 0:
+        return [None, None]
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(statistics, tail)), float(np.percentile(statistics, 100 - tail))]
+
+
+def wilson(p, n, z=Z95):
+    """Wilson score interval of a proportion p observed on n (possibly effective, non-integer) trials."""
+    if n <= 0:
+        return [0.0, 1.0]
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def effective_size(values, weights):
+    """n / design effect: the number of independent trials the clustered 0/1 `values` are worth. The design effect
+    is the cluster bootstrap's variance of the mean over the variance it would have if the rows were independent
+    (at least 1). With no success or no failure the data cannot show a correlation, so the floor is n itself."""
+    values = np.asarray(values, dtype=np.float64)
+    n, p = values.size, float(values.mean())
+    independent = p * (1 - p) / n
+    if independent <= 0:
+        return float(n)
+    clustered = float(np.nanvar(weighted_means(weights, values)))
+    return n / max(1.0, clustered / independent)
+
+
+def envelope(a, b):
+    """The smallest interval holding both (None ends are ignored)."""
+    lows = [x for x in (a[0], b[0]) if x is not None]
+    highs = [x for x in (a[1], b[1]) if x is not None]
+    return [min(lows), max(highs)] if lows else [None, None]
+
+
+def proportion(values, weights):
+    """Mean of per-example 0/1 values and its 95 % interval: the larger of the cluster-bootstrap interval and the
+    Wilson interval on the effective sample size."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return None, [None, None]
+    p = float(values.mean())
+    boot = percentile_interval(weighted_means(weights, values))
+    return p, envelope(boot, wilson(p, effective_size(values, weights)))
+
+
+def mean(values, weights):
+    """Mean of per-example values (not proportions: answer_prob, ROUGE) and its cluster-bootstrap interval."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return None, [None, None]
+    return float(values.mean()), percentile_interval(weighted_means(weights, values))
+
+
+def newcombe(pa, ia, pb, ib):
+    """Newcombe's hybrid score interval of pa - pb from the two proportions' own intervals (as if independent:
+    wider than the paired truth when the two are positively correlated, as two models on the same probes are)."""
+    d = pa - pb
+    return [d - math.hypot(pa - ia[0], ib[1] - pb), d + math.hypot(ia[1] - pa, pb - ib[0])]
+
+
+def paired_difference(a, b, weights):
+    """Mean of a - b over the same examples (0/1 each: e.g. the unlearned and the retain model on the same probes)
+    and its interval: the larger of the joint cluster bootstrap's and Newcombe's from the Wilson floors."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size == 0:
+        return None, [None, None]
+    (pa, ia), (pb, ib) = proportion(a, weights), proportion(b, weights)
+    boot = percentile_interval(weighted_means(weights, a - b))
+    return pa - pb, envelope(boot, newcombe(pa, ia, pb, ib))
+
+
+def ratio_of_differences(a, c, o, r, weights):
+    """(mean a - mean c) / (mean o - mean r) over the same examples (0/1 each), jointly bootstrapped, as recovery
+    ratios are (VERIFY.md D). None when the denominator is not positive (nothing to recover). The floor is
+    Newcombe's interval of the numerator over the observed denominator."""
+    a, c, o, r = (np.asarray(x, dtype=np.float64) for x in (a, c, o, r))
+    if a.size == 0:
+        return None, [None, None]
+    gap = float(o.mean() - r.mean())
+    if gap <= 0:
+        return None, [None, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denominators = weighted_means(weights, o - r)
+        statistics = np.where(denominators > 0, weighted_means(weights, a - c) / denominators, np.nan)
+    (pa, ia), (pc, ic) = proportion(a, weights), proportion(c, weights)
+    floor = [x / gap for x in newcombe(pa, ia, pc, ic)]
+    return (pa - pc) / gap, envelope(percentile_interval(statistics), floor)
+
+
+def weighted_aucs(member_scores, nonmember_scores, member_weights, nonmember_weights):
+    """ROC AUC ('member' = higher score, ties half) per resample, members and non-members weighted by how often
+    each was drawn: the AUC of the expanded resample."""
+    m = np.asarray(member_scores, dtype=np.float64)[:, None]
+    h = np.asarray(nonmember_scores, dtype=np.float64)[None, :]
+    wins = (m > h) + 0.5 * (m == h)
+    wm = np.asarray(member_weights, dtype=np.float64)
+    wh = np.asarray(nonmember_weights, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("bi,ij,bj->b", wm, wins, wh) / (wm.sum(axis=1) * wh.sum(axis=1))
+
+
+def mcnemar_exact(a, b):
+    """Two-sided exact McNemar p-value for paired 0/1 outcomes (binomial test on the discordant pairs)."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def patients_to_settle(value, interval, threshold, n_patients):
+    """About how many more patients would move an interval that spans `threshold` off it: the interval's half-width
+    on the threshold's side shrinks as 1 / sqrt(patients). None when the estimate sits on the threshold (no number
+    of patients settles it) or the interval is unknown."""
+    if value is None or interval[0] is None or value == threshold or n_patients <= 0:
+        return None
+    half = value - interval[0] if threshold < value else interval[1] - value
+    needed = n_patients * (half / abs(value - threshold)) ** 2
+    return max(1, math.ceil(needed - n_patients - 1e-9))

@@ -1,0 +1,149 @@
+"""VERIFY.md 0: the patient-level bootstrap against plain loops over resampled patients, Wilson against scipy and
+its closed form, and the joint intervals of comparisons."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+from sklearn.metrics import roc_auc_score
+
+from stages.evaluate import intervals as interval
+
+
+def clustered(seed, patients=7, per_patient=(1, 6)):
+    """Rows of a few patients with a varying number of 0/1 facts each (correlated within a patient)."""
+    rng = np.random.default_rng(seed)
+    clusters, values = [], []
+    for p in range(patients):
+        knows = rng.random()
+        for _ in range(rng.integers(*per_patient)):
+            clusters.append(f"patient-{p}")
+            values.append(int(rng.random() < knows))
+    return clusters, np.array(values, dtype=float)
+
+
+def plain_resamples(clusters, resamples, seed, strata=None):
+    """The spec as a loop: per resample, per stratum, draw that stratum's patients with replacement and keep every
+    row of each drawn patient (as often as it was drawn). Returns a list of row-index lists."""
+    strata = [None] * len(clusters) if strata is None else strata
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(resamples):
+        rows = []
+        for stratum in dict.fromkeys(strata):
+            patients = list(dict.fromkeys(c for c, s in zip(clusters, strata, strict=True) if s == stratum))
+            for drawn in rng.integers(0, len(patients), len(patients)):
+                rows += [i for i, (c, s) in enumerate(zip(clusters, strata, strict=True))
+                         if s == stratum and c == patients[drawn]]
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cluster_bootstrap_means_equal_a_plain_loop_over_resampled_patients(seed):
+    clusters, values = clustered(seed)
+    weights = interval.resample_weights(clusters, 200, seed)
+    loop = [values[rows].mean() for rows in plain_resamples(clusters, 200, seed)]
+    assert interval.weighted_means(weights, values) == pytest.approx(loop, abs=1e-12)
+    tail = [float(np.percentile(loop, 2.5)), float(np.percentile(loop, 97.5))]
+    assert interval.percentile_interval(interval.weighted_means(weights, values)) == pytest.approx(tail)
+
+
+def test_strata_are_resampled_separately_and_keep_their_sizes():
+    clusters = ["a", "a", "b", "c", "c", "c", "x", "y"]
+    strata = ["forget"] * 6 + ["holdout"] * 2
+    weights = interval.resample_weights(clusters, 300, 5, strata)
+    loops = plain_resamples(clusters, 300, 5, strata)
+    for w, rows in zip(weights, loops, strict=True):
+        assert list(w) == [rows.count(i) for i in range(len(clusters))]
+        assert w[6:].sum() == 2  # two holdout patients of one row each, always two drawn
+    assert (weights[:, 0] == weights[:, 1]).all()  # a patient's rows are drawn together
+
+
+def test_correlated_facts_widen_the_interval_beyond_independent_resampling():
+    # 10 patients, 5 facts each, all of a patient's facts alike: worth 10 trials, not 50
+    clusters = [f"p{i}" for i in range(10) for _ in range(5)]
+    values = np.array([1.0 if i < 4 else 0.0 for i in range(10) for _ in range(5)])
+    clustered_ci = interval.proportion(values, interval.resample_weights(clusters, 2000, 0))[1]
+    independent_ci = interval.proportion(values, interval.resample_weights(range(50), 2000, 0))[1]
+    assert clustered_ci[1] - clustered_ci[0] > 1.7 * (independent_ci[1] - independent_ci[0])
+    n_eff = interval.effective_size(values, interval.resample_weights(clusters, 4000, 0))
+    assert 8 < n_eff < 13
+
+
+@pytest.mark.parametrize("successes, n", [(0, 20), (1, 20), (7, 20), (20, 20), (3, 11)])
+def test_wilson_matches_scipy_and_the_closed_form(successes, n):
+    expected = binomtest(successes, n).proportion_ci(method="wilson")
+    assert interval.wilson(successes / n, n) == pytest.approx([expected.low, expected.high], abs=1e-9)
+    p, z = successes / n, 1.959963984540054
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert interval.wilson(p, n) == pytest.approx([max(0, centre - half), min(1, centre + half)])
+
+
+def test_no_success_does_not_collapse_the_interval():
+    clusters = [f"p{i // 5}" for i in range(20)]
+    value, ci = interval.proportion(np.zeros(20), interval.resample_weights(clusters, 500, 0))
+    assert value == 0 and ci[0] == 0 and ci[1] == pytest.approx(interval.wilson(0, 20)[1]) and ci[1] > 0.15
+    value, ci = interval.proportion(np.ones(20), interval.resample_weights(clusters, 500, 0))
+    assert value == 1 and ci[1] == 1 and ci[0] < 0.85
+
+
+def test_paired_difference_is_joint_and_floored():
+    clusters, a = clustered(1)
+    b = np.roll(a, 3)
+    weights = interval.resample_weights(clusters, 300, 2)
+    value, ci = interval.paired_difference(a, b, weights)
+    loop = [a[rows].mean() - b[rows].mean() for rows in plain_resamples(clusters, 300, 2)]
+    boot = [np.percentile(loop, 2.5), np.percentile(loop, 97.5)]
+    assert value == pytest.approx(a.mean() - b.mean())
+    assert ci[0] <= boot[0] + 1e-12 and ci[1] >= boot[1] - 1e-12
+    zero = np.zeros(len(a))
+    _, ci = interval.paired_difference(zero, zero, weights)
+    assert ci[0] < -0.05 and ci[1] > 0.05  # 0 of n against 0 of n is not "exactly no difference"
+
+
+def test_recovery_ratio_is_bootstrapped_jointly_like_a_hand_loop():
+    rng = np.random.default_rng(3)
+    clusters = [f"p{i // 4}" for i in range(40)]
+    oracle = (rng.random(40) < 0.8).astype(float)
+    retain = (rng.random(40) < 0.1).astype(float)
+    attacked = (rng.random(40) < 0.5).astype(float)
+    control = (rng.random(40) < 0.2).astype(float)
+    weights = interval.resample_weights(clusters, 400, 9)
+    value, ci = interval.ratio_of_differences(attacked, control, oracle, retain, weights)
+    assert value == pytest.approx((attacked.mean() - control.mean()) / (oracle.mean() - retain.mean()))
+    loop = []
+    for rows in plain_resamples(clusters, 400, 9):
+        gap = oracle[rows].mean() - retain[rows].mean()
+        loop.append((attacked[rows].mean() - control[rows].mean()) / gap if gap > 0 else np.nan)
+    loop = np.array(loop)[np.isfinite(loop)]
+    assert ci[0] <= np.percentile(loop, 2.5) + 1e-12 and ci[1] >= np.percentile(loop, 97.5) - 1e-12
+    assert interval.ratio_of_differences(attacked, control, retain, retain, weights) == (None, [None, None])
+
+
+def test_weighted_aucs_equal_sklearn_on_each_expanded_resample():
+    rng = np.random.default_rng(4)
+    members, others = rng.integers(0, 5, 12).astype(float), rng.integers(0, 5, 9).astype(float) - 1
+    clusters = [f"m{i // 3}" for i in range(12)] + [f"h{i // 3}" for i in range(9)]
+    strata = ["forget"] * 12 + ["holdout"] * 9
+    weights = interval.resample_weights(clusters, 50, 1, strata)
+    aucs = interval.weighted_aucs(members, others, weights[:, :12], weights[:, 12:])
+    scores = np.concatenate([members, others])
+    for auc, rows in zip(aucs, plain_resamples(clusters, 50, 1, strata), strict=True):
+        labels = [1 if i < 12 else 0 for i in rows]
+        assert auc == pytest.approx(roc_auc_score(labels, scores[rows]))
+
+
+def test_mcnemar_exact_is_a_binomial_test_on_discordant_pairs():
+    a = np.array([1, 1, 1, 1, 0, 0, 1, 0])
+    b = np.array([0, 0, 0, 1, 0, 1, 1, 0])
+    assert interval.mcnemar_exact(a, b) == pytest.approx(binomtest(3, 4, 0.5).pvalue)
+    assert interval.mcnemar_exact(a, a) == 1.0
+
+
+def test_patients_to_settle_scales_the_half_width_as_one_over_root_n():
+    # half-width 0.2 from 10 patients, 0.1 from the threshold: 4x the patients, 30 more
+    assert interval.patients_to_settle(0.3, [0.1, 0.5], 0.2, 10) == 30
+    assert interval.patients_to_settle(0.3, [0.1, 0.5], 0.3, 10) is None
