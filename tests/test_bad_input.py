@@ -170,6 +170,10 @@ CASES = {
     "oracle-without-retain": (["evaluate", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",
                                "--base-model", "{model}", "--run-name", "x", "--output-dir", "{w}/out/e",
                                "--oracle", "{w}/out"], 2, r"--oracle and --retain go together"),
+    "verdict-without-attacks": (["evaluate", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",
+                                 "--base-model", "{model}", "--run-name", "x", "--output-dir", "{w}/out/e",
+                                 "--oracle", "{w}/out", "--retain", "{w}/out"], 2, r"--oracle and --retain need "
+                                                                                  r"--attacks"),
     "report-without-evaluations": (["report", "--eval-dir", "{w}/out", "--output-dir", "{w}/out/report"], 1,
                                    r"out: no \*/metrics\.json to report\."),
 }

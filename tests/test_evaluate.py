@@ -253,7 +253,7 @@ def test_missing_reference_prompts_are_a_clear_error(tmp_path, evaluated, tiny_m
 def test_a_retain_run_without_attacks_is_refused(tmp_path, evaluated, tiny_model_dir, medical_dir):
     result = CliRunner().invoke(main, [
         "evaluate", "--run-name", "x", "--base-model", tiny_model_dir, "--reference", str(evaluated / "base"),
-        "--oracle", str(evaluated / "oracle"), "--retain", str(evaluated / "sub"),
+        "--oracle", str(evaluated / "oracle"), "--retain", str(evaluated / "sub"), "--attacks",
         "--forget-file", str(medical_dir / "med_synthetic_forget10.json"),
         "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget20.json"),
         "--holdout-file", str(medical_dir / "med_synthetic_holdout.json"), "--output-dir", str(tmp_path / "x")])

@@ -82,12 +82,24 @@ def test_wilson_matches_scipy_and_the_closed_form(successes, n):
     assert interval.wilson(p, n) == pytest.approx([max(0, centre - half), min(1, centre + half)])
 
 
-def test_no_success_does_not_collapse_the_interval():
+def test_no_success_does_not_collapse_the_interval_and_counts_patients_not_facts():
+    # 0 of 20 facts from 4 patients: the data cannot show how alike a patient's facts are, so the floor is Wilson on
+    # the 4 patients (the fraction of facts is never above the fraction of patients with one), not on 20 facts
     clusters = [f"p{i // 5}" for i in range(20)]
     value, ci = interval.proportion(np.zeros(20), interval.resample_weights(clusters, 500, 0))
-    assert value == 0 and ci[0] == 0 and ci[1] == pytest.approx(interval.wilson(0, 20)[1]) and ci[1] > 0.15
+    assert value == 0 and ci[0] == 0 and ci[1] == pytest.approx(interval.wilson(0, 4)[1])
     value, ci = interval.proportion(np.ones(20), interval.resample_weights(clusters, 500, 0))
-    assert value == 1 and ci[1] == 1 and ci[0] < 0.85
+    assert value == 1 and ci[1] == 1 and ci[0] == pytest.approx(interval.wilson(1, 4)[0])
+    # independent facts (one each) are worth their number
+    _, ci = interval.proportion(np.zeros(20), interval.resample_weights(range(20), 500, 0))
+    assert ci[1] == pytest.approx(interval.wilson(0, 20)[1])
+
+
+def test_one_patient_cannot_make_a_recovery_certain():
+    weights = interval.resample_weights(["p"] * 8, 1000, 0)
+    ones, zeros = np.ones(8), np.zeros(8)
+    value, ci = interval.ratio_of_differences(ones, zeros, ones, zeros, weights)
+    assert value == 1 and ci[0] < 0 and ci[1] >= 1  # eight facts of one patient are one observation
 
 
 def test_paired_difference_is_joint_and_floored():
@@ -104,6 +116,24 @@ def test_paired_difference_is_joint_and_floored():
     assert ci[0] < -0.05 and ci[1] > 0.05  # 0 of n against 0 of n is not "exactly no difference"
 
 
+def test_the_paired_floor_keeps_the_pairing():
+    # two models that answer 200 independent probes alike (10 % right): no disagreement, a narrow interval; the
+    # same accuracies unpaired (Newcombe on the two proportions) would be about three times as wide
+    rng = np.random.default_rng(0)
+    a = (rng.random(200) < 0.1).astype(float)
+    weights = interval.resample_weights(range(200), 500, 0)
+    value, ci = interval.paired_difference(a, a.copy(), weights)
+    assert value == 0 and ci == pytest.approx([-interval.wilson(0, 200)[1], interval.wilson(0, 200)[1]])
+    (p, i) = interval.proportion(a, weights)
+    unpaired = interval.newcombe(p, i, p, i)
+    assert unpaired[1] > 2.5 * ci[1]
+    # discordant pairs one way: the floor is Newcombe's on the discordant rates
+    b = a.copy()
+    b[np.flatnonzero(a)[:5]] = 0
+    value, ci = interval.paired_difference(a, b, weights)
+    assert value == pytest.approx(5 / 200) and ci[0] > -0.01 and ci[1] < 0.07
+
+
 def test_recovery_ratio_is_bootstrapped_jointly_like_a_hand_loop():
     rng = np.random.default_rng(3)
     clusters = [f"p{i // 4}" for i in range(40)]
@@ -118,9 +148,19 @@ def test_recovery_ratio_is_bootstrapped_jointly_like_a_hand_loop():
     for rows in plain_resamples(clusters, 400, 9):
         gap = oracle[rows].mean() - retain[rows].mean()
         loop.append((attacked[rows].mean() - control[rows].mean()) / gap if gap > 0 else np.nan)
+    np.testing.assert_allclose(interval.ratio_resamples(attacked, control, oracle, retain, weights), loop,
+                               atol=1e-12)
     loop = np.array(loop)[np.isfinite(loop)]
     assert ci[0] <= np.percentile(loop, 2.5) + 1e-12 and ci[1] >= np.percentile(loop, 97.5) - 1e-12
     assert interval.ratio_of_differences(attacked, control, retain, retain, weights) == (None, [None, None])
+
+
+def test_a_ratio_whose_denominator_often_vanishes_has_no_interval():
+    # the oracle knows 1 fact of 10 patients' more than the unlearned model: most resamples have nothing to recover
+    o = np.array([1.0] + [0.0] * 9)
+    value, ci = interval.ratio_of_differences(o, np.zeros(10), o, np.zeros(10), interval.resample_weights(range(10),
+                                                                                                        400, 0))
+    assert value == 1 and ci == [None, None]
 
 
 def test_weighted_aucs_equal_sklearn_on_each_expanded_resample():

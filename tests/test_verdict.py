@@ -29,8 +29,8 @@ T = {"max_perplexity_ratio": 2.5, "collapse_entropy": 0.01, "utility_collapse_ra
      "min_knowable": 10}
 
 
-def e(name, value, lo, hi, patients=40):
-    return Estimate(name, value, [lo, hi], patients)
+def e(name, value, lo, hi, patients=40, facts=None):
+    return Estimate(name, value, [lo, hi], patients, facts=facts)
 
 
 def judged(**changes):
@@ -38,7 +38,7 @@ def judged(**changes):
     parts = {
         "health": {"retain_perplexity": 11.0, "oracle_retain_perplexity": 10.0, "mean_entropy": 1.5},
         "gap": e("forget_accuracy_gap", 0.0, -0.03, 0.04),
-        "recoveries": [e("relearn_recovery@50", 0.05, -0.05, 0.15), e("quant_recovery@4", 0.0, 0.0, 0.1)],
+        "recoveries": recoveries(),
         "leak": e("leak@16_excess", 0.0, -0.05, 0.05),
         "utility": e("utility_ratio", 1.0, 0.95, 1.05),
         "knowable": [Knowable("relearning (facts of V)", 30, 40), Knowable("quantization (facts of F)", 60, 40)],
@@ -48,8 +48,8 @@ def judged(**changes):
                          parts["knowable"], T)
 
 
-def recoveries(relearn=(0.05, -0.05, 0.15)):
-    return [e("relearn_recovery@50", *relearn), e("quant_recovery@4", 0.0, 0.0, 0.1)]
+def recoveries(relearn=(0.05, -0.05, 0.15), facts=30):
+    return [e("relearn_recovery@50", *relearn, facts=facts), e("quant_recovery@4", 0.0, 0.0, 0.1, facts=60)]
 
 
 @pytest.mark.parametrize("changes, verdict, phrase", [
@@ -85,6 +85,25 @@ def test_final_verdict_rules(changes, verdict, phrase):
     got, rule, evidence = judged(**changes)
     assert got == verdict, rule
     assert phrase in rule
+
+
+@pytest.mark.parametrize("changes, phrase", [
+    # a recovery on too few knowable facts is no evidence of HIDDEN either
+    ({"recoveries": recoveries((1.0, 0.6, 1.0), facts=3),
+      "knowable": [Knowable("relearning (facts of V)", 3, 2), Knowable("quantization (facts of F)", 60, 40)]},
+     "too few knowable facts for relearning"),
+    ({"recoveries": []}, "no recovery attack was measured"),
+    ({"recoveries": [e("relearn_recovery@50", None, None, None, facts=30)]}, "relearn_recovery@50 cannot be measured"),
+    ({"recoveries": recoveries((0.3, None, None))}, "its interval is undefined"),
+    ({"utility": e("utility_ratio", None, None, None)}, "utility_ratio cannot be measured"),
+])
+def test_inconclusive_when_a_measurement_is_missing_or_rests_on_too_little(changes, phrase):
+    got, rule, _ = judged(**changes)
+    assert got == "INCONCLUSIVE" and phrase in rule, rule
+
+
+def test_an_estimate_without_an_interval_still_reads():
+    assert e("x", 0.5, None, None).text() == "x 0.5 [n/a, n/a]"
 
 
 def test_hidden_needs_forgetting_established_first():

@@ -115,6 +115,9 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
 
     if (oracle_dir is None) != (retain_dir is None):
         raise click.UsageError("--oracle and --retain go together: both reference runs are needed to compare.")
+    if oracle_dir and not attacks:
+        raise click.UsageError("--oracle and --retain need --attacks: the verdict weighs this model's recovery "
+                               "attacks against the retain model's.")
     forget_records = read_records(forget_file, "forget set", scored=True)
     retain_records = read_records(retain_file, "retain set", scored=True)
     holdout_records = read_records(holdout_file, "holdout set", scored=True) if holdout_file else []

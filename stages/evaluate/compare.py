@@ -133,7 +133,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
             key = f"{name}_recovery@{k}"
             _put(out, key, interval.ratio_of_differences(a, c, o_v, r_v, kv_weights))
             if k:  # k = 0 is the starting point, not an attack
-                recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients))
+                recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients, facts=len(v_known)))
 
     # quantization over F's knowable facts: (Acc(quantized) - Acc(unlearned)) / (Acc(oracle) - Acc(unlearned))
     f_known = [key for key in keys if key in knowable]
@@ -143,7 +143,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
         key = f"quant_recovery@{k}" + name[len("quant"):]
         quantized = _column(_attack(run["attacks"], name, k), f_known, "correct", "this model's quantization")
         _put(out, key, interval.ratio_of_differences(quantized, u_f, o_f, u_f, kf_weights))
-        recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients))
+        recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients, facts=len(f_known)))
 
     # sampling leakage: this model against the control on the same probes, paired
     n = next(r["k"] for r in run["attacks"] if r["attack"] == "leak")

@@ -65,15 +65,27 @@ def wilson(p, n, z=Z95):
 
 def effective_size(values, weights):
     """n / design effect: the number of independent trials the clustered 0/1 `values` are worth. The design effect
-    is the cluster bootstrap's variance of the mean over the variance it would have if the rows were independent
-    (at least 1). With no success or no failure the data cannot show a correlation, so the floor is n itself."""
+    is the cluster bootstrap's variance of the mean over the variance it would have if the rows were independent,
+    between 1 and the largest it can be (every patient's rows alike: n_eff = the number of patients). With no
+    success, no failure or no spread between resamples the data cannot show how correlated a patient's rows are,
+    so the effective size is the number of patients: the fraction of facts is never above the fraction of patients
+    with one, so a patient-level interval holds whatever the correlation."""
     values = np.asarray(values, dtype=np.float64)
+    weights = np.asarray(weights)
     n, p = values.size, float(values.mean())
+    patients = _patients(weights)
     independent = p * (1 - p) / n
-    if independent <= 0:
-        return float(n)
     clustered = float(np.nanvar(weighted_means(weights, values)))
-    return n / max(1.0, clustered / independent)
+    if independent <= 0 or clustered <= 0:
+        return float(patients)
+    return max(float(patients), n / max(1.0, clustered / independent))
+
+
+def _patients(weights):
+    """How many patients the weights' rows belong to: rows drawn together in every resample are one patient's."""
+    if weights.shape[1] == 0:
+        return 0
+    return len({tuple(column) for column in np.asarray(weights).T})
 
 
 def envelope(a, b):
@@ -103,39 +115,58 @@ def mean(values, weights):
 
 
 def newcombe(pa, ia, pb, ib):
-    """Newcombe's hybrid score interval of pa - pb from the two proportions' own intervals (as if independent:
-    wider than the paired truth when the two are positively correlated, as two models on the same probes are)."""
+    """Newcombe's hybrid score interval of pa - pb from the two proportions' own intervals."""
     d = pa - pb
     return [d - math.hypot(pa - ia[0], ib[1] - pb), d + math.hypot(ia[1] - pa, pb - ib[0])]
 
 
+def _paired_floor(a, b, weights):
+    """A score interval of mean(a - b) for paired 0/1 outcomes, from the two discordant rates (a without b, b
+    without a), each with its Wilson floor on its own effective size, combined as Newcombe's: pairs that agree
+    cost nothing, as they should."""
+    (p10, i10), (p01, i01) = proportion(a * (1 - b), weights), proportion(b * (1 - a), weights)
+    return newcombe(p10, i10, p01, i01)
+
+
 def paired_difference(a, b, weights):
     """Mean of a - b over the same examples (0/1 each: e.g. the unlearned and the retain model on the same probes)
-    and its interval: the larger of the joint cluster bootstrap's and Newcombe's from the Wilson floors."""
+    and its interval: the larger of the joint cluster bootstrap's and the paired score floor."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.size == 0:
         return None, [None, None]
-    (pa, ia), (pb, ib) = proportion(a, weights), proportion(b, weights)
     boot = percentile_interval(weighted_means(weights, a - b))
-    return pa - pb, envelope(boot, newcombe(pa, ia, pb, ib))
+    return float(a.mean() - b.mean()), envelope(boot, _paired_floor(a, b, weights))
+
+
+MAX_UNDEFINED = 0.025  # a ratio's interval is undefined when more resamples than this have nothing to recover
+
+
+def ratio_resamples(a, c, o, r, weights):
+    """The ratio (mean a - mean c) / (mean o - mean r) on each joint resample; NaN where its denominator is not
+    positive."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denominators = weighted_means(weights, np.asarray(o, dtype=np.float64) - np.asarray(r, dtype=np.float64))
+        numerators = weighted_means(weights, np.asarray(a, dtype=np.float64) - np.asarray(c, dtype=np.float64))
+        return np.where(denominators > 0, numerators / denominators, np.nan)
 
 
 def ratio_of_differences(a, c, o, r, weights):
     """(mean a - mean c) / (mean o - mean r) over the same examples (0/1 each), jointly bootstrapped, as recovery
-    ratios are (VERIFY.md D). None when the denominator is not positive (nothing to recover). The floor is
-    Newcombe's interval of the numerator over the observed denominator."""
+    ratios are (VERIFY.md D). None when the denominator is not positive (nothing to recover); the interval is
+    undefined ([None, None]) when more than MAX_UNDEFINED of the resamples have no positive denominator. The floor
+    is the paired score interval of the numerator over the observed denominator."""
     a, c, o, r = (np.asarray(x, dtype=np.float64) for x in (a, c, o, r))
     if a.size == 0:
         return None, [None, None]
     gap = float(o.mean() - r.mean())
     if gap <= 0:
         return None, [None, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        denominators = weighted_means(weights, o - r)
-        statistics = np.where(denominators > 0, weighted_means(weights, a - c) / denominators, np.nan)
-    (pa, ia), (pc, ic) = proportion(a, weights), proportion(c, weights)
-    floor = [x / gap for x in newcombe(pa, ia, pc, ic)]
-    return (pa - pc) / gap, envelope(percentile_interval(statistics), floor)
+    statistics = ratio_resamples(a, c, o, r, weights)
+    value = float(a.mean() - c.mean()) / gap
+    if np.mean(~np.isfinite(statistics)) > MAX_UNDEFINED:
+        return value, [None, None]
+    floor = [x / gap for x in _paired_floor(a, c, weights)]
+    return value, envelope(percentile_interval(statistics), floor)
 
 
 def weighted_aucs(member_scores, nonmember_scores, member_weights, nonmember_weights):

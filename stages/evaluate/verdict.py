@@ -35,6 +35,7 @@ class Estimate:
     ci95: list
     patients: int
     unit: str = "forget patients"
+    facts: int | None = None  # for a recovery ratio: the knowable facts behind it
 
     def above(self, threshold):
         return self.ci95[0] is not None and self.ci95[0] > threshold
@@ -43,9 +44,10 @@ class Estimate:
         return self.ci95[1] is not None and self.ci95[1] <= threshold
 
     def text(self):
-        if self.value is None:
-            return f"{self.name} n/a"
-        return f"{self.name} {self.value:.3g} [{self.ci95[0]:.3g}, {self.ci95[1]:.3g}]"
+        def show(x):
+            return "n/a" if x is None else f"{x:.3g}"
+
+        return f"{self.name} {show(self.value)} [{show(self.ci95[0])}, {show(self.ci95[1])}]"
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Knowable:
 
 
 def _more_patients(estimate, threshold):
+    if estimate.ci95[0] is None:
+        return "its interval is undefined (too many resamples have nothing to recover)"
     more = patients_to_settle(estimate.value, estimate.ci95, threshold, estimate.patients)
     if more is None:
         return "more patients would not settle it (the estimate sits on the threshold)"
@@ -93,11 +97,14 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
                       [])
     if utility.ci95[1] is not None and utility.ci95[1] < t["utility_collapse_ratio"]:
         return result("COLLAPSED", f"{utility.text()} < {t['utility_collapse_ratio']}", [utility])
+    if utility.value is None:
+        return result("INCONCLUSIVE", "utility_ratio cannot be measured: the oracle's model utility is 0", [utility])
     if gap.above(t["accuracy_margin"]):
         return result("PARTIAL", f"not forgotten: {gap.text()} > {t['accuracy_margin']} (forget accuracy above "
                                  "the retain model's)", [gap])
     known = [e for e in recoveries if e.value is not None]
-    hidden = [e for e in known if e.above(t["hidden_recovery"])]
+    # a recovery counts as evidence only on enough knowable facts; the leak excess needs none (all forget probes)
+    hidden = [e for e in known if e.above(t["hidden_recovery"]) and (e.facts or 0) >= t["min_knowable"]]
     leaks = leak.above(t["leak_margin"])
     if gap.below(t["accuracy_margin"]) and (hidden or leaks):
         parts = [f"{e.text()} > {t['hidden_recovery']}" for e in hidden]
@@ -117,6 +124,8 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
                                       f"(facts the oracle answers and the retain model does not); {settle}", [],
                       {"knowable": [asdict(x) for x in knowable], "measurement": k.name,
                        "threshold": t["min_knowable"], "more_patients": more})
+    if not recoveries:
+        return result("INCONCLUSIVE", "no recovery attack was measured (relearning steps > 0 or quantization bits)", [])
     missing = [e for e in recoveries if e.value is None]
     if missing:
         return result("INCONCLUSIVE", f"{missing[0].name} cannot be measured: on its knowable facts the unlearned "
