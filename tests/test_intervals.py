@@ -187,3 +187,19 @@ def test_patients_to_settle_scales_the_half_width_as_one_over_root_n():
     # half-width 0.2 from 10 patients, 0.1 from the threshold: 4x the patients, 30 more
     assert interval.patients_to_settle(0.3, [0.1, 0.5], 0.2, 10) == 30
     assert interval.patients_to_settle(0.3, [0.1, 0.5], 0.3, 10) is None
+
+
+def test_more_patients_recomputes_the_interval_on_copies_of_the_patients():
+    # 0 of 20 against 0 of 20 (4 patients): the paired floor is +-Wilson(0, patients), which is <= 0.05 from
+    # 73 patients on (1.96^2 / (n + 1.96^2) <= 0.05): 69 more; the 1 / sqrt(n) estimate would say 380
+    clusters = [f"p{i // 5}" for i in range(20)]
+    zero = np.zeros(20)
+
+    def measure(rows, weights):
+        return interval.paired_difference(zero[rows], zero[rows], weights)
+
+    assert interval.more_patients(measure, clusters, 0.05, 200, 0) == 69
+    _, ci = measure(np.arange(20), interval.resample_weights(clusters, 200, 0))
+    assert interval.patients_to_settle(0.0, ci, 0.05, 4) > 300
+    # a measurement that no number of patients settles
+    assert interval.more_patients(measure, clusters, 0.0, 200, 0, limit=8) is None

@@ -154,8 +154,9 @@ def test_a_profile_runs_as_an_experiment_and_exp_show_lists_the_headline_metrics
     shown = make(pushed, "exp-show").stdout
     for column in ["grad_ascent-f10.verdict", "grad_ascent-f10.forget_qa_accuracy", "npo-f10.model_utility"]:
         assert column in shown
-    assert len([line for line in shown.splitlines() if "PARTIAL" in line or "REMOVED" in line or "HIDDEN" in line
-                or "COLLAPSED" in line]) >= 2  # the committed results and the experiment
+    verdicts = ("PARTIAL", "REMOVED", "HIDDEN", "COLLAPSED", "INCONCLUSIVE")
+    assert len([line for line in shown.splitlines()
+                if any(v in line for v in verdicts)]) >= 2  # the committed results and the experiment
     make(pushed, "plots")
     html = (pushed / "outputs/plots/index.html").read_text()
     assert "trajectory" in html and "report.png" in html

@@ -102,6 +102,16 @@ def test_inconclusive_when_a_measurement_is_missing_or_rests_on_too_little(chang
     assert got == "INCONCLUSIVE" and phrase in rule, rule
 
 
+def test_an_inconclusive_rule_also_names_too_few_knowable_facts():
+    got, rule, evidence = judged(gap=e("forget_accuracy_gap", 0.0, -0.16, 0.16),
+                                 knowable=[Knowable("relearning (facts of V)", 2, 4),
+                                           Knowable("quantization (facts of F)", 4, 4)])
+    assert got == "INCONCLUSIVE" and rule.startswith("forget_accuracy_gap")
+    assert "also too few knowable facts for relearning (facts of V): 2 < 10" in rule
+    assert "also too few knowable facts for quantization (facts of F): 4 < 10" in rule
+    assert [k["facts"] for k in evidence["knowable"]] == [2, 4]
+
+
 def test_an_estimate_without_an_interval_still_reads():
     assert e("x", 0.5, None, None).text() == "x 0.5 [n/a, n/a]"
 

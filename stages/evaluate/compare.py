@@ -47,20 +47,38 @@ def _put(out, key, estimate):
     out[key], out[f"{key}_ci95"] = estimate
 
 
-def utility_ratio(probes, oracle_probes, resamples, seed):
-    """model_utility over the oracle's, jointly bootstrapped over the same retain patients and world questions:
-    (value, interval); value None when the oracle's utility is 0."""
+def utility_rows_of(probes, oracle_probes):
+    """This model's and the oracle's retain and world probe rows in one order, with their resampling units and
+    strata (a retain patient or a world question; R and W)."""
     chosen, units, strata = utility_rows(probes)
     theirs = {(r["split"], r["record_id"], r["question"]): r for r in utility_rows(oracle_probes)[0]}
     if {(r["split"], r["record_id"], r["question"]) for r in chosen} != set(theirs):
         raise InputError("the oracle was evaluated on other retain or world probes than this model; give both the "
                          "same --retain-file and --retain-samples.")
-    oracle_rows = [theirs[(r["split"], r["record_id"], r["question"])] for r in chosen]
-    w = interval.resample_weights(units, resamples, seed, strata)
+    return chosen, [theirs[(r["split"], r["record_id"], r["question"])] for r in chosen], units, strata
+
+
+def utility_ratio_of(chosen, oracle_rows, weights):
+    """model_utility over the oracle's on the same rows, and its joint bootstrap interval: (value, interval);
+    value None when the oracle's utility is 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = harmonic_means(utility_parts(chosen, w)) / harmonic_means(utility_parts(oracle_rows, w))
+        ratios = harmonic_means(utility_parts(chosen, weights)) / harmonic_means(utility_parts(oracle_rows, weights))
     ours, reference = float(harmonic_means(utility_parts(chosen))), float(harmonic_means(utility_parts(oracle_rows)))
     return (ours / reference if reference > 0 else None), interval.percentile_interval(ratios)
+
+
+def utility_ratio(probes, oracle_probes, resamples, seed):
+    """model_utility over the oracle's, jointly bootstrapped over the same retain patients and world questions."""
+    chosen, oracle_rows, units, strata = utility_rows_of(probes, oracle_probes)
+    return utility_ratio_of(chosen, oracle_rows, interval.resample_weights(units, resamples, seed, strata))
+
+
+def _settle(measure, clusters, resamples, seed, strata=None, factor=1):
+    """Estimate.settle for a measurement: how many more patients like these settle its interval (recomputed)."""
+    def settle(threshold):
+        more = interval.more_patients(measure, clusters, threshold, resamples, seed, strata)
+        return None if more is None else factor * more
+    return settle
 
 
 def compare(m, run, oracle, retain, thresholds, resamples, seed):
@@ -132,8 +150,12 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
             c = _column(_attack(retain["attacks"], name, k), v_known, "correct", f"the retain model's {name} attack")
             key = f"{name}_recovery@{k}"
             _put(out, key, interval.ratio_of_differences(a, c, o_v, r_v, kv_weights))
-            if k:  # k = 0 is the starting point, not an attack
-                recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients, facts=len(v_known)))
+            if k:  # k = 0 is the starting point, not an attack; V is half the forget patients, hence factor 2
+                settle = _settle(lambda rows, w, a=a, c=c: interval.ratio_of_differences(a[rows], c[rows], o_v[rows],
+                                                                                         r_v[rows], w),
+                                 [rid for rid, _ in v_known], resamples, seed, factor=2)
+                recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients, facts=len(v_known),
+                                           settle=settle))
 
     # quantization over F's knowable facts: (Acc(quantized) - Acc(unlearned)) / (Acc(oracle) - Acc(unlearned))
     f_known = [key for key in keys if key in knowable]
@@ -143,7 +165,10 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
         key = f"quant_recovery@{k}" + name[len("quant"):]
         quantized = _column(_attack(run["attacks"], name, k), f_known, "correct", "this model's quantization")
         _put(out, key, interval.ratio_of_differences(quantized, u_f, o_f, u_f, kf_weights))
-        recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients, facts=len(f_known)))
+        settle = _settle(lambda rows, w, q=quantized: interval.ratio_of_differences(q[rows], u_f[rows], o_f[rows],
+                                                                                    u_f[rows], w),
+                         [rid for rid, _ in f_known], resamples, seed)
+        recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients, facts=len(f_known), settle=settle))
 
     # sampling leakage: this model against the control on the same probes, paired
     n = next(r["k"] for r in run["attacks"] if r["attack"] == "leak")
@@ -154,15 +179,27 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     _put(out, f"{leak}_excess", interval.paired_difference(ours_leak, their_leak, weights))
     out[f"{leak}_excess_pvalue"] = interval.mcnemar_exact(ours_leak, their_leak)
 
-    _put(out, "utility_ratio", utility_ratio(run["probes"], oracle["probes"], resamples, seed))
+    chosen, oracle_rows, units, strata = utility_rows_of(run["probes"], oracle["probes"])
+    _put(out, "utility_ratio", utility_ratio_of(chosen, oracle_rows,
+                                                interval.resample_weights(units, resamples, seed, strata)))
 
     health = {"retain_perplexity": m["retain_perplexity"], "mean_entropy": m["mean_entropy"],
               "oracle_retain_perplexity": oracle["metrics"]["retain_perplexity"]}
-    retain_patients = m.get("n_retain_patients", 0)
+    forget_units = [rid for rid, _ in keys]
+    gap = Estimate("forget_accuracy_gap", out["forget_accuracy_gap"], out["forget_accuracy_gap_ci95"], patients,
+                   settle=_settle(lambda rows, w: interval.paired_difference(unlearned[rows], control[rows], w),
+                                  forget_units, resamples, seed))
+    leak_excess = Estimate(f"{leak}_excess", out[f"{leak}_excess"], out[f"{leak}_excess_ci95"], patients,
+                           settle=_settle(lambda rows, w: interval.paired_difference(ours_leak[rows],
+                                                                                     their_leak[rows], w),
+                                          forget_units, resamples, seed))
+    utility = Estimate("utility_ratio", out["utility_ratio"], out["utility_ratio_ci95"], len(set(units)),
+                       "retain patients and world questions",
+                       settle=_settle(lambda rows, w: utility_ratio_of([chosen[i] for i in rows],
+                                                                       [oracle_rows[i] for i in rows], w),
+                                      units, resamples, seed, strata))
     verdict, rule, evidence = final_verdict(
-        health, Estimate("forget_accuracy_gap", out["forget_accuracy_gap"], out["forget_accuracy_gap_ci95"], patients),
-        recoveries, Estimate(f"{leak}_excess", out[f"{leak}_excess"], out[f"{leak}_excess_ci95"], patients),
-        Estimate("utility_ratio", out["utility_ratio"], out["utility_ratio_ci95"], retain_patients, "retain patients"),
+        health, gap, recoveries, leak_excess, utility,
         [Knowable("relearning (facts of V)", out["n_knowable_relearn"], patients),
          Knowable("quantization (facts of F)", out["n_knowable_forget"], patients)], thresholds)
     out.update(verdict=verdict, verdict_rule=rule, verdict_evidence=evidence,

@@ -193,11 +193,46 @@ def mcnemar_exact(a, b):
 
 
 def patients_to_settle(value, interval, threshold, n_patients):
-    """About how many more patients would move an interval that spans `threshold` off it: the interval's half-width
-    on the threshold's side shrinks as 1 / sqrt(patients). None when the estimate sits on the threshold (no number
-    of patients settles it) or the interval is unknown."""
+    """About how many more patients would move an interval that spans `threshold` off it, if its half-width on the
+    threshold's side shrinks as 1 / sqrt(patients) (a quick estimate; more_patients() recomputes instead). None when
+    the estimate sits on the threshold (no number of patients settles it) or the interval is unknown."""
     if value is None or interval[0] is None or value == threshold or n_patients <= 0:
         return None
     half = value - interval[0] if threshold < value else interval[1] - value
     needed = n_patients * (half / abs(value - threshold)) ** 2
     return max(1, math.ceil(needed - n_patients - 1e-9))
+
+
+def more_patients(measure, clusters, threshold, resamples, seed, strata=None, limit=64):
+    """How many more patients like the observed ones would settle an interval against `threshold`: the data are
+    extended by copies of the observed patients (in turn), the interval recomputed by `measure(rows, weights)` ->
+    (value, interval) on those rows (indices into the original data) and their resample weights, and the smallest
+    number of added patients that puts the interval on one side of the threshold is found by doubling, then
+    bisection. Near 0 or 1 successes, where score intervals shrink faster than 1 / sqrt(n), this is what the
+    quick estimate cannot be. None when even `limit` times the patients would not settle it."""
+    strata = [None] * len(clusters) if strata is None else list(strata)
+    patients = list(dict.fromkeys(zip(strata, clusters, strict=True)))
+    rows_of = {p: [] for p in patients}
+    for i, key in enumerate(zip(strata, clusters, strict=True)):
+        rows_of[key].append(i)
+
+    def settled(extra):
+        rows, units, groups = [], [], []
+        for copy, patient in enumerate(patients + [patients[j % len(patients)] for j in range(extra)]):
+            rows += rows_of[patient]
+            units += [copy] * len(rows_of[patient])
+            groups += [patient[0]] * len(rows_of[patient])
+        _, ci = measure(np.array(rows), resample_weights(units, resamples, seed, groups))
+        return ci[0] is not None and (ci[0] > threshold or ci[1] <= threshold)
+
+    if not patients:
+        return None
+    low, high = 0, len(patients)
+    while not settled(high):
+        low, high = high, 2 * high
+        if high > limit * len(patients):
+            return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if settled(middle) else (middle, high)
+    return high

@@ -2,7 +2,8 @@
 params.yaml. A verdict is given only when the intervals support it; otherwise it is INCONCLUSIVE, naming the
 measurement whose interval spans a threshold and about how many more patients would settle it."""
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 from stages.evaluate.intervals import patients_to_settle
 
@@ -36,6 +37,17 @@ class Estimate:
     patients: int
     unit: str = "forget patients"
     facts: int | None = None  # for a recovery ratio: the knowable facts behind it
+    # threshold -> how many more `unit` would settle the interval against it (recomputed on the data); without it,
+    # the 1 / sqrt(patients) estimate from the interval's half-width
+    settle: Callable | None = field(default=None, repr=False, compare=False)
+
+    def record(self):
+        return {k: v for k, v in asdict(self).items() if k != "settle"}
+
+    def more_patients(self, threshold):
+        if self.settle is not None:
+            return self.settle(threshold)
+        return patients_to_settle(self.value, self.ci95, threshold, self.patients)
 
     def above(self, threshold):
         return self.ci95[0] is not None and self.ci95[0] > threshold
@@ -59,20 +71,16 @@ class Knowable:
     unit: str = "forget patients"
 
 
-def _more_patients(estimate, threshold):
-    if estimate.ci95[0] is None:
-        return "its interval is undefined (too many resamples have nothing to recover)"
-    more = patients_to_settle(estimate.value, estimate.ci95, threshold, estimate.patients)
-    if more is None:
-        return "more patients would not settle it (the estimate sits on the threshold)"
-    return f"about {more} more {estimate.unit} would settle it"
-
-
 def _spans(estimate, threshold, what):
-    return (f"{estimate.text()} spans {what} {threshold}; {_more_patients(estimate, threshold)}",
-            [estimate], {"measurement": estimate.name, "threshold": threshold,
-                         "more_patients": patients_to_settle(estimate.value, estimate.ci95, threshold,
-                                                             estimate.patients)})
+    more = None if estimate.ci95[0] is None else estimate.more_patients(threshold)
+    if estimate.ci95[0] is None:
+        settle = "its interval is undefined (too many resamples have nothing to recover)"
+    elif more is None:
+        settle = "more patients like these would not settle it (the estimate sits at the threshold)"
+    else:
+        settle = f"about {more} more {estimate.unit} like these would settle it"
+    return (f"{estimate.text()} spans {what} {threshold}; {settle}", [estimate],
+            {"measurement": estimate.name, "threshold": threshold, "more_patients": more})
 
 
 def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
@@ -82,10 +90,16 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
     `t`: thresholds. Returns (verdict, rule, evidence): the rule in words with its numbers and intervals, and the
     estimates (and, for INCONCLUSIVE, the patients estimate) it rests on."""
 
+    few = [k for k in knowable if k.facts < t["min_knowable"]]
+
     def result(verdict, rule, used, extra=None):
-        evidence = {"estimates": [asdict(e) for e in used]}
+        evidence = {"estimates": [e.record() for e in used], "knowable": [asdict(k) for k in knowable]}
         if extra:
             evidence.update(extra)
+        others = [k for k in few if k.name != evidence.get("measurement")]
+        if verdict == "INCONCLUSIVE" and others:
+            rule += "".join(f"; also too few knowable facts for {k.name}: {k.facts} < {t['min_knowable']}"
+                            for k in others)
         return verdict, rule, evidence
 
     ppl, oracle_ppl = health["retain_perplexity"], health["oracle_retain_perplexity"]
@@ -113,7 +127,6 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
                                 + "; ".join(parts), [gap, *hidden, *([leak] if leaks else [])])
     if not gap.below(t["accuracy_margin"]):
         return result("INCONCLUSIVE", *_spans(gap, t["accuracy_margin"], "the forgetting margin"))
-    few = [k for k in knowable if k.facts < t["min_knowable"]]
     if few:
         k = few[0]
         more = (None if k.facts == 0 else
@@ -122,7 +135,7 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
                   "the oracle knows none of these facts: it must learn them before anything can be forgotten")
         return result("INCONCLUSIVE", f"too few knowable facts for {k.name}: {k.facts} < {t['min_knowable']} "
                                       f"(facts the oracle answers and the retain model does not); {settle}", [],
-                      {"knowable": [asdict(x) for x in knowable], "measurement": k.name,
+                      {"measurement": k.name,
                        "threshold": t["min_knowable"], "more_patients": more})
     if not recoveries:
         return result("INCONCLUSIVE", "no recovery attack was measured (relearning steps > 0 or quantization bits)", [])
