@@ -128,3 +128,22 @@ def test_the_verdict_names_its_measurements(compared):
     names = [e["name"] for e in compared["verdict_evidence"]["estimates"]]
     assert names and all(f"{n}" in compared["verdict_rule"] for n in names)
     assert compared["verdict_thresholds"]["min_knowable"] == 10
+
+
+def test_a_utility_part_without_spread_does_not_make_the_interval_a_point():
+    # every world answer with ROUGE 0 (a model that answers every general question with a diagnosis): the part
+    # is 0 in every resample, so the harmonic mean's bootstrap is [0, 0]; its Wilson floor on 10 questions is not
+    from stages.evaluate.run import utility_part_bounds, utility_rows
+
+    rng = np.random.default_rng(0)
+    rows = [{"split": split, "record_id": f"{split}-{i}", "question": f"q{i}",
+             "answer_prob": float(rng.uniform(0.2, 0.9)), "truth_ratio": float(rng.uniform(0.2, 0.9)),
+             "rougeL_recall": 0.0 if split == "world" else float(rng.uniform(0.2, 1))}
+            for split in ("retain", "world") for i in range(10)]
+    chosen, units, strata = utility_rows(rows)
+    weights = interval.resample_weights(units, 200, 0, strata)
+    assert np.all(harmonic_means(utility_parts(chosen, weights)) == 0)
+    low, high = utility_part_bounds(chosen, weights)
+    assert np.all(high[:, 4] == interval.wilson(0, 10)[1]) and np.all(low[:, 4] == 0)
+    np.testing.assert_array_equal(low[:, :4], utility_parts(chosen, weights)[:, :4])  # parts with spread: as is
+    assert np.percentile(harmonic_means(high), 97.5) > 0.2

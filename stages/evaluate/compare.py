@@ -10,7 +10,7 @@ import numpy as np
 from stages.common.io import InputError, read_json, read_jsonl
 from stages.evaluate import intervals as interval
 from stages.evaluate.metrics import ks_pvalue
-from stages.evaluate.run import harmonic_means, utility_parts, utility_rows
+from stages.evaluate.run import harmonic_means, utility_part_bounds, utility_parts, utility_rows
 from stages.evaluate.verdict import Estimate, Knowable, final_verdict, uncertainty_ratio
 
 RUN_FILES = ["metrics.json", "per_prompt.jsonl", "probes.jsonl", "mia.jsonl", "attacks.jsonl"]
@@ -59,12 +59,17 @@ def utility_rows_of(probes, oracle_probes):
 
 
 def utility_ratio_of(chosen, oracle_rows, weights):
-    """model_utility over the oracle's on the same rows, and its joint bootstrap interval: (value, interval);
-    value None when the oracle's utility is 0."""
+    """model_utility over the oracle's on the same rows, and its joint bootstrap interval (parts without spread
+    widened to their Wilson interval: utility_part_bounds): (value, interval); value None when the oracle's utility
+    is 0."""
+    (ours_low, ours_high), (their_low, their_high) = (utility_part_bounds(rows, weights)
+                                                      for rows in (chosen, oracle_rows))
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = harmonic_means(utility_parts(chosen, weights)) / harmonic_means(utility_parts(oracle_rows, weights))
+        lows = harmonic_means(ours_low) / harmonic_means(their_high)
+        highs = harmonic_means(ours_high) / harmonic_means(their_low)
     ours, reference = float(harmonic_means(utility_parts(chosen))), float(harmonic_means(utility_parts(oracle_rows)))
-    return (ours / reference if reference > 0 else None), interval.percentile_interval(ratios)
+    return ((ours / reference if reference > 0 else None),
+            [interval.percentile_interval(lows)[0], interval.percentile_interval(highs)[1]])
 
 
 def utility_ratio(probes, oracle_probes, resamples, seed):

@@ -65,6 +65,26 @@ def utility_parts(rows, weights=None):
     return np.stack(columns, axis=-1)
 
 
+def utility_part_bounds(rows, weights):
+    """The resampled parts of utility_parts(rows, weights) as two (resamples, 6) arrays, low and high: a part whose
+    values are all alike (every world answer with ROUGE 0, say) has no bootstrap spread, so there it is widened to
+    the Wilson interval on its number of patients or questions (values in [0, 1]), as proportions are (VERIFY.md 0);
+    other parts are the resamples themselves."""
+    resampled = utility_parts(rows, weights)
+    low, high = resampled.copy(), resampled.copy()
+    j = 0
+    for split in UTILITY_SPLITS:
+        subset = [r for r in rows if r["split"] == split]
+        units = len({r["record_id"] for r in subset})
+        for part in UTILITY_PARTS:
+            values = np.array([truth_score(r) if part == "truth_score" else r[part] for r in subset])
+            if values.size and np.ptp(values) == 0:
+                floor = interval.wilson(float(values[0]), units)
+                low[:, j], high[:, j] = np.minimum(low[:, j], floor[0]), np.maximum(high[:, j], floor[1])
+            j += 1
+    return low, high
+
+
 def harmonic_means(parts):
     """Row-wise harmonic mean, 0 where any part is not positive (as harmonic_mean)."""
     parts = np.asarray(parts, dtype=np.float64)
@@ -109,7 +129,9 @@ def probe_summary(rows, resamples, seed):
     if set(strata) == set(UTILITY_SPLITS):
         weights = interval.resample_weights(units, resamples, seed, strata)
         metrics["model_utility"] = float(harmonic_means(utility_parts(chosen)))
-        metrics["model_utility_ci95"] = interval.percentile_interval(harmonic_means(utility_parts(chosen, weights)))
+        low, high = utility_part_bounds(chosen, weights)
+        metrics["model_utility_ci95"] = [interval.percentile_interval(harmonic_means(low))[0],
+                                         interval.percentile_interval(harmonic_means(high))[1]]
     return metrics
 
 
