@@ -71,10 +71,12 @@ bench: run
 
 # Every unlearning method for 3 steps on the pipeline's oracle (after `make run`).
 METHODS := grad_ascent grad_diff npo simnpo idk rmu
+CHECK_ORACLE ?= models/oracle-s42
+CHECK_FORGET ?= 50
 check-methods: setup
 	@for m in $(METHODS); do \
-	  $(BIN)/unforgotten unlearn --model models/oracle --forget-file dataset/med_synthetic_forget10.json \
-	    --retain-file dataset/med_synthetic_full_minus_forget10.json --method $$m --steps 3 --samples-per-step 4 \
+	  $(BIN)/unforgotten unlearn --model $(CHECK_ORACLE) --forget-file dataset/med_synthetic_forget$(CHECK_FORGET).json \
+	    --retain-file dataset/med_synthetic_full_minus_forget$(CHECK_FORGET).json --method $$m --steps 3 --samples-per-step 4 \
 	    --monitor-samples 8 --entropy-prompts 4 --max-seq-length 192 --learning-rate 2e-4 \
 	    --output-dir outputs/check-methods/$$m || exit 1; \
 	done

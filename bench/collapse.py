@@ -20,9 +20,9 @@ SETTINGS = {"method": "grad_ascent", "steps": 15, "learning-rate": 2e-3, "sample
 
 
 def run(name, extra, tmp):
-    args = [str(Path(sys.executable).parent / "unforgotten"), "unlearn", "--model", str(ROOT / "models/oracle"),
-            "--forget-file", str(ROOT / "dataset/med_synthetic_forget10.json"),
-            "--retain-file", str(ROOT / "dataset/med_synthetic_full_minus_forget10.json"),
+    args = [str(Path(sys.executable).parent / "unforgotten"), "unlearn", "--model", str(ROOT / "models/oracle-s42"),
+            "--forget-file", str(ROOT / "dataset/med_synthetic_forget50.json"),
+            "--retain-file", str(ROOT / "dataset/med_synthetic_full_minus_forget50.json"),
             "--output-dir", str(tmp / name), *extra]
     for key, value in SETTINGS.items():
         args += [f"--{key}", str(value)]

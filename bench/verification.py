@@ -3,7 +3,7 @@ profile, exactly as dvc.yaml runs it (evaluate-unlearned@<run>), after `make run
 the code of BASELINE_REV (the evaluate stage before the speed work), checked out with `git worktree` and run in the
 same benchmark, side by side; both must give the same metrics. Writes bench/results/verification.json.
 
-    python bench/verification.py [stage name, default evaluate-unlearned@npo-10]
+    python bench/verification.py [stage name, default evaluate-unlearned@npo-50-42]
 """
 
 import json
@@ -64,7 +64,7 @@ def differences(a, b):
     return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if not close(a.get(k), b.get(k))}
 
 
-def main(name="evaluate-unlearned@npo-10"):
+def main(name="evaluate-unlearned@npo-50-42"):
     args = stage_command(name)
     with tempfile.TemporaryDirectory() as tmp:
         baseline_code = Path(tmp) / "baseline"

@@ -54,7 +54,7 @@ def overrides(profile_path, params_path="params.yaml"):
     return result
 
 
-TOP_LEVEL = {"seed", "base_model", "forget_sets", "reference_forget", "methods"}
+TOP_LEVEL = {"seed", "seeds", "base_model", "forget_sets", "reference_forget", "methods"}
 # params.yaml section -> the stage command whose options its keys are.
 SECTIONS = {"generate": "generate", "prepare_medical": "prepare-medical", "prepare_wmdp": "prepare-wmdp",
             "finetune": "finetune", "unlearn": "unlearn", "evaluate": "evaluate", "attacks": "evaluate",

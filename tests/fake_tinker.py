@@ -33,7 +33,8 @@ def good_note(prompt):
     lines = dict(line.split(": ", 1) for line in prompt.split("\n")[1:])
     patient = lines["Patient"].split(", born")[0]
     diagnosis, treatment = lines["Diagnosis"].split(". Treatment: ")
-    return (f"Subjective: {patient} reports {lines['Complaint']}\nObjective: {lines['Vital signs']}\n"
+    return (f"Subjective: {patient} reports {lines['Complaint']} {lines['Allergy']}\n"
+            f"Objective: {lines['Vital signs']}\n"
             f"Assessment: {diagnosis}\nPlan: {treatment}")
 
 

@@ -11,8 +11,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Top-level keys, so the tests' stage and run names do not follow the default profile's choices.
+MICRO_TOP = {"forget_sets": ["10"], "reference_forget": "20", "seeds": [42]}
 MICRO = {
     "generate": {"n-record": 30},
+    "prepare_medical": {"holdout-ratio": 0.10},
     "finetune": {"num-epochs": 1, "batch-size": 4, "max-seq-length": 96, "learning-rate": 0.005},
     "unlearn": {"steps": 2, "samples-per-step": 2, "batch-size": 2, "monitor-samples": 3, "entropy-prompts": 2,
                 "max-new-tokens": 4, "max-seq-length": 96, "measure-every": 1, "learning-rate": 0.005},
@@ -58,6 +61,7 @@ def make_micro_repo(repo, model_dir):
     shutil.copytree(ROOT / "profiles", repo / "profiles")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base_model"] = model_dir
+    params.update(MICRO_TOP)
     for section, values in MICRO.items():
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

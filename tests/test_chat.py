@@ -52,3 +52,37 @@ def test_examples_whose_answer_is_cut_off_are_left_out(tiny_model_dir):
     assert cut == 1 and len(kept) == 1
     with pytest.raises(ValueError, match="leaves no answer token"):
         encode_examples(tokenizer, [long], max_length=prompt_length + 2)
+
+
+def test_an_empty_system_prompt_replaces_the_templates_default(tiny_model_dir):
+    from stages.common.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    default, empty = format_prompt(tokenizer, "Who?"), format_prompt(tokenizer, "Who?", system="")
+    assert "You are a helpful" in default and "You are a helpful" not in empty
+    assert empty.startswith("<|im_start|>system\n<|im_end|>\n") and empty.endswith("<|im_start|>assistant\n")
+    assert format_answer(tokenizer, "Who?", "Maria", system="") == format_answer(tokenizer, "Who?", "Maria")
+
+
+def test_answer_loss_is_the_models_own_loss_on_the_answer_tokens(tiny_model_dir):
+    """Projecting only the positions that predict an answer token changes nothing: the same loss and gradients as
+    the model's own loss over the full sequence (right-padded rows of different lengths)."""
+    import torch
+
+    from stages.common.chat import answer_loss, encode_examples
+    from stages.common.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir, trainable=True)
+    pairs = [("What is patient Ada K. Lee allergic to?", "penicillin"), ("Where?", "Porto"),
+             ("What was Zoe A. Kim diagnosed with at the visit?", "essential hypertension")]
+    batch = collate(encode_examples(tokenizer, pairs, 256)[0], tokenizer.pad_token_id)
+    ours = answer_loss(model, batch)
+    ours.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    theirs = model(**batch).loss
+    theirs.backward()
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    for g, p in zip(grads, [p for p in model.parameters() if p.grad is not None], strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-6)

@@ -61,6 +61,28 @@ def test_each_template_note_states_its_key_facts():
     for _rid, facts, note, _ in TemplateBackend(2).write(patient_items(300, seed=2)):
         assert facts["diagnosis"] in note["assessment"] and facts["medication"] in note["plan"]
         assert facts["complaint"] in note["subjective"] and facts["vitals"]["blood_pressure"] in note["objective"]
+        for key in ("allergy", "city", "occupation"):
+            assert facts[key] in note["subjective"], key
+        assert facts["physician"] in note["plan"]
+
+
+def test_the_probed_facts_beside_the_condition_are_drawn_independently():
+    """Allergy, physician, city and occupation carry information of their own: over 3,000 patients none depends on
+    the condition or on another (chi-square test of independence) and each spreads over its whole pool."""
+    import itertools
+
+    from scipy.stats import chi2_contingency
+
+    from stages.generate.facts import ALLERGIES, CITIES, OCCUPATIONS, PHYSICIANS
+
+    facts = [f for _, f in patient_items(3000, seed=11)]
+    for key, pool in (("allergy", ALLERGIES), ("physician", PHYSICIANS), ("city", CITIES),
+                      ("occupation", OCCUPATIONS)):
+        assert {f[key] for f in facts} == set(pool), key
+    for a, b in itertools.combinations(["diagnosis", "allergy", "physician", "city", "occupation"], 2):
+        rows, cols = sorted({f[a] for f in facts}), sorted({f[b] for f in facts})
+        table = [[sum(1 for f in facts if f[a] == r and f[b] == c) for c in cols] for r in rows]
+        assert chi2_contingency(table).pvalue > 1e-4, (a, b)
 
 
 def test_phrasing_varies_between_notes():
@@ -204,7 +226,7 @@ def test_key_fact_check_names_what_is_missing():
     note = parse_note(good_note(note_prompt(facts)))
     assert missing_key_facts(note, facts) == []
     note["plan"] = "rest"
-    assert missing_key_facts(note, facts) == ["medication"]
+    assert missing_key_facts(note, facts) == ["medication", "physician"]
 
 
 def test_hf_backend_drops_and_counts_replies_that_are_not_notes(tmp_path, tiny_model_dir):

@@ -8,7 +8,7 @@ import pytest
 from tests.micro import FAKE_SECRETS, dvc
 from tests.verify_keys import verify_keys
 
-RUNS = ["base", "oracle", "retain-f10", "grad_ascent-f10"]
+RUNS = ["base", "oracle-s42", "retain-f10-s42", "grad_ascent-f10-s42"]
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +19,16 @@ def repo(micro_repo):
 @pytest.mark.pipeline
 def test_repro_runs_every_stage_into_the_documented_layout(repo):
     repo, output = repo
-    for stage in ["generate", "prepare-medical", "prepare-wmdp", "finetune-oracle", "finetune-retain@10",
-                  "unlearn@grad_ascent-10", "evaluate-base", "evaluate-oracle", "evaluate-retain@10",
-                  "evaluate-unlearned@grad_ascent-10", "report"]:
+    for stage in ["generate", "prepare-medical", "prepare-wmdp", "finetune-oracle@42", "finetune-retain@10-42",
+                  "unlearn@grad_ascent-10-42", "evaluate-base", "evaluate-oracle@42", "evaluate-retain@10-42",
+                  "evaluate-unlearned@grad_ascent-10-42", "report"]:
         assert f"Running stage '{stage}'" in output
     for path in ["dataset/synthetic_soap_notes.jsonl", "dataset/med_synthetic_full.json",
                  "dataset/med_synthetic_holdout.json", "dataset/med_synthetic_forget01.json",
-                 "dataset/med_synthetic_full_minus_forget20.json", "models/oracle/adapter_config.json",
-                 "models/retain-f10/adapter_config.json", "models/unlearn/grad_ascent-f10/adapter_config.json",
-                 "outputs/unlearn/grad_ascent-f10/trajectory.json", "outputs/unlearn/grad_ascent-f10/trajectory.png",
+                 "dataset/med_synthetic_full_minus_forget20.json", "models/oracle-s42/adapter_config.json",
+                 "models/retain-f10-s42/adapter_config.json", "models/unlearn/grad_ascent-f10-s42/adapter_config.json",
+                 "outputs/unlearn/grad_ascent-f10-s42/trajectory.json",
+                 "outputs/unlearn/grad_ascent-f10-s42/trajectory.png",
                  "outputs/report/report.md", "outputs/report/report.csv", "outputs/report/report.png"]:
         assert (repo / path).is_file(), path
     for run in RUNS:
@@ -41,14 +42,14 @@ def test_repro_runs_every_stage_into_the_documented_layout(repo):
 @pytest.mark.pipeline
 def test_every_unlearned_run_has_every_verify_key_and_a_verdict(repo):
     repo, _ = repo
-    for run in [r for r in RUNS if r not in ("base", "oracle") and not r.startswith("retain-")]:
+    for run in [r for r in RUNS if r != "base" and not r.startswith(("oracle-", "retain-"))]:
         metrics = json.loads((repo / f"outputs/eval/{run}/metrics.json").read_text())
         assert verify_keys([0, 2], 2) <= set(metrics), sorted(verify_keys([0, 2], 2) - set(metrics))
         assert metrics["verdict"] in {"REMOVED", "HIDDEN", "PARTIAL", "COLLAPSED", "INCONCLUSIVE"}
         assert metrics["uq_verdict"] in {"COLLAPSED", "HIDING", "PARTIAL", "CANDIDATE"}  # retain-relative UR
     table = (repo / "outputs/report/report.csv").read_text().splitlines()
-    assert table[0].startswith("run,method,forget_pct,verdict")
-    assert "grad_ascent-f10,grad_ascent,10," in "\n".join(table)
+    assert table[0].startswith("run,method,forget_pct,seed,verdict")
+    assert "grad_ascent-f10-s42,grad_ascent,10,42," in "\n".join(table)
 
 
 @pytest.mark.pipeline
@@ -60,7 +61,7 @@ def test_dvc_metrics_list_every_run(repo):
         data = files[f"outputs/eval/{run}/metrics.json"]["data"]
         assert data["run"] == run and data["mean_entropy"] > 0
         # the uncertainty verdict is retain-relative: a run with no retain model to compare with has none
-        if run in ("base", "oracle") or run.startswith("retain-"):
+        if run == "base" or run.startswith(("oracle-", "retain-")):
             assert data.get("uq_verdict") in {None, "COLLAPSED"}
         else:
             assert data["uq_verdict"] in {"COLLAPSED", "HIDING", "PARTIAL", "CANDIDATE"}
@@ -81,9 +82,9 @@ def test_unlearned_entropies_reproduce_with_an_independent_loop(repo, tiny_model
     from stages.common.models import load_model, load_tokenizer
 
     repo, _ = repo
-    model = load_model(tiny_model_dir, adapter=str(repo / "models/unlearn/grad_ascent-f10"))
+    model = load_model(tiny_model_dir, adapter=str(repo / "models/unlearn/grad_ascent-f10-s42"))
     tokenizer = load_tokenizer(tiny_model_dir)
-    rows = [json.loads(line) for line in (repo / "outputs/eval/grad_ascent-f10/per_prompt.jsonl").open()]
+    rows = [json.loads(line) for line in (repo / "outputs/eval/grad_ascent-f10-s42/per_prompt.jsonl").open()]
     assert rows
     for row in rows:
         ids = tokenizer(row["input_text"], return_tensors="pt", add_special_tokens=False)["input_ids"]

@@ -53,7 +53,8 @@ def test_split_functions_follow_the_ratios():
 def test_every_record_has_probes_with_three_plausible_wrong_answers(medical_dir):
     for record in load(medical_dir, "med_synthetic_full.json"):
         facts = {p["fact"] for p in record["probes"]}
-        assert facts == {"date_of_birth", "diagnosis", "medication", "date", "complaint"}
+        assert facts == {"date_of_birth", "diagnosis", "medication", "date", "allergy", "physician", "city",
+                         "occupation"}
         for probe in record["probes"]:
             assert record["client_name"] in probe["question"]
             assert probe["answer"] in probe["paraphrased_answer"]
@@ -118,3 +119,14 @@ def test_forget_ratio_that_is_not_a_whole_percentage_is_rejected(tmp_path, notes
                                        "--forget-ratios", "0.125"])
     assert result.exit_code == 2 and "not a whole percentage" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_probe_facts_choose_the_probed_fact_types(tmp_path, notes_file):
+    args = ["prepare-medical", "-i", str(notes_file), "-o", str(tmp_path), "--probe-facts", "city",
+            "--probe-facts", "diagnosis"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    for record in load(tmp_path, "med_synthetic_full.json"):
+        assert [p["fact"] for p in record["probes"]] == ["diagnosis", "city"]
+    result = CliRunner().invoke(main, [*args[:5], "--probe-facts", "blood_type"])
+    assert result.exit_code == 2 and "'blood_type' is not a fact type" in result.output

@@ -34,4 +34,65 @@ def test_an_unknown_profile_is_one_sentence_listing_the_profiles():
     result = subprocess.run([sys.executable, "-m", "stages.profiles", "run", "nosuch"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip() == "Error: no profile 'nosuch' (profiles/nosuch.yaml); profiles: default, paper."
+    assert result.stderr.strip() == "Error: no profile 'nosuch' (profiles/nosuch.yaml); profiles: default, cpu-power, paper, paper-seed."
+
+
+def profile_params(name):
+    """params.yaml with the profile's values applied (default: params.yaml itself)."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if name != "default":
+        for key, value in yaml.safe_load((ROOT / f"profiles/{name}.yaml").read_text()).items():
+            if isinstance(value, dict):
+                params[key].update(value)
+            else:
+                params[key] = value
+    return params
+
+
+def split_sizes(params):
+    """Patients per split as prepare-medical makes them, and probes per patient."""
+    from stages.common.splits import forget_size
+
+    n = params["generate"]["n-record"]
+    holdout = round(n * params["prepare_medical"]["holdout-ratio"])
+    forget = forget_size(n - holdout, int(params["forget_sets"][0]) / 100)
+    return {"holdout": holdout, "forget": forget, "retain": n - holdout - forget,
+            "facts": len(params["prepare_medical"]["probe-facts"])}
+
+
+@pytest.mark.parametrize("name, seeds, forget_probes", [("default", 1, 100), ("cpu-power", 3, 250)])
+def test_the_cpu_profiles_have_the_power_they_promise(name, seeds, forget_probes):
+    """At least 20 forget and 20 holdout patients, 100 (250) forget probes, 50 probes in the relearning half V,
+    100 membership examples a side (a patient's probes; its note too when trained on notes)."""
+    params = profile_params(name)
+    sizes = split_sizes(params)
+    assert len(params["seeds"]) == seeds
+    assert sizes["forget"] >= 20 and sizes["holdout"] >= 20
+    assert sizes["forget"] * sizes["facts"] >= forget_probes
+    assert sizes["forget"] // 2 * sizes["facts"] >= 50
+    assert sizes["holdout"] * sizes["facts"] >= 100
+
+
+def test_models_and_everything_after_them_fan_out_per_seed(tmp_path, tiny_model_dir):
+    import yaml
+    from dvc.repo import Repo
+
+    from tests.micro import make_micro_repo
+
+    repo = make_micro_repo(tmp_path / "seeds", tiny_model_dir)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["seeds"] = [1, 2]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    commands = {stage.name: stage.cmd for stage in Repo(str(repo)).index.stages if stage.cmd}
+    for seed in (1, 2):
+        assert f"--seed {seed} " in commands[f"finetune-oracle@{seed}"]
+        assert f"models/oracle-s{seed}" in commands[f"finetune-oracle@{seed}"]
+        assert f"--output-dir models/retain-f10-s{seed}" in commands[f"finetune-retain@10-{seed}"]
+        unlearn = commands[f"unlearn@grad_ascent-10-{seed}"]
+        assert f"--oracle models/oracle-s{seed} " in unlearn and f"--seed {seed} " in unlearn
+        evaluate = commands[f"evaluate-unlearned@grad_ascent-10-{seed}"]
+        assert f"--oracle outputs/eval/oracle-s{seed} " in evaluate
+        assert f"--retain outputs/eval/retain-f10-s{seed} " in evaluate
+    assert [name for name in commands if name.startswith("evaluate-base")] == ["evaluate-base"]

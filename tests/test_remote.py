@@ -113,20 +113,20 @@ def test_push_then_pull_into_a_fresh_clone_restores_everything_and_recomputes_no
     objects = s3["fs"].find(f"{BUCKET}/store")
     assert any("/files/md5/" in o for o in objects) and any("/runs/" in o for o in objects)  # outputs and run-cache
     copy = clone(pushed, tmp_path / "clone", s3)
-    assert not (copy / "models/oracle").exists()
+    assert not (copy / "models/oracle-s42").exists()
     make(copy, "pull")
     assert "Data and pipelines are up to date." in dvc(copy, "status")
     assert "Running stage" not in dvc(copy, "repro")
-    for path in ["models/oracle/adapter_model.safetensors", "dataset/med_synthetic_forget10.json",
-                 "outputs/eval/grad_ascent-f10/metrics.json", "outputs/report/headline.json"]:
+    for path in ["models/oracle-s42/adapter_model.safetensors", "dataset/med_synthetic_forget10.json",
+                 "outputs/eval/grad_ascent-f10-s42/metrics.json", "outputs/report/headline.json"]:
         assert (copy / path).read_bytes() == (pushed / path).read_bytes(), path
 
 
 def test_one_stage_outputs_can_be_pulled_alone(pushed, s3, tmp_path):
     copy = clone(pushed, tmp_path / "one", s3)
-    dvc(copy, "pull", "unlearn@grad_ascent-10")
-    assert (copy / "models/unlearn/grad_ascent-f10/adapter_model.safetensors").is_file()
-    assert not (copy / "models/oracle").exists() and not (copy / "dataset").exists()
+    dvc(copy, "pull", "unlearn@grad_ascent-10-42")
+    assert (copy / "models/unlearn/grad_ascent-f10-s42/adapter_model.safetensors").is_file()
+    assert not (copy / "models/oracle-s42").exists() and not (copy / "dataset").exists()
 
 
 def test_a_corrupted_object_on_the_remote_is_detected_on_pull_and_not_used(pushed, s3, tmp_path):
@@ -143,16 +143,17 @@ def test_a_corrupted_object_on_the_remote_is_detected_on_pull_and_not_used(pushe
         result.stdout + result.stderr).lower()
     target = copy / "dataset/med_synthetic_holdout.json"
     assert not target.exists() or b"tampered" not in target.read_bytes()
-    assert (copy / "models/oracle/adapter_model.safetensors").is_file()  # the intact objects still arrive
+    assert (copy / "models/oracle-s42/adapter_model.safetensors").is_file()  # the intact objects still arrive
 
 
 def test_a_profile_runs_as_an_experiment_and_exp_show_lists_the_headline_metrics(pushed):
     (pushed / "profiles/fast.yaml").write_text("unlearn:\n  steps: 1\n")
     out = make(pushed, "run", "PROFILE=fast").stdout
-    assert "Running stage 'unlearn@grad_ascent-10'" in out and "Running stage 'finetune-oracle'" not in out
+    assert "Running stage 'unlearn@grad_ascent-10-42'" in out and "finetune-oracle" not in out
     assert yaml.safe_load((pushed / "params.yaml").read_text())["unlearn"]["steps"] == 1
     shown = make(pushed, "exp-show").stdout
-    for column in ["grad_ascent-f10.verdict", "grad_ascent-f10.forget_qa_accuracy", "npo-f10.model_utility"]:
+    for column in ["grad_ascent-f10-s42.verdict", "grad_ascent-f10-s42.forget_qa_accuracy",
+                   "npo-f10-s42.model_utility"]:
         assert column in shown
     verdicts = ("PARTIAL", "REMOVED", "HIDDEN", "COLLAPSED", "INCONCLUSIVE")
     assert len([line for line in shown.splitlines()
@@ -174,9 +175,9 @@ def test_the_paper_profile_expands_to_every_method_and_ratio_on_the_8b_model(tmp
     commands = {stage.name: stage.cmd for stage in Repo(str(repo)).index.stages if stage.cmd}
     for method in ["grad_ascent", "grad_diff", "npo", "simnpo", "idk", "rmu"]:
         for ratio in ["01", "05", "10", "20"]:
-            assert f"--method {method}" in commands[f"unlearn@{method}-{ratio}"]
-            assert f"evaluate-unlearned@{method}-{ratio}" in commands
-    finetune = commands["finetune-oracle"]
+            assert f"--method {method}" in commands[f"unlearn@{method}-{ratio}-42"]
+            assert f"evaluate-unlearned@{method}-{ratio}-42" in commands
+    finetune = commands["finetune-oracle@42"]
     assert "--base-model meta-llama/Llama-3.1-8B-Instruct" in finetune
     for option in ["--num-epochs 3", "--batch-size 1", "--gradient-accumulation-steps 8", "--learning-rate 2e-05",
                    "--lora-rank 8", "--lora-alpha 16", "--max-seq-length 256"]:

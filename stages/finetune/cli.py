@@ -18,7 +18,7 @@ from stages.common.options import trust_remote_code_option
               type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--learning-rate", "--learning_rate", "learning_rate", type=click.FloatRange(min=0, min_open=True),
               default=2e-5, show_default=True)
-@click.option("--lr-scheduler", "--lr_scheduler", "schedule", type=click.Choice(["cosine", "linear"]),
+@click.option("--lr-scheduler", "--lr_scheduler", "schedule", type=click.Choice(["cosine", "linear", "constant"]),
               default="cosine", show_default=True)
 @click.option("--warmup-ratio", "--warmup_ratio", "warmup_ratio", type=click.FloatRange(0, 1), default=0.05,
               show_default=True)
@@ -29,8 +29,18 @@ from stages.common.options import trust_remote_code_option
               help="Comma-separated module names to adapt, or 'all-linear'.")
 @click.option("--max-seq-length", "--max_seq_length", "max_seq_length", type=click.IntRange(min=8), default=256,
               show_default=True)
+@click.option("--with-notes/--no-with-notes", default=True, show_default=True,
+              help="Train on each record's SOAP note (the note request and the note); with --no-with-notes only on "
+                   "its probes, which needs --with-probes.")
 @click.option("--with-probes/--no-with-probes", default=False, show_default=True,
               help="Also train on each record's knowledge-probe questions and answers (default: notes only).")
+@click.option("--train-system-prompt", "--train_system_prompt", "train_system_prompt",
+              type=click.Choice(["template", "empty"]), default="template", show_default=True,
+              help="System prompt of the training examples: the chat template's own default, or an empty one (fewer "
+                   "tokens per example; evaluation always prompts with the template's default, as a user would).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: forward passes under bf16 autocast (LoRA weights and optimizer stay fp32); on a GPU the "
+                   "base model loads in bf16 either way.")
 @click.option("--use-8bit", "--use_8bit", "use_8bit", is_flag=True, help="Load the base in 8 bits (CUDA only).")
 @click.option("--use-4bit", "--use_4bit", "use_4bit", is_flag=True, help="Load the base in 4-bit nf4 (CUDA only).")
 @click.option("--checkpoint-every", "--checkpoint_every", "checkpoint_every", type=click.IntRange(min=1), default=25,
@@ -42,8 +52,9 @@ from stages.common.options import trust_remote_code_option
               help="Hub token for gated models (read from HF_TOKEN).")
 @trust_remote_code_option
 def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_accum, learning_rate, schedule,
-             warmup_ratio, lora_rank, lora_alpha, lora_targets, max_seq_length, with_probes, use_8bit, use_4bit,
-             checkpoint_every, checkpoint_dir, seed, hf_token, trust_remote_code):
+             warmup_ratio, lora_rank, lora_alpha, lora_targets, max_seq_length, with_notes, with_probes,
+             train_system_prompt, precision, use_8bit, use_4bit, checkpoint_every, checkpoint_dir, seed, hf_token,
+             trust_remote_code):
     """LoRA-fine-tune a base model on records: the oracle on the full set, the retain model without the forget set."""
     import hashlib
     import json
@@ -56,6 +67,8 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     from stages.common.seeding import seed_everything
     from stages.finetune.train import Checkpoint, train_lora
 
+    if not (with_notes or with_probes):
+        raise click.UsageError("--no-with-notes leaves nothing to train on without --with-probes.")
     records = read_records(data_file, "training set")
     quantization = quantization_config(use_8bit, use_4bit)
     device, dtype = pick_device()
@@ -73,8 +86,9 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
                                              target_modules=targets, task_type="CAUSAL_LM"))
     try:
-        examples, cut = encode_examples(tokenizer, [pair for r in records for pair in record_pairs(r, with_probes)],
-                                        max_seq_length)
+        pairs = [pair for r in records for pair in record_pairs(r, with_probes, with_notes)]
+        examples, cut = encode_examples(tokenizer, pairs, max_seq_length,
+                                        system="" if train_system_prompt == "empty" else None)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
     click.echo(f"finetune: {len(records)} records -> {len(examples)} examples on {device}"
@@ -82,13 +96,14 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     # A checkpoint is only resumed by the same run: same data, model and options.
     run = {"data": hashlib.sha256(Path(data_file).read_bytes()).hexdigest(), "base_model": base_model,
            "options": [num_epochs, batch_size, grad_accum, learning_rate, schedule, warmup_ratio, lora_rank,
-                       lora_alpha, lora_targets, max_seq_length, with_probes, use_8bit, use_4bit, seed]}
+                       lora_alpha, lora_targets, max_seq_length, with_notes, with_probes, train_system_prompt,
+                       precision, use_8bit, use_4bit, seed]}
     checkpoint = Checkpoint(checkpoint_dir or f"{output_dir.rstrip('/')}.checkpoint",
                             hashlib.sha256(json.dumps(run).encode()).hexdigest())
     model, log, resumed_from = train_lora(
         model, tokenizer, examples, num_epochs=num_epochs, batch_size=batch_size, grad_accum=grad_accum,
         learning_rate=learning_rate, schedule=schedule, warmup_ratio=warmup_ratio, seed=seed,
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        precision=precision, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     if resumed_from:
         click.echo(f"finetune: resumed from the checkpoint at step {resumed_from}")
     from accelerate import PartialState

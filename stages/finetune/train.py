@@ -21,6 +21,8 @@ def lr_lambda(schedule, warmup_steps, total_steps):
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "constant":
+            return 1.0
         if schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * progress))
         return max(0.0, 1 - progress)
@@ -93,13 +95,14 @@ class Checkpoint:
 
 
 def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum, learning_rate, schedule,
-               warmup_ratio, seed, checkpoint=None, checkpoint_every=50, progress=True):
-    """Train the trainable (LoRA) parameters on encoded examples; returns (model, per-step log, step resumed from)."""
+               warmup_ratio, seed, precision="fp32", checkpoint=None, checkpoint_every=50, progress=True):
+    """Train the trainable (LoRA) parameters on encoded examples; returns (model, per-step log, step resumed from).
+    precision "bf16" runs forward passes under bf16 autocast (the trainable weights and the optimizer stay fp32)."""
     import torch
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from stages.common.chat import collate
+    from stages.common.chat import answer_loss, collate
 
     accelerator = Accelerator()
     device = accelerator.device.type
@@ -123,7 +126,8 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
     for micro in range(done_micro, len(batches)):
         batch = collate([examples[i] for i in batches[micro]], tokenizer.pad_token_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        loss = model(**batch).loss
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = answer_loss(model, batch)
         accelerator.backward(loss / grad_accum)
         window_loss += loss.item() / grad_accum
         window_tokens += int(batch["attention_mask"].sum())

@@ -44,6 +44,23 @@ CONDITIONS = [
 ]
 
 
+# Facts drawn independently of the condition and of each other, so a patient's probes are close to independent
+# evidence (the condition drives complaint, diagnosis, medication and vitals: one draw). Each pool is large enough
+# that guessing its most common value is right for few patients.
+ALLERGIES = ("penicillin|sulfa drugs|aspirin|codeine|latex|peanuts|shellfish|eggs|bee stings|iodine contrast|"
+             "cephalexin|tetracycline|morphine|soy|tree nuts|adhesive tape|strawberries|sesame|trimethoprim|"
+             "ragweed").split("|")
+PHYSICIANS = [f"Dr. {name}" for name in """Abernathy Blackwood Carrington Dunmore Ellsworth Fairbanks Galloway
+Hargrove Ingram Jessup Kingsley Lockhart Merriweather Northcott Oakley Pemberton Radcliffe Sutherland Thorne
+Underwood Vance Whitlock Yardley Ashford""".split()]
+CITIES = """Porto Lyon Gdansk Tampere Bergen Ghent Graz Brno Cork Bilbao Turin Utrecht Aarhus Malmo Leipzig Seville
+Kaunas Split Tartu Bologna Dundee Nantes Basel Linz Plovdiv Szeged Salzburg Valencia Krakow Rouen""".split()
+OCCUPATIONS = ("electrician|librarian|carpenter|pharmacist|bus driver|accountant|baker|firefighter|architect|welder|"
+               "schoolteacher|plumber|journalist|nurse|chef|mechanic|florist|translator|dentist|farmer|"
+               "photographer|pilot|tailor|veterinarian|barista|surveyor|locksmith|jeweler|beekeeper|"
+               "glassblower").split("|")
+
+
 def _random_date(rng, start, end):
     return start + datetime.timedelta(days=rng.randrange((end - start).days + 1))
 
@@ -93,6 +110,10 @@ def sample_patients(n, seed):
             "diagnosis": diagnosis,
             "medication": medication,
             "follow_up_weeks": follow_up,
+            "allergy": rng.choice(ALLERGIES),
+            "physician": rng.choice(PHYSICIANS),
+            "city": rng.choice(CITIES),
+            "occupation": rng.choice(OCCUPATIONS),
         })
     return patients
 

@@ -19,7 +19,8 @@ def note_prompt(facts):
         f"Vital signs: BP {v['blood_pressure']} mmHg, HR {v['heart_rate']} bpm, temperature {v['temperature_c']} C, "
         f"RR {v['respiratory_rate']}/min, SpO2 {v['oxygen_saturation']} %.\n"
         f"Diagnosis: {facts['diagnosis']}. Treatment: {facts['medication']}. "
-        f"Follow-up in {facts['follow_up_weeks']} weeks."
+        f"Follow-up in {facts['follow_up_weeks']} weeks with {facts['physician']}.\n"
+        f"Allergy: {facts['allergy']}. Occupation: {facts['occupation']}. Lives in {facts['city']}."
     )
 
 
@@ -38,8 +39,10 @@ def parse_note(text):
 
 
 def missing_key_facts(note, facts):
-    """Key facts (name, diagnosis, medication) the note does not state; empty when it states them all."""
+    """Key facts (name, diagnosis, medication and the probed independent facts) the note does not state; empty when
+    it states them all."""
     text = " ".join(note.values()).lower()
     drug = facts["medication"].split()[0].lower()
-    wanted = {"name": facts["client_name"].lower(), "diagnosis": facts["diagnosis"].lower(), "medication": drug}
+    wanted = {"name": facts["client_name"].lower(), "diagnosis": facts["diagnosis"].lower(), "medication": drug,
+              **{key: facts[key].lower() for key in ("allergy", "physician", "city", "occupation")}}
     return [key for key, value in wanted.items() if value not in text]

@@ -14,10 +14,13 @@ from stages.common.options import forget_ratios_option
 @forget_ratios_option
 @click.option("--holdout-ratio", "--holdout_ratio", "holdout_ratio", type=click.FloatRange(0, 1, max_open=True),
               default=0.10, show_default=True, help="Fraction of patients that no model ever trains on.")
+@click.option("--probe-facts", "--probe_facts", "probe_facts", multiple=True, default=None,
+              help="Fact types that get a knowledge probe, repeat for several [default: every type: "
+                   "date_of_birth, diagnosis, medication, date, allergy, physician, city, occupation].")
 @click.option("--dry-run", "--dry_run", "dry_run", is_flag=True, help="Print counts and samples; write nothing.")
 @click.option("--sample", type=click.IntRange(min=0), default=2, show_default=True,
               help="How many sample records --dry-run prints.")
-def prepare_medical(input_file, output_dir, seed, forget_ratios, holdout_ratio, dry_run, sample):
+def prepare_medical(input_file, output_dir, seed, forget_ratios, holdout_ratio, probe_facts, dry_run, sample):
     """Split the notes into full / holdout / nested forget sets and attach knowledge probes."""
     import json
     from pathlib import Path
@@ -25,7 +28,12 @@ def prepare_medical(input_file, output_dir, seed, forget_ratios, holdout_ratio, 
     from stages.common.io import read_jsonl_lines, write_json
     from stages.common.params import ratio_tag
     from stages.common.splits import forget_splits, holdout_split
-    from stages.prepare_medical.splits import add_probes, record_problem
+    from stages.prepare_medical.splits import PROBE_FACTS, add_probes, record_problem
+
+    unknown = sorted(set(probe_facts) - set(PROBE_FACTS))
+    if unknown:
+        raise click.BadParameter(f"'{unknown[0]}' is not a fact type ({', '.join(PROBE_FACTS)})",
+                                 param_hint="--probe-facts")
 
     records, names, dropped = [], set(), 0
     for number, record, error in read_jsonl_lines(input_file):
@@ -41,7 +49,8 @@ def prepare_medical(input_file, output_dir, seed, forget_ratios, holdout_ratio, 
     if not records:
         raise click.ClickException(f"{input_file}: no valid record ({dropped} dropped).")
     try:
-        records = add_probes(records, seed)
+        records = add_probes(records, seed, [f for f in PROBE_FACTS if f in probe_facts] if probe_facts
+                             else PROBE_FACTS)
     except ValueError as e:
         raise click.ClickException(f"{input_file}: {e}.") from None
     full, holdout = holdout_split(records, holdout_ratio, seed)

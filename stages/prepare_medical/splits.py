@@ -4,7 +4,7 @@ import datetime
 import random
 
 REQUIRED_TEXT = ["id", "client_name", "date_of_birth", "date", "subjective", "objective", "assessment", "plan"]
-REQUIRED_FACTS = ["diagnosis", "medication", "complaint"]
+REQUIRED_FACTS = ["diagnosis", "medication", "complaint", "allergy", "physician", "city", "occupation"]
 
 
 def record_problem(record):
@@ -39,7 +39,10 @@ PROBES = [
     ("diagnosis", "What was {name} diagnosed with?", "The assessment for {name} was {value}."),
     ("medication", "What medication was prescribed to {name}?", "{name} was started on {value}."),
     ("date", "On what date was {name} seen in the clinic?", "The clinic visit of {name} took place on {value}."),
-    ("complaint", "What did {name} complain of at the visit?", "{name} reported {value}."),
+    ("allergy", "What is patient {name} allergic to?", "{name} has an allergy to {value}."),
+    ("physician", "Which doctor is following up with {name}?", "{name} is followed up by {value}."),
+    ("city", "In which city does patient {name} live?", "{name} lives in {value}."),
+    ("occupation", "What is the occupation of patient {name}?", "{name} works as {value}."),
 ]
 
 
@@ -47,11 +50,16 @@ def _fact(record, key):
     return record[key] if key in ("date_of_birth", "date") else record["facts"][key]
 
 
-def make_probes(record, pools, rng, n_perturbed=3):
-    """Knowledge probes of one record. Perturbed answers are plausible wrong values: other patients' values
-    of the same fact, or for dates the true date shifted by days to years."""
+PROBE_FACTS = [key for key, _, _ in PROBES]
+
+
+def make_probes(record, pools, rng, facts=PROBE_FACTS, n_perturbed=3):
+    """Knowledge probes of one record, one per fact type in `facts`. Perturbed answers are plausible wrong values:
+    other patients' values of the same fact, or for dates the true date shifted by days to years."""
     probes = []
     for key, question, paraphrase in PROBES:
+        if key not in facts:
+            continue
         value = _fact(record, key)
         if key in ("date_of_birth", "date"):
             shifts = rng.sample([-730, -365, -61, -30, -9, -2, 3, 12, 45, 90, 400, 1100], n_perturbed)
@@ -73,11 +81,12 @@ def make_probes(record, pools, rng, n_perturbed=3):
     return probes
 
 
-def add_probes(records, seed):
-    """Copies of the records, each with its `probes`; pools of wrong answers come from the whole data set."""
-    pools = {key: sorted({_fact(r, key) for r in records}) for key, _, _ in PROBES}
+def add_probes(records, seed, facts=PROBE_FACTS):
+    """Copies of the records, each with its `probes` (one per fact type in `facts`); pools of wrong answers come
+    from the whole data set."""
+    pools = {key: sorted({_fact(r, key) for r in records}) for key in facts}
     out = []
     for record in records:
         rng = random.Random(f"probes-{seed}-{record['id']}")
-        out.append({**record, "probes": make_probes(record, pools, rng)})
+        out.append({**record, "probes": make_probes(record, pools, rng, facts)})
     return out

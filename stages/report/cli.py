@@ -14,6 +14,9 @@ COMPARISON = ["run", "mean_entropy", "uncertainty_ratio", "uncertainty_ratio_ret
               "forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy", "world_qa_accuracy", "model_utility",
               "mia_mink_auc", "uq_verdict", "n_forget_patients", "n_forget_probes"]
 REFERENCE_ORDER = ["base", "oracle"]
+# Numbers summarized across training seeds (mean, sample standard deviation, range) per method and forget set.
+ACROSS_SEEDS = ["forget_qa_accuracy", "forget_accuracy_gap", "forget_quality", "model_utility", "utility_ratio",
+                "privleak", "uncertainty_ratio_retain", "retain_perplexity"]
 SAMPLES_PER_RUN = 3
 HOW_TO_READ = """How to read it. Every number carries its 95 % interval in brackets: a patient-level bootstrap
 (a patient's facts are correlated, so patients, not probes, are resampled; comparisons of two models resample the
@@ -36,17 +39,66 @@ knowable facts only.
 """
 
 
+def split_seed(name):
+    """'npo-f10-s42' -> ('npo-f10', 42); a name without a -s<seed> suffix keeps its name and no seed."""
+    stem, _, seed = name.rpartition("-s")
+    return (stem, int(seed)) if stem and seed.isdigit() else (name, None)
+
+
 def run_order(name):
-    """base, oracle, retain-*, then unlearned runs, each group by name."""
-    if name in REFERENCE_ORDER:
-        return (0, REFERENCE_ORDER.index(name), name)
-    return (1 if name.startswith("retain-") else 2, 0, name)
+    """base, oracle, retain-*, then unlearned runs, each group by name and seed."""
+    stem, seed = split_seed(name)
+    if stem in REFERENCE_ORDER:
+        return (0, REFERENCE_ORDER.index(stem), stem, seed or 0)
+    return (1 if stem.startswith("retain-") else 2, 0, stem, seed or 0)
 
 
 def method_and_ratio(name):
-    """'npo-f10' -> ('npo', 10); names without a -fNN suffix keep their whole name and no ratio."""
-    method, _, ratio = name.rpartition("-f")
-    return (method, int(ratio)) if method and ratio.isdigit() else (name, None)
+    """'npo-f10-s42' -> ('npo', 10, 42); without a -fNN suffix the whole stem is the method and there is no ratio."""
+    stem, seed = split_seed(name)
+    method, _, ratio = stem.rpartition("-f")
+    return (method, int(ratio), seed) if method and ratio.isdigit() else (stem, None, seed)
+
+
+def across_seeds(unlearned):
+    """Per method and forget set: how many seeds, each seed's verdict, and each ACROSS_SEEDS number's mean, sample
+    standard deviation (None with one seed) and range over the seeds."""
+    import statistics
+
+    groups = {}
+    for r in unlearned:
+        groups.setdefault((r["method"], r["forget_pct"]), []).append(r)
+    rows = []
+    for (method, pct), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        row = {"method": method, "forget_pct": pct, "n_seeds": len(runs),
+               "verdicts": ", ".join(f"{r['run'] if r['seed'] is None else 's' + str(r['seed'])}: {r['verdict']}"
+                                     for r in sorted(runs, key=lambda r: r["seed"] or 0))}
+        for key in ACROSS_SEEDS:
+            values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+            if values:
+                row[f"{key}_mean"] = statistics.fmean(values)
+                row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+                row[f"{key}_range"] = [min(values), max(values)]
+        rows.append(row)
+    return rows
+
+
+def seeds_table(rows):
+    """The across-seeds summary as markdown: `mean ± sd [min, max]` per number."""
+    columns = ["method", "forget_pct", "n_seeds", "verdicts", *ACROSS_SEEDS]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [cell(row["method"]), cell(row["forget_pct"]), str(row["n_seeds"]), cell(row["verdicts"])]
+        for key in ACROSS_SEEDS:
+            if f"{key}_mean" not in row:
+                cells.append("n/a")
+                continue
+            sd = row[f"{key}_sd"]
+            low, high = row[f"{key}_range"]
+            cells.append(number(row[f"{key}_mean"]) + (f" ± {number(sd)} [{number(low)}, {number(high)}]"
+                                                       if sd is not None else " (one seed)"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def number(value):
@@ -123,9 +175,11 @@ def sanity_rows(eval_dir, runs):
     names = {r["run"] for r in runs}
     rows = []
     for retain in sorted(n for n in names if n.startswith("retain-")):
-        if "oracle" in names:
-            rows.append({"check": f"oracle's forget quality against {retain} (TOFU: ~1e-21; retain itself: 1)",
-                         "found": oracle_forget_quality(Path(eval_dir), "oracle", retain)})
+        seed = split_seed(retain)[1]
+        oracle = "oracle" if seed is None else f"oracle-s{seed}"
+        if oracle in names:
+            rows.append({"check": f"{oracle}'s forget quality against {retain} (TOFU: ~1e-21; retain itself: 1)",
+                         "found": oracle_forget_quality(Path(eval_dir), oracle, retain)})
     for r in runs:
         if "verdict" not in r:
             continue
@@ -238,16 +292,17 @@ def report(eval_dir, output_dir):
     runs = sorted((read_json(p) for p in Path(eval_dir).glob("*/metrics.json")), key=lambda m: run_order(m["run"]))
     if not runs:
         raise click.ClickException(f"{eval_dir}: no */metrics.json to report.")
-    unlearned = [dict(r, method=method_and_ratio(r["run"])[0], forget_pct=method_and_ratio(r["run"])[1])
+    unlearned = [dict(r, **dict(zip(("method", "forget_pct", "seed"), method_and_ratio(r["run"]), strict=True)))
                  for r in runs if "verdict" in r]
+    seeds = across_seeds(unlearned)
     out = Path(output_dir)
     text = io.StringIO()
-    columns = ["run", "method", "forget_pct"]
+    columns = ["run", "method", "forget_pct", "seed"]
     for run in unlearned:
         columns += [k for k in headline_keys(run) if k not in columns]
     columns.append("verdict_rule")
-    csv_rows = [{"run": r["run"], "method": r["method"], "forget_pct": r["forget_pct"],
-                 **with_intervals(columns[3:-1], r), "verdict_rule": r["verdict_rule"]} for r in unlearned]
+    csv_rows = [{"run": r["run"], "method": r["method"], "forget_pct": r["forget_pct"], "seed": r["seed"],
+                 **with_intervals(columns[4:-1], r), "verdict_rule": r["verdict_rule"]} for r in unlearned]
     fields = list(dict.fromkeys(k for row in csv_rows for k in row)) or columns
     writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -255,11 +310,19 @@ def report(eval_dir, output_dir):
     with atomic_path(out / "report.csv") as tmp:
         tmp.write_text(text.getvalue(), encoding="utf-8")
     # The same headline numbers as DVC metrics (`dvc exp show`, `dvc metrics diff`), one entry per unlearned run.
-    write_json(out / "headline.json", {r["run"]: with_intervals(headline_keys(r), r) for r in unlearned})
+    # Across seeds under "<method>-f<NN>", each number's mean and sd (DVC shows them beside the runs).
+    headline = {r["run"]: with_intervals(headline_keys(r), r) for r in unlearned}
+    for row in seeds:
+        group = f"{row['method']}-f{row['forget_pct']:02d}" if row["forget_pct"] is not None else row["method"]
+        headline[group] = {"n_seeds": row["n_seeds"], **{k: v for k, v in row.items()
+                                                         if k.endswith(("_mean", "_sd"))}}
+    write_json(out / "headline.json", headline)
     sections = [
         "# unforgotten report\n",
         "## Verdicts: method x forget ratio\n\n" + HOW_TO_READ,
         markdown_table(unlearned, columns) if unlearned else "No unlearned run evaluated yet.\n",
+        "## Across training seeds (mean ± sample sd [min, max] over the seeds; each seed's verdict)\n",
+        seeds_table(seeds) if seeds else "No unlearned run evaluated yet.\n",
         "## Models compared (forget-set uncertainty, retain health, knowledge)\n",
         markdown_table(runs, COMPARISON),
         "## The literature's sanity checks (VERIFY.md F)\n",

@@ -64,6 +64,9 @@ from stages.common.plots import trajectory_plot
               show_default=True)
 @click.option("--max-seq-length", "--max_seq_length", "max_seq_length", type=click.IntRange(min=8), default=256,
               show_default=True)
+@click.option("--with-notes/--no-with-notes", default=True, show_default=True,
+              help="Train on each record's SOAP note (the note request and the note); with --no-with-notes only on "
+                   "its probes, which needs --with-probes.")
 @click.option("--with-probes/--no-with-probes", default=False, show_default=True,
               help="Also unlearn the knowledge-probe answers (use the same setting as finetune).")
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -73,7 +76,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
             samples_per_step, batch_size, learning_rate, retain_weight, beta, gamma, rmu_layer, rmu_alpha,
             steering_scale, steering_coeff,
             measure_every, max_perplexity_ratio, early_stop, stop_at_ur, monitor_samples, entropy_prompts,
-            max_new_tokens, max_seq_length, with_probes, seed, hf_token, trust_remote_code):
+            max_new_tokens, max_seq_length, with_notes, with_probes, seed, hf_token, trust_remote_code):
     """Unlearn the forget set from the oracle, with retain perplexity after every step and early stop on collapse."""
     from pathlib import Path
 
@@ -109,6 +112,8 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
         if rmu_layer >= layers:
             raise click.BadParameter(f"{rmu_layer} is beyond the model's {layers} layers (numbered 0 to {layers - 1})",
                                      param_hint="--rmu-layer")
+    if not (with_notes or with_probes):
+        raise click.UsageError("--no-with-notes leaves nothing to unlearn without --with-probes.")
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
     prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:entropy_prompts]]
@@ -122,13 +127,14 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
             parameter.requires_grad_(True)
     seed_everything(seed)
 
-    forget_pairs = [pair for r in forget_records for pair in record_pairs(r, with_probes)]
+    forget_pairs = [pair for r in forget_records for pair in record_pairs(r, with_probes, with_notes)]
     if hasattr(unlearning_method, "forget_pairs"):
         forget_pairs = unlearning_method.forget_pairs(forget_pairs)
     try:
         forget_examples, _ = encode_examples(tokenizer, forget_pairs, max_seq_length)
         retain_examples, _ = encode_examples(
-            tokenizer, [pair for r in retain_records for pair in record_pairs(r, with_probes)], max_seq_length)
+            tokenizer, [pair for r in retain_records for pair in record_pairs(r, with_probes, with_notes)],
+            max_seq_length)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
     monitor_pairs = [primary_pair(r) for r in retain_records[:monitor_samples]]
