@@ -1,9 +1,10 @@
 """Benchmark 4: `make run` on a fresh clone of this commit (set-up, every stage of the default profile on the
 embedded model), then `make run` again, which must find everything cached. Baseline = the first run, ours = the
 no-op rerun, both wall-clock seconds. Also records that the clone's headline metrics equal this checkout's and that
-`dvc status` is clean afterwards. Writes bench/results/pipeline.json.
+`dvc status` is clean afterwards, and each stage's seconds (from when DVC starts it to when the next one starts).
+Writes bench/results/pipeline.json.
 
-    python bench/pipeline.py    (about 45 min on 2 cores)
+    python bench/pipeline.py [--keep DIR]    (about 45 min on 2 cores; --keep leaves the clone in DIR)
 """
 
 import os
@@ -21,15 +22,29 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = "outputs/report/headline.json"
 
 
-def timed(cmd, cwd, log):
+def timed(cmd, cwd, log, stages=None):
+    """Seconds `cmd` took; with `stages` (a dict), each DVC stage's seconds from its "Running stage" line to the
+    next one (the last to the end of the command)."""
     started = time.perf_counter()
-    with open(log, "a") as out:
-        subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return time.perf_counter() - started
+    current = None
+    with open(log, "a") as out, subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                 text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}) as proc:
+        for line in proc.stdout:
+            out.write(line)
+            if stages is not None and line.startswith("Running stage '"):
+                now = time.perf_counter()
+                if current:
+                    stages[current[0]] = round(now - current[1], 1)
+                current = (line.split("'")[1], now)
+    end = time.perf_counter()
+    if current:
+        stages[current[0]] = round(end - current[1], 1)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return end - started
 
 
-def main():
+def main(keep=None):
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="unforgotten-pipeline-"))
@@ -37,7 +52,8 @@ def main():
         clone, log = tmp / "clone", tmp / "make-run.log"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
         subprocess.run(["git", "checkout", "-q", commit], cwd=clone, check=True)
-        first = timed(["make", "run"], clone, log)
+        stages = {}
+        first = timed(["make", "run"], clone, log, stages)
         again = timed(["make", "run"], clone, log)
         status = subprocess.run([str(clone / ".venv/bin/dvc"), "status", "--quiet"], cwd=clone,
                                 env={**os.environ, "PATH": f"{clone / '.venv/bin'}:{os.environ['PATH']}"})
@@ -47,11 +63,14 @@ def main():
         print(f"make run failed on the fresh clone; its log: {log}", file=sys.stderr)
         raise
     else:
+        if keep:
+            shutil.move(str(clone), keep)
         shutil.rmtree(tmp, ignore_errors=True)
     write_result("pipeline", first, again, "s", {"commit": commit, "command": "make run", "profile": "default"},
                  fresh_run_s=round(first, 1), noop_rerun_s=round(again, 2), dvc_status_clean=status.returncode == 0,
-                 headline_equals_checkout=same)
+                 headline_equals_checkout=same, stage_s=stages,
+                 setup_s=round(first - sum(stages.values()), 1))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[2] if sys.argv[1:2] == ["--keep"] else None)
