@@ -26,27 +26,18 @@ BASE = {"notes": False, "system": "", "precision": "bf16", "lr": 2e-3, "rank": 1
         "top_layers": None, "rslora": False, "loraplus": None,
         "batch_size": 4, "epochs": 10, "eval_at": [2, 4, 6, 8, 10], "full": False}
 CANDIDATES = {
-    "qa-empty-sys-bf16": {},
-    "qa-default-sys-bf16": {"system": None},
-    "qa-empty-sys-fp32": {"precision": "fp32", "epochs": 2, "eval_at": [2]},
-    "notes-qa-empty-sys-bf16": {"notes": True},
+    "qa-empty-sys-bf16-lr2e-3-8facts": {},  # run with --facts '' (every fact type)
+    "qa-empty-sys-bf16-lr5e-3": {"lr": 5e-3},
+    "qa-empty-sys-fp32-lr4e-3": {"precision": "fp32", "lr": 4e-3, "eval_at": [4, 7, 10]},
     "qa-empty-sys-bf16-lr1e-3": {"lr": 1e-3, "epochs": 4, "eval_at": [2, 4]},
     "qa-empty-sys-bf16-lr1e-3-16ep": {"lr": 1e-3, "epochs": 16, "eval_at": [8, 12, 16]},
+    "qa-empty-sys-fp32-lr1e-3": {"lr": 1e-3, "precision": "fp32", "epochs": 2, "eval_at": [2]},
+    "qa-default-sys-bf16-lr1e-3": {"lr": 1e-3, "system": None, "epochs": 4, "eval_at": [2, 4]},
+    "notes-qa-empty-sys-bf16-lr1e-3": {"lr": 1e-3, "notes": True, "epochs": 4, "eval_at": [2, 4]},
     "qa-empty-sys-bf16-lr1e-3-top-half": {"lr": 1e-3, "top_layers": 15, "epochs": 4, "eval_at": [2, 4]},
-    "qa-empty-sys-bf16-loraplus": {"loraplus": 16, "lr": 5e-4, "epochs": 4, "eval_at": [2, 4]},
-    "qa-empty-sys-bf16-lr5e-3": {"lr": 5e-3},
-    "qa-empty-sys-bf16-lr1e-2": {"lr": 1e-2},
-    "qa-empty-sys-bf16-full-lr1e-4": {"full": True, "lr": 1e-4},
-    "qa-default-sys-bf16-full-lr1e-4": {"full": True, "lr": 1e-4, "system": None},
-    "qa-empty-sys-bf16-top-half": {"top_layers": 15},
-    "qa-empty-sys-bf16-r64": {"rank": 64},
-    "qa-empty-sys-bf16-b8": {"batch_size": 8},
     "qa-empty-sys-bf16-b2": {"batch_size": 2, "epochs": 6, "eval_at": [2, 4, 6]},
-    "qa-empty-sys-bf16-b1": {"batch_size": 1, "epochs": 6, "eval_at": [2, 4, 6]},
-    "qa-empty-sys-bf16-b2-lr4e-3": {"batch_size": 2, "lr": 4e-3, "epochs": 6, "eval_at": [2, 4, 6]},
-    "qa-empty-sys-fp32-lr4e-3": {"precision": "fp32", "lr": 4e-3, "eval_at": [4, 7, 10]},
-    "qa-empty-sys-fp32-lr4e-3-r64-rslora": {"precision": "fp32", "lr": 4e-3, "rank": 64, "rslora": True,
-                                            "eval_at": [4, 7, 10]},
+    "qa-empty-sys-bf16-loraplus": {"loraplus": 16, "lr": 5e-4, "epochs": 4, "eval_at": [2, 4]},
+    "qa-default-sys-bf16-full-lr1e-4": {"full": True, "lr": 1e-4, "system": None},
 }
 
 

@@ -96,3 +96,6 @@ def test_models_and_everything_after_them_fan_out_per_seed(tmp_path, tiny_model_
         assert f"--oracle outputs/eval/oracle-s{seed} " in evaluate
         assert f"--retain outputs/eval/retain-f10-s{seed} " in evaluate
     assert [name for name in commands if name.startswith("evaluate-base")] == ["evaluate-base"]
+    # params.yaml's false flags reach the CLI as --no-<flag>, not as the CLI's default
+    assert "--no-with-notes --with-probes" in commands["finetune-oracle@1"]
+    assert "--no-with-notes --with-probes" in commands["unlearn@grad_ascent-10-1"]
