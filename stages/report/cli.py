@@ -310,12 +310,12 @@ def report(eval_dir, output_dir):
     with atomic_path(out / "report.csv") as tmp:
         tmp.write_text(text.getvalue(), encoding="utf-8")
     # The same headline numbers as DVC metrics (`dvc exp show`, `dvc metrics diff`), one entry per unlearned run.
-    # Across seeds under "<method>-f<NN>", each number's mean and sd (DVC shows them beside the runs).
+    # With several seeds, each method x forget set's mean and sd under "<method>-f<NN>" (beside its seeds' runs).
     headline = {r["run"]: with_intervals(headline_keys(r), r) for r in unlearned}
     for row in seeds:
-        group = f"{row['method']}-f{row['forget_pct']:02d}" if row["forget_pct"] is not None else row["method"]
-        headline[group] = {"n_seeds": row["n_seeds"], **{k: v for k, v in row.items()
-                                                         if k.endswith(("_mean", "_sd"))}}
+        if row["n_seeds"] > 1 and row["forget_pct"] is not None:
+            headline[f"{row['method']}-f{row['forget_pct']:02d}"] = {
+                "n_seeds": row["n_seeds"], **{k: v for k, v in row.items() if k.endswith(("_mean", "_sd"))}}
     write_json(out / "headline.json", headline)
     sections = [
         "# unforgotten report\n",
