@@ -34,7 +34,8 @@ def test_an_unknown_profile_is_one_sentence_listing_the_profiles():
     result = subprocess.run([sys.executable, "-m", "stages.profiles", "run", "nosuch"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip() == "Error: no profile 'nosuch' (profiles/nosuch.yaml); profiles: default, cpu-power, paper, paper-seed."
+    assert result.stderr.strip() == ("Error: no profile 'nosuch' (profiles/nosuch.yaml); profiles: default, cpu-power, "
+                                     "paper, paper-seed.")
 
 
 def profile_params(name):

@@ -149,7 +149,7 @@ def test_a_corrupted_object_on_the_remote_is_detected_on_pull_and_not_used(pushe
 def test_a_profile_runs_as_an_experiment_and_exp_show_lists_the_headline_metrics(pushed):
     (pushed / "profiles/fast.yaml").write_text("unlearn:\n  steps: 1\n")
     out = make(pushed, "run", "PROFILE=fast").stdout
-    assert "Running stage 'unlearn@grad_ascent-10-42'" in out and "finetune-oracle" not in out
+    assert "Running stage 'unlearn@grad_ascent-10-42'" in out and "Running stage 'finetune-oracle" not in out
     assert yaml.safe_load((pushed / "params.yaml").read_text())["unlearn"]["steps"] == 1
     shown = make(pushed, "exp-show").stdout
     for column in ["grad_ascent-f10-s42.verdict", "grad_ascent-f10-s42.forget_qa_accuracy",
