@@ -185,7 +185,7 @@ data: setup
 
 # Headline metrics of every experiment, and the plots (trajectories, losses, the report's panels) as HTML.
 exp-show:
-	$(DVC) exp show --drop '.*' --keep '^[^/:]+-f[0-9]+[.](verdict|forget_qa_accuracy|forget_quality|model_utility)$$|^(base_model|methods|forget_sets|Experiment|Created)$$'
+	$(DVC) exp show --drop '.*' --keep '^[^/:]+-f[0-9]+(-s[0-9]+)?[.](verdict|forget_qa_accuracy|forget_quality|model_utility)(_mean|_sd)?$$|^(base_model|methods|forget_sets|seeds|Experiment|Created)$$'
 
 plots:
 	$(DVC) plots show --out outputs/plots
