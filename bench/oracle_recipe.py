@@ -71,8 +71,11 @@ def model_for(c, seed):
     if c["top_layers"]:
         n = model.config.num_hidden_layers
         layers = list(range(n - c["top_layers"], n))
+    # PEFT takes layers_to_transform only with a list of module names: every linear layer of a Llama block
+    targets = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if layers
+               else c["targets"])
     return get_peft_model(model, LoraConfig(r=c["rank"], lora_alpha=2 * c["rank"], lora_dropout=0.0,
-                                            target_modules=c["targets"], layers_to_transform=layers,
+                                            target_modules=targets, layers_to_transform=layers,
                                             use_rslora=c["rslora"], task_type="CAUSAL_LM"))
 
 
