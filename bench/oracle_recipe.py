@@ -35,6 +35,7 @@ CANDIDATES = {
     "qa-default-sys-bf16-lr1e-3": {"lr": 1e-3, "system": None, "epochs": 4, "eval_at": [2, 4]},
     "notes-qa-empty-sys-bf16-lr1e-3": {"lr": 1e-3, "notes": True, "epochs": 4, "eval_at": [2, 4]},
     "qa-empty-sys-bf16-lr1e-3-top-half": {"lr": 1e-3, "top_layers": 15, "epochs": 4, "eval_at": [2, 4]},
+    "qa-empty-sys-bf16-lr1e-3-top-half-12ep": {"lr": 1e-3, "top_layers": 15, "epochs": 12, "eval_at": [8, 12]},
     "qa-empty-sys-bf16-b2": {"batch_size": 2, "epochs": 6, "eval_at": [2, 4, 6]},
     "qa-empty-sys-bf16-loraplus": {"loraplus": 16, "lr": 5e-4, "epochs": 4, "eval_at": [2, 4]},
     "qa-default-sys-bf16-full-lr1e-4": {"full": True, "lr": 1e-4, "system": None},
