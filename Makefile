@@ -66,6 +66,7 @@ bench: run
 	$(BIN)/python bench/collapse.py
 	$(BIN)/python bench/verification.py
 	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/eval_precision.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/table.py
 

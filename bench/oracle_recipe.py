@@ -23,7 +23,7 @@ from machine import machine  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "oracle_recipe.json"
 
 BASE = {"notes": False, "system": "", "precision": "bf16", "lr": 2e-3, "rank": 16, "targets": "all-linear",
-        "top_layers": None, "rslora": False, "loraplus": None,
+        "top_layers": 0, "rslora": False, "loraplus": None,
         "batch_size": 4, "epochs": 10, "eval_at": [2, 4, 6, 8, 10], "full": False}
 CANDIDATES = {
     "qa-empty-sys-bf16-lr2e-3-8facts": {},  # run with --facts '' (every fact type)
@@ -59,25 +59,18 @@ def data(n_record, holdout_ratio, seed):
 
 
 def model_for(c, seed):
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    from stages.common.models import load_model
+    from stages.common.models import load_model, lora_config
     from stages.common.seeding import seed_everything
 
     model = load_model("embedded", trainable=True)
     seed_everything(seed)
     if c["full"]:
         return model
-    layers = None
-    if c["top_layers"]:
-        n = model.config.num_hidden_layers
-        layers = list(range(n - c["top_layers"], n))
-    # PEFT takes layers_to_transform only with a list of module names: every linear layer of a Llama block
-    targets = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if layers
-               else c["targets"])
-    return get_peft_model(model, LoraConfig(r=c["rank"], lora_alpha=2 * c["rank"], lora_dropout=0.0,
-                                            target_modules=targets, layers_to_transform=layers,
-                                            use_rslora=c["rslora"], task_type="CAUSAL_LM"))
+    config = lora_config(model, c["rank"], 2 * c["rank"], c["targets"], c["top_layers"])
+    config.use_rslora = c["rslora"]
+    return get_peft_model(model, config)
 
 
 def accuracy_by_fact(model, tokenizer, records, system=None):

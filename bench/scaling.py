@@ -63,7 +63,8 @@ def evaluate_seconds(model, tokenizer, scale, params):
             "holdout": records(pool, 4 * scale, len(pool) // 2)}
     settings = {"max_new_tokens": params["max-new-tokens"], "answer_tokens": params["answer-tokens"],
                 "max_seq_length": params["max-seq-length"], "batch_size": params["batch-size"],
-                "mink_fraction": params["mink-fraction"], "bootstrap": params["bootstrap"], "seed": 42}
+                "mink_fraction": params["mink-fraction"], "with_notes": params["with-notes"],
+                "with_probes": params["with-probes"], "bootstrap": params["bootstrap"], "seed": 42}
     started = time.perf_counter()
     run = measure(model, tokenizer, sets, None, settings, attacks=False, progress=lambda _: None)
     seconds = time.perf_counter() - started

@@ -16,7 +16,8 @@ MICRO_TOP = {"forget_sets": ["10"], "reference_forget": "20", "seeds": [42]}
 MICRO = {
     "generate": {"n-record": 30},
     "prepare_medical": {"holdout-ratio": 0.10},
-    "finetune": {"num-epochs": 1, "batch-size": 4, "max-seq-length": 96, "learning-rate": 0.005},
+    "finetune": {"num-epochs": 1, "batch-size": 4, "max-seq-length": 96, "learning-rate": 0.005,
+                 "lora-top-layers": 1},
     "unlearn": {"steps": 2, "samples-per-step": 2, "batch-size": 2, "monitor-samples": 3, "entropy-prompts": 2,
                 "max-new-tokens": 4, "max-seq-length": 96, "measure-every": 1, "learning-rate": 0.005},
     "evaluate": {"max-new-tokens": 6, "answer-tokens": 4, "retain-samples": 3, "max-seq-length": 96,

@@ -303,3 +303,22 @@ def test_shared_prompt_scoring_equals_scoring_each_pair_alone(tiny_model_dir):
         for ours, reference in zip(flat, alone, strict=True):
             np.testing.assert_allclose(ours, reference["logprobs"], atol=1e-4)
     assert min(len(s) for s in flat) < max(len(s) for s in flat)
+
+
+def test_membership_examples_are_the_pairs_the_model_was_trained_on(tiny_model_dir, medical_dir):
+    from stages.common.chat import read_records
+    from stages.common.models import load_model, load_tokenizer
+    from stages.evaluate.probes import mia_rows
+
+    model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    forget = read_records(medical_dir / "med_synthetic_forget10.json")[:2]
+    holdout = read_records(medical_dir / "med_synthetic_holdout.json")[:2]
+    probes_only = mia_rows(model, tokenizer, forget, holdout, 128, 4, with_probes=True, with_note=False)
+    expected = [(r["id"], p["question"]) for r in forget + holdout for p in r["probes"]]
+    assert [(row["record_id"], row["question"]) for row in probes_only] == expected
+    with_notes = mia_rows(model, tokenizer, forget, holdout, 128, 4)
+    assert len(with_notes) == len(expected) + 4
+    # the same pair scores the same whichever examples share its batches
+    by_pair = {(row["record_id"], row["question"]): row["loss"] for row in with_notes}
+    for row in probes_only:
+        assert row["loss"] == pytest.approx(by_pair[(row["record_id"], row["question"])], abs=1e-4)

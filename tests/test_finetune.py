@@ -58,6 +58,30 @@ def test_adapter_changes_the_model_and_only_lora_weights_train(trained, tiny_mod
     assert config["target_modules"] == ["down_proj", "o_proj", "q_proj", "v_proj"]
 
 
+def test_lora_on_the_top_layers_adapts_every_linear_layer_there_and_nothing_below(tmp_path, tiny_model_dir,
+                                                                                   medical_dir):
+    from stages.common.models import load_model
+
+    out = tmp_path / "top"
+    args = ["finetune", "--data-file", str(medical_dir / "med_synthetic_forget10.json"), "--base-model",
+            tiny_model_dir, "--num-epochs", "1", "--max-seq-length", "128", "--lora-top-layers"]
+    result = CliRunner().invoke(main, [*args, "1", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [1]
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in load_model(tiny_model_dir).named_modules()
+                     if isinstance(module, torch.nn.Linear) and ".layers." in name})
+    assert config["target_modules"] == linear and len(linear) == 7
+    from safetensors.torch import load_file
+
+    keys = load_file(out / "adapter_model.safetensors")
+    assert keys and all(".layers.1." in key for key in keys)
+    assert len({key.split(".lora_")[0] for key in keys}) == 7
+    result = CliRunner().invoke(main, [*args, "3", "--output-dir", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "exceeds the model's 2 decoder layers" in result.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_quantized_loading_without_cuda_is_a_one_sentence_error(tmp_path, tiny_model_dir, medical_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

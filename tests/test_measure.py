@@ -114,6 +114,8 @@ def test_token_logprobs_and_moments_match_a_per_example_loop(tiny):
             assert mean == pytest.approx(float((probs * values).sum()), abs=1e-4)
             assert std == pytest.approx(float(np.sqrt((probs * (values - (probs * values).sum()) ** 2).sum())),
                                         abs=1e-3)
+    # an answer max_length cuts off entirely scores no token
+    assert token_logprobs(model, tokenizer, pairs[:1], max_length=5)[0]["logprobs"] == []
 
 
 def test_sampled_responses_are_seeded_and_counted(tiny):

@@ -16,6 +16,7 @@ def test_the_default_recipe_is_the_measured_one_and_its_curve_meets_the_goal():
     assert finetune["learning-rate"] == recipe["lr"] and finetune["batch-size"] == recipe["batch_size"]
     assert finetune["lora-rank"] == recipe["rank"] and finetune["lora-alpha"] == 2 * recipe["rank"]
     assert finetune["lora-targets"] == recipe["targets"] and finetune["precision"] == recipe["precision"]
+    assert finetune["lora-top-layers"] == recipe["top_layers"]
     assert finetune["with-notes"] == recipe["notes"] and finetune["with-probes"]
     assert finetune["train-system-prompt"] == ("empty" if recipe["system"] == "" else "template")
     assert finetune["lr-scheduler"] == "constant"  # the curve's schedule

@@ -63,6 +63,14 @@ def split_sizes(params):
             "facts": len(params["prepare_medical"]["probe-facts"])}
 
 
+@pytest.mark.parametrize("name", ["default", "cpu-power", "paper", "paper-seed"])
+def test_unlearn_and_membership_use_the_pairs_the_oracle_trained_on(name):
+    params = profile_params(name)
+    trained = {key: params["finetune"][key] for key in ("with-notes", "with-probes")}
+    assert {key: params["unlearn"][key] for key in trained} == trained
+    assert {key: params["evaluate"][key] for key in trained} == trained
+
+
 @pytest.mark.parametrize("name, seeds, forget_probes", [("default", 1, 100), ("cpu-power", 3, 250)])
 def test_the_cpu_profiles_have_the_power_they_promise(name, seeds, forget_probes):
     """At least 20 forget and 20 holdout patients, 100 (250) forget probes, 50 probes in the relearning half V,

@@ -154,21 +154,32 @@ def perplexity(model, tokenizer, pairs, max_length=256, batch_size=8):
 def token_logprobs(model, tokenizer, pairs, max_length=256, batch_size=8, moments=False):
     """Teacher-forced scoring of each answer given its question, batched: per pair the log-probs of the answer
     tokens, and with moments=True also the mean and std of log p under the model's next-token distribution at
-    each of those positions (for Min-K %++). Returns a list of dicts of float lists."""
+    each of those positions (for Min-K %++). Returns a list of dicts of float lists.
+
+    The beginning every example shares (the chat template's system prompt) runs once as a KV cache, and the
+    vocabulary is projected only from the first position that predicts an answer token on (the same numbers as
+    scoring each example whole: tests/test_measure.py)."""
     import torch
 
     encoded = [encode_example(tokenizer, q, a, max_length) for q, a in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))  # similar lengths: less padding
-    results = [None] * len(encoded)
+    shared, prefix = shared_prefix(model, [e["input_ids"] for e in encoded])
+    tails = [{"input_ids": e["input_ids"][shared:], "labels": e["labels"][shared:]} for e in encoded]
+    order = sorted(range(len(tails)), key=lambda i: len(tails[i]["input_ids"]))  # similar lengths: less padding
+    results = [None] * len(tails)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        batch = to_device(collate([encoded[i] for i in chunk], tokenizer.pad_token_id), model.device)
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        batch = to_device(collate([tails[i] for i in chunk], tokenizer.pad_token_id), model.device)
         labels = batch["labels"][:, 1:]
+        labelled = (labels != -100).any(0).nonzero()[:, 0]  # outputs before the first predict no answer token
+        first = int(labelled[0]) if len(labelled) else 0
+        mask = torch.cat([batch["attention_mask"].new_ones((len(chunk), shared)), batch["attention_mask"]], 1)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=mask,
+                           past_key_values=expand_cache(prefix, len(chunk)),
+                           logits_to_keep=batch["input_ids"].shape[1] - first).logits
         for row, i in enumerate(chunk):
             positions = (labels[row] != -100).nonzero().squeeze(-1)
-            logp = torch.log_softmax(logits[row, positions].float(), dim=-1)
+            logp = torch.log_softmax(logits[row, positions - first].float(), dim=-1)
             scored = {"logprobs": logp.gather(-1, labels[row, positions].unsqueeze(-1)).squeeze(-1).tolist()}
             if moments:
                 probs = logp.exp()

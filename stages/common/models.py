@@ -165,6 +165,26 @@ def quantization_config(use_8bit, use_4bit):
                               bnb_4bit_use_double_quant=True)
 
 
+def lora_config(model, rank, alpha, targets="all-linear", top_layers=0):
+    """The one LoRA config of a fine-tune: `targets` ('all-linear' or a list of module names) in every decoder layer,
+    or with top_layers > 0 only in the last top_layers of them (PEFT takes layers_to_transform only with named
+    modules, so 'all-linear' becomes the names of the linear layers inside the decoder blocks)."""
+    import torch
+    from peft import LoraConfig
+
+    layers = None
+    if top_layers:
+        total = model.config.num_hidden_layers
+        if top_layers > total:
+            raise InputError(f"--lora-top-layers {top_layers} exceeds the model's {total} decoder layers.")
+        layers = list(range(total - top_layers, total))
+        if targets == "all-linear":
+            targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if isinstance(module, torch.nn.Linear) and ".layers." in name})
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
+                      layers_to_transform=layers, task_type="CAUSAL_LM")
+
+
 def save_adapter(model, directory, base_model):
     """The one adapter writer: names the base as the user did ('embedded', a hub id) rather than a machine's cache
     path, and writes adapter_config.json with sorted keys and module lists, so equal weights give equal files."""

@@ -136,10 +136,12 @@ def probe_rows(model, tokenizer, records_by_split, max_new_tokens, max_length, b
     return rows
 
 
-def mia_rows(model, tokenizer, forget_records, holdout_records, max_length, batch_size, k=0.4):
-    """Membership scores of every trained (question, answer) pair of the forget (members) and holdout records."""
+def mia_rows(model, tokenizer, forget_records, holdout_records, max_length, batch_size, k=0.4, with_probes=True,
+             with_note=True):
+    """Membership scores of every trained (question, answer) pair (record_pairs with the training's settings) of
+    the forget (members) and holdout records."""
     items = [(split, r["id"], pair) for split, records in (("forget", forget_records), ("holdout", holdout_records))
-             for r in records for pair in record_pairs(r)]
+             for r in records for pair in record_pairs(r, with_probes, with_note)]
     scored = token_logprobs(model, tokenizer, [pair for _, _, pair in items], max_length, batch_size, moments=True)
     return [{"split": split, "record_id": rid, "question": pair[0],
              **mia_scores(s["logprobs"], s["means"], s["stds"], pair[1], k)}

@@ -234,7 +234,7 @@ def measure(model, tokenizer, sets, base, s, attacks, progress=print):
     mia = []
     if sets["holdout"]:  # membership needs non-members
         mia = mia_rows(model, tokenizer, sets["forget"], sets["holdout"], s["max_seq_length"], s["batch_size"],
-                       s["mink_fraction"])
+                       s["mink_fraction"], s["with_probes"], s["with_notes"])
         metrics.update(mia_summary(mia, s["bootstrap"], s["seed"]))
         done(f"membership inference: {len(mia)} examples")
     if s.get("mc_tasks"):  # the WMDP track (VERIFY.md B: model utility there is MMLU accuracy)

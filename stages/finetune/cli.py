@@ -27,6 +27,8 @@ from stages.common.options import trust_remote_code_option
               show_default=True)
 @click.option("--lora-targets", "--lora_targets", "lora_targets", default="all-linear", show_default=True,
               help="Comma-separated module names to adapt, or 'all-linear'.")
+@click.option("--lora-top-layers", "--lora_top_layers", "lora_top_layers", type=click.IntRange(min=0), default=0,
+              show_default=True, help="Adapt only the last N decoder layers (0: every layer).")
 @click.option("--max-seq-length", "--max_seq_length", "max_seq_length", type=click.IntRange(min=8), default=256,
               show_default=True)
 @click.option("--with-notes/--no-with-notes", default=True, show_default=True,
@@ -52,17 +54,24 @@ from stages.common.options import trust_remote_code_option
               help="Hub token for gated models (read from HF_TOKEN).")
 @trust_remote_code_option
 def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_accum, learning_rate, schedule,
-             warmup_ratio, lora_rank, lora_alpha, lora_targets, max_seq_length, with_notes, with_probes,
-             train_system_prompt, precision, use_8bit, use_4bit, checkpoint_every, checkpoint_dir, seed, hf_token,
-             trust_remote_code):
+             warmup_ratio, lora_rank, lora_alpha, lora_targets, lora_top_layers, max_seq_length, with_notes,
+             with_probes, train_system_prompt, precision, use_8bit, use_4bit, checkpoint_every, checkpoint_dir, seed,
+             hf_token, trust_remote_code):
     """LoRA-fine-tune a base model on records: the oracle on the full set, the retain model without the forget set."""
     import hashlib
     import json
     from pathlib import Path
 
     from stages.common.chat import encode_examples, read_records, record_pairs
-    from stages.common.io import atomic_dir, write_json
-    from stages.common.models import load_model, load_tokenizer, pick_device, quantization_config, save_adapter
+    from stages.common.io import InputError, atomic_dir, write_json
+    from stages.common.models import (
+        load_model,
+        load_tokenizer,
+        lora_config,
+        pick_device,
+        quantization_config,
+        save_adapter,
+    )
     from stages.common.plots import loss_plot
     from stages.common.seeding import seed_everything
     from stages.finetune.train import Checkpoint, train_lora
@@ -76,15 +85,17 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype, quantization=quantization,
                        trust_remote_code=trust_remote_code)
 
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantization:
         model = prepare_model_for_kbit_training(model)
     # Seeded after loading: a first-time conversion of the embedded model draws random numbers too.
     seed_everything(seed)
     targets = lora_targets if lora_targets == "all-linear" else [t.strip() for t in lora_targets.split(",")]
-    model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
-                                             target_modules=targets, task_type="CAUSAL_LM"))
+    try:
+        model = get_peft_model(model, lora_config(model, lora_rank, lora_alpha, targets, lora_top_layers))
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint="--lora-top-layers") from None
     try:
         pairs = [pair for r in records for pair in record_pairs(r, with_probes, with_notes)]
         examples, cut = encode_examples(tokenizer, pairs, max_seq_length,
@@ -96,8 +107,8 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     # A checkpoint is only resumed by the same run: same data, model and options.
     run = {"data": hashlib.sha256(Path(data_file).read_bytes()).hexdigest(), "base_model": base_model,
            "options": [num_epochs, batch_size, grad_accum, learning_rate, schedule, warmup_ratio, lora_rank,
-                       lora_alpha, lora_targets, max_seq_length, with_notes, with_probes, train_system_prompt,
-                       precision, use_8bit, use_4bit, seed]}
+                       lora_alpha, lora_targets, lora_top_layers, max_seq_length, with_notes, with_probes,
+                       train_system_prompt, precision, use_8bit, use_4bit, seed]}
     checkpoint = Checkpoint(checkpoint_dir or f"{output_dir.rstrip('/')}.checkpoint",
                             hashlib.sha256(json.dumps(run).encode()).hexdigest())
     model, log, resumed_from = train_lora(
