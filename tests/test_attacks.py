@@ -105,6 +105,16 @@ def test_relearning_jobs_run_at_once_on_cpu_and_match_one_after_the_other(tiny, 
         assert together[name] == pytest.approx(in_turn[name], rel=1e-4)
     assert together["relearn"][3] < together["relearn"][0]  # it trained
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # autocast is per thread: the jobs measure under the caller's (evaluate --precision bf16)
+    seen = []
+    torch.set_num_threads(2)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            relearn_all(model, tokenizer, jobs, [0, 1], lambda m, t: seen.append(torch.is_autocast_enabled("cpu")),
+                        **settings)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [True] * 4
 
 
 def test_bf16_relearning_trains_in_bf16_and_measures_in_float32(tiny, medical_dir):

@@ -78,10 +78,19 @@ def relearn_all(model, tokenizer, jobs, steps, measure, **settings):
     if model.device.type != "cpu" or len(jobs) < 2 or threads < len(jobs):
         return {name: relearn(model, tokenizer, records, steps, measure, **settings) for name, records in jobs.items()}
     copies = [(model, tokenizer)] + [(copy.deepcopy(model), copy.deepcopy(tokenizer)) for _ in range(len(jobs) - 1)]
+    # autocast is per thread: each job measures under the caller's (evaluate --precision)
+    device = model.device.type
+    autocast = dict(device_type=device, dtype=torch.get_autocast_dtype(device),
+                    enabled=torch.is_autocast_enabled(device))
+
+    def job(*args, **kwargs):
+        with torch.autocast(**autocast):
+            return relearn(*args, **kwargs)
+
     torch.set_num_threads(threads // len(jobs))
     try:
         with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = {name: pool.submit(relearn, m, t, records, steps, measure, **settings)
+            futures = {name: pool.submit(job, m, t, records, steps, measure, **settings)
                        for (name, records), (m, t) in zip(jobs.items(), copies, strict=True)}
             return {name: future.result() for name, future in futures.items()}
     finally:

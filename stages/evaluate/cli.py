@@ -64,7 +64,7 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--relearn-precision", "--relearn_precision", "relearn_precision", type=click.Choice(["bf16", "fp32"]),
               default="bf16", show_default=True,
               help="The relearning fine-tune's arithmetic on a CPU: bf16 autocast (as an attacker trains on a GPU, "
-                   "where the model is bf16 anyway) or float32. Measurements are float32 either way.")
+                   "where the model is bf16 anyway) or float32. Measurements follow --precision.")
 @click.option("--relearn-lora-rank", "--relearn_lora_rank", "relearn_rank", type=click.IntRange(min=1), default=8,
               show_default=True)
 @click.option("--quant-bits", "--quant_bits", "quant_bits", type=click.Choice(["8", "4"]), multiple=True,
