@@ -20,8 +20,10 @@ MICRO = {
                  "lora-top-layers": 1},
     "unlearn": {"steps": 2, "samples-per-step": 2, "batch-size": 2, "monitor-samples": 3, "entropy-prompts": 2,
                 "max-new-tokens": 4, "max-seq-length": 96, "measure-every": 1, "learning-rate": 0.005},
-    "evaluate": {"max-new-tokens": 6, "answer-tokens": 4, "retain-samples": 3, "max-seq-length": 96,
-                 "bootstrap": 50},
+    # float32: test_pipeline recomputes the entropies with an independent float32 loop to 1e-4 (bf16 evaluation:
+    # test_evaluate.py)
+    "evaluate": {"precision": "fp32", "max-new-tokens": 6, "answer-tokens": 4, "retain-samples": 3,
+                 "max-seq-length": 96, "bootstrap": 50},
     "attacks": {"relearn-steps": [0, 2], "leak-samples": 2},
 }
 # Credentials a stage could see in a real run; fake, so a test can look for them in everything the run left.

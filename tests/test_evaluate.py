@@ -32,16 +32,24 @@ def random_adapter(model_dir, path, seed):
     return str(path)
 
 
+def data_files(medical_dir):
+    return {name: str(medical_dir / f"med_synthetic_{name}.json")
+            for name in ("forget10", "forget20", "full_minus_forget20", "holdout")}
+
+
+def common_args(tiny_model_dir, medical_dir):
+    data = data_files(medical_dir)
+    return ["--base-model", tiny_model_dir, "--retain-file", data["full_minus_forget20"],
+            "--holdout-file", data["holdout"], "--max-new-tokens", "6",
+            "--answer-tokens", "5", "--retain-samples", "4", "--max-seq-length", "96", "--batch-size", "5",
+            "--leak-samples", str(LEAK), "--bootstrap", "50", "--relearn-learning-rate", "0.01",
+            *[arg for k in STEPS for arg in ("--relearn-steps", str(k))]]
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_model_dir, medical_dir):
     out = tmp_path_factory.mktemp("eval")
-    data = {name: str(medical_dir / f"med_synthetic_{name}.json")
-            for name in ("forget10", "forget20", "full_minus_forget20", "holdout")}
-    common = ["--base-model", tiny_model_dir, "--retain-file", data["full_minus_forget20"],
-              "--holdout-file", data["holdout"], "--max-new-tokens", "6",
-              "--answer-tokens", "5", "--retain-samples", "4", "--max-seq-length", "96", "--batch-size", "5",
-              "--leak-samples", str(LEAK), "--bootstrap", "50", "--relearn-learning-rate", "0.01",
-              *[arg for k in STEPS for arg in ("--relearn-steps", str(k))]]
+    data, common = data_files(medical_dir), common_args(tiny_model_dir, medical_dir)
     forget10, forget20 = data["forget10"], data["forget20"]
     runs = [
         ["--run-name", "base", "--forget-file", forget20],
@@ -322,3 +330,22 @@ def test_membership_examples_are_the_pairs_the_model_was_trained_on(tiny_model_d
     by_pair = {(row["record_id"], row["question"]): row["loss"] for row in with_notes}
     for row in probes_only:
         assert row["loss"] == pytest.approx(by_pair[(row["record_id"], row["question"])], abs=1e-4)
+
+
+def test_bf16_evaluation_runs_under_autocast_and_agrees_with_float32(tmp_path, evaluated, tiny_model_dir,
+                                                                       medical_dir):
+    """--precision bf16: the same prompts and probes, measured in bf16 arithmetic (so not bit-equal to float32),
+    within bf16's rounding of the float32 run."""
+    out = tmp_path / "base-bf16"
+    result = CliRunner().invoke(main, ["evaluate", "--run-name", "base", "--forget-file",
+                                       data_files(medical_dir)["forget20"], "--precision", "bf16",
+                                       "--output-dir", str(out), *common_args(tiny_model_dir, medical_dir)])
+    assert result.exit_code == 0, result.output
+    fp32, bf16 = rows(evaluated / "base"), rows(out)
+    assert [r["record_id"] for r in bf16] == [r["record_id"] for r in fp32]
+    differences = [abs(a["mean_entropy"] - b["mean_entropy"]) for a, b in zip(fp32, bf16, strict=True)]
+    assert max(differences) > 0 and np.mean(differences) < 0.05
+    a, b = metrics(evaluated / "base"), metrics(out)
+    assert a["retain_perplexity"] != b["retain_perplexity"]
+    assert b["retain_perplexity"] == pytest.approx(a["retain_perplexity"], rel=0.05)
+    assert b["mia_loss_auc"] == pytest.approx(a["mia_loss_auc"], abs=0.1)
