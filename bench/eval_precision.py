@@ -11,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
 from record import write_result  # noqa: E402
+from scaling import measure_settings  # noqa: E402
 
 
 def measured(model, tokenizer, sets, settings, bf16):
@@ -42,10 +43,7 @@ def main():
             "retain": read_records(data / f"med_synthetic_full_minus_forget{forget}.json",
                                    scored=True)[:e["retain-samples"]],
             "holdout": read_records(data / "med_synthetic_holdout.json", scored=True), "world": world_records()}
-    settings = {"max_new_tokens": e["max-new-tokens"], "answer_tokens": e["answer-tokens"],
-                "max_seq_length": e["max-seq-length"], "batch_size": e["batch-size"],
-                "mink_fraction": e["mink-fraction"], "with_notes": e["with-notes"], "with_probes": e["with-probes"],
-                "bootstrap": e["bootstrap"], "seed": seed}
+    settings = measure_settings(e, seed)
     tokenizer = load_tokenizer(params["base_model"])
     model = load_model(params["base_model"], adapter=str(adapter)).eval()
     fp32_s, fp32 = measured(model, tokenizer, sets, settings, bf16=False)

@@ -55,16 +55,21 @@ def records(pool, n, offset):
     return out
 
 
+def measure_settings(evaluate, seed):
+    """The settings evaluate's measure() reads without the attacks, from params.yaml's evaluate section."""
+    return {"max_new_tokens": evaluate["max-new-tokens"], "answer_tokens": evaluate["answer-tokens"],
+            "max_seq_length": evaluate["max-seq-length"], "batch_size": evaluate["batch-size"],
+            "mink_fraction": evaluate["mink-fraction"], "with_notes": evaluate["with-notes"],
+            "with_probes": evaluate["with-probes"], "bootstrap": evaluate["bootstrap"], "seed": seed}
+
+
 def evaluate_seconds(model, tokenizer, scale, params):
     from stages.evaluate.run import measure
 
     pool = json.loads((ROOT / "dataset/med_synthetic_full.json").read_text())
     sets = {"forget": records(pool, 4 * scale, 0), "retain": records(pool, params["retain-samples"] * scale, 4 * scale),
             "holdout": records(pool, 4 * scale, len(pool) // 2)}
-    settings = {"max_new_tokens": params["max-new-tokens"], "answer_tokens": params["answer-tokens"],
-                "max_seq_length": params["max-seq-length"], "batch_size": params["batch-size"],
-                "mink_fraction": params["mink-fraction"], "with_notes": params["with-notes"],
-                "with_probes": params["with-probes"], "bootstrap": params["bootstrap"], "seed": 42}
+    settings = measure_settings(params, 42)
     started = time.perf_counter()
     run = measure(model, tokenizer, sets, None, settings, attacks=False, progress=lambda _: None)
     seconds = time.perf_counter() - started

@@ -60,6 +60,8 @@ def test_adapter_changes_the_model_and_only_lora_weights_train(trained, tiny_mod
 
 def test_lora_on_the_top_layers_adapts_every_linear_layer_there_and_nothing_below(tmp_path, tiny_model_dir,
                                                                                    medical_dir):
+    from safetensors.torch import load_file
+
     from stages.common.models import load_model
 
     out = tmp_path / "top"
@@ -72,8 +74,6 @@ def test_lora_on_the_top_layers_adapts_every_linear_layer_there_and_nothing_belo
     linear = sorted({name.rsplit(".", 1)[-1] for name, module in load_model(tiny_model_dir).named_modules()
                      if isinstance(module, torch.nn.Linear) and ".layers." in name})
     assert config["target_modules"] == linear and len(linear) == 7
-    from safetensors.torch import load_file
-
     keys = load_file(out / "adapter_model.safetensors")
     assert keys and all(".layers.1." in key for key in keys)
     assert len({key.split(".lora_")[0] for key in keys}) == 7
