@@ -51,7 +51,7 @@ def test_quantized_accuracy_restores_the_weights(tiny, medical_dir):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_relearning_fits_the_notes_and_leaves_the_model_unchanged(tiny, medical_dir):
+def test_relearning_fits_its_pairs_and_leaves_the_model_unchanged(tiny, medical_dir):
     from stages.common.chat import primary_pair
     from stages.common.measure import perplexity
 
@@ -64,7 +64,7 @@ def test_relearning_fits_the_notes_and_leaves_the_model_unchanged(tiny, medical_
     def measure(attacked, tokenizer):  # perplexity of the relearned notes, taken where the attack measures accuracy
         return perplexity(attacked, tokenizer, pairs, 128)
 
-    results = relearn(model, tokenizer, records, [0, 5], measure, lora_rank=4, lora_alpha=8, learning_rate=5e-3,
+    results = relearn(model, tokenizer, pairs, [0, 5], measure, lora_rank=4, lora_alpha=8, learning_rate=5e-3,
                       batch_size=2, max_length=128, seed=0)
     assert sorted(results) == [0, 5]
     assert results[0] == pytest.approx(start, rel=1e-5) and results[5] < 0.9 * start
@@ -80,7 +80,6 @@ def test_relearning_jobs_run_at_once_on_cpu_and_match_one_after_the_other(tiny, 
 
     model, tokenizer = tiny
     records = json.loads((medical_dir / "med_synthetic_forget20.json").read_text())
-    jobs = {"relearn": records[:2], "benign": records[2:5]}
     pairs = [primary_pair(r) for r in records[:2]]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = dict(lora_rank=4, lora_alpha=8, learning_rate=5e-3, batch_size=1, max_length=128, seed=0)
@@ -90,17 +89,19 @@ def test_relearning_jobs_run_at_once_on_cpu_and_match_one_after_the_other(tiny, 
         used.append((threading.get_ident(), id(tok), torch.get_num_threads()))
         return perplexity(attacked, tok, pairs, 128)
 
+    jobs = {"relearn": (pairs, measure), "benign": ([primary_pair(r) for r in records[2:5]], measure)}
+
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        together = relearn_all(model, tokenizer, jobs, [0, 3], measure, **settings)
+        together = relearn_all(model, tokenizer, jobs, [0, 3], **settings)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
     assert len({ident for ident, _, _ in used}) == 2 and len({tok for _, tok, _ in used}) == 2
     assert {n for _, _, n in used} == {1}
-    in_turn = {name: relearn(model, tokenizer, records, [0, 3], lambda m, t: perplexity(m, t, pairs, 128), **settings)
-               for name, records in jobs.items()}
+    in_turn = {name: relearn(model, tokenizer, trained, [0, 3], lambda m, t: perplexity(m, t, pairs, 128), **settings)
+               for name, (trained, _) in jobs.items()}
     for name in jobs:
         assert together[name] == pytest.approx(in_turn[name], rel=1e-4)
     assert together["relearn"][3] < together["relearn"][0]  # it trained
@@ -109,8 +110,11 @@ def test_relearning_jobs_run_at_once_on_cpu_and_match_one_after_the_other(tiny, 
     seen = []
     torch.set_num_threads(2)
     try:
+        def look(m, t):
+            seen.append(torch.is_autocast_enabled("cpu"))
+
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            relearn_all(model, tokenizer, jobs, [0, 1], lambda m, t: seen.append(torch.is_autocast_enabled("cpu")),
+            relearn_all(model, tokenizer, {name: (trained, look) for name, (trained, _) in jobs.items()}, [0, 1],
                         **settings)
     finally:
         torch.set_num_threads(threads)
@@ -134,12 +138,56 @@ def test_bf16_relearning_trains_in_bf16_and_measures_in_float32(tiny, medical_di
     dtypes = []
     hook = model.lm_head.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     try:
-        bf16 = relearn(model, tokenizer, records, [0, 5], measure, precision="bf16", **settings)
+        bf16 = relearn(model, tokenizer, pairs, [0, 5], measure, precision="bf16", **settings)
         trained = set(dtypes[:-1])  # the last forward is the k = 5 measurement
         dtypes.clear()
-        fp32 = relearn(model, tokenizer, records, [0, 5], measure, precision="fp32", **settings)
+        fp32 = relearn(model, tokenizer, pairs, [0, 5], measure, precision="fp32", **settings)
     finally:
         hook.remove()
     assert torch.bfloat16 in trained and set(dtypes) == {torch.float32} and not any(seen)
     assert bf16[0] == pytest.approx(fp32[0], rel=1e-6)  # k = 0 measured in float32 both times
     assert bf16[5] != fp32[5] and bf16[5] < 0.9 * bf16[0] and bf16[5] == pytest.approx(fp32[5], rel=0.05)
+
+
+@pytest.mark.parametrize("with_probes, with_notes", [(True, False), (True, True), (False, True)])
+def test_the_relearning_attack_trains_on_what_finetune_trained_on(medical_dir, monkeypatch, with_probes,
+                                                                  with_notes):
+    """The relearning job fine-tunes on T's training pairs (finetune's --with-probes / --with-notes) and measures
+    V and T; the benign job trains on the retain records' pairs and measures V."""
+    from stages.common.chat import record_pairs
+    from stages.evaluate import run
+
+    forget = json.loads((medical_dir / "med_synthetic_forget20.json").read_text())
+    retain = json.loads((medical_dir / "med_synthetic_full_minus_forget20.json").read_text())[:3]
+    train_ids, measured_ids = split_patients(forget, 0)
+    seen, asked = {}, []
+
+    def fake_relearn_all(model, tokenizer, jobs, steps, **settings):
+        for name, (pairs, measure) in jobs.items():
+            seen[name] = (pairs, measure(None, None))
+        return {name: {k: result for k in steps} for name, (_, result) in seen.items()}
+
+    def fake_accuracy(model, tokenizer, probes, *args):
+        asked.append([p["question"] for p in probes])
+        return [1] * len(probes)
+
+    monkeypatch.setattr(run.attack, "relearn_all", fake_relearn_all)
+    monkeypatch.setattr(run, "accuracy", fake_accuracy)
+    monkeypatch.setattr(run.attack, "quantized_accuracy", lambda m, t, probes, *a: [0] * len(probes))
+    monkeypatch.setattr(run.attack, "leak_counts", lambda m, t, probes, *a: [0] * len(probes))
+    s = {"seed": 0, "relearn_rank": 4, "relearn_lr": 1e-3, "relearn_batch_size": 2, "max_seq_length": 64,
+         "relearn_precision": "fp32", "with_probes": with_probes, "with_notes": with_notes, "answer_tokens": 4,
+         "batch_size": 4, "relearn_steps": [0, 5], "bootstrap": 20, "device": "cpu", "quant_bits": [4],
+         "group_size": 64, "leak_samples": 2}
+    metrics, rows = run._attacks(None, None, {"forget": forget, "retain": retain}, s, lambda line: None)
+    t_records = [r for r in forget if r["id"] in train_ids]
+    assert seen["relearn"][0] == [pair for r in t_records for pair in record_pairs(r, with_probes, with_notes)]
+    assert seen["benign"][0] == [pair for r in retain for pair in record_pairs(r, with_probes, with_notes)]
+    v_questions = [p["question"] for r in forget if r["id"] in measured_ids for p in r["probes"]]
+    t_questions = [p["question"] for r in t_records for p in r["probes"]]
+    assert asked[0] == v_questions + t_questions and asked[1] == v_questions + t_questions
+    assert asked[2] == v_questions
+    assert metrics["n_relearn_train_probes"] == len(t_questions) and metrics["relearn_train_accuracy@5"] == 1
+    trained_rows = [r for r in rows if r["attack"] == "relearn_train" and r["k"] == 5]
+    assert [r["question"] for r in trained_rows] == t_questions
+    assert {r["record_id"] for r in rows if r["attack"] == "relearn"} == set(measured_ids)

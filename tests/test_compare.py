@@ -11,11 +11,11 @@ from stages.evaluate.metrics import roc_auc
 from stages.evaluate.run import harmonic_means, utility_parts
 
 PATIENTS = [f"note-{i:02d}" for i in range(12)]
-V = PATIENTS[6:]  # the measured half
+T, V = PATIENTS[:6], PATIENTS[6:]  # the relearned and the measured half
 FACTS = 5
 THRESHOLDS = {"max_perplexity_ratio": 2.5, "collapse_entropy": 0.01, "utility_collapse_ratio": 0.5,
               "accuracy_margin": 0.05, "leak_margin": 0.1, "hidden_recovery": 0.5, "removed_recovery": 0.2,
-              "removed_utility_ratio": 0.9, "min_knowable": 10}
+              "removed_utility_ratio": 0.9, "min_knowable": 10, "relearn_taught": 0.5}
 
 
 def make_run(seed, knows, relearned, quantized, leaked, mink_shift):
@@ -34,10 +34,10 @@ def make_run(seed, knows, relearned, quantized, leaked, mink_shift):
             "mink": float(rng.normal(mink_shift if split == "forget" else 0, 1))}
            for split in ("forget", "holdout") for i in range(18)]
     attacks = []
-    for name in ("relearn", "benign"):
+    for name, half in (("relearn", V), ("relearn_train", T), ("benign", V)):
         for k in (0, 10):
             attacks += [{"attack": name, "k": k, "record_id": p, "question": qu,
-                         "correct": int(relearned(name, k, p, int(qu.split()[1])))} for p, qu in q if p in V]
+                         "correct": int(relearned(name, k, p, int(qu.split()[1])))} for p, qu in q if p in half]
     attacks += [{"attack": "quant", "k": 4, "record_id": p, "question": qu, "correct": int(quantized(p))}
                 for p, qu in q]
     attacks += [{"attack": "leak", "k": 16, "record_id": p, "question": qu, "correct": int(leaked(p))}
@@ -72,7 +72,7 @@ def runs():
     retain = make_run(2, lambda p, f: f == 0 and p == PATIENTS[0], lambda n, k, p, f: k > 0 and f == 4,
                       lambda p: 0, lambda p: p == PATIENTS[1], 0.0)
     # unlearned: forgot all; relearning brings facts 0-1 back for every V patient; 4-bit brings back two patients
-    unlearned = make_run(3, lambda p, f: False, lambda n, k, p, f: n == "relearn" and k > 0 and f < 2,
+    unlearned = make_run(3, lambda p, f: False, lambda n, k, p, f: n.startswith("relearn") and k > 0 and f < 2,
                          lambda p: p in PATIENTS[:2], lambda p: p in PATIENTS[:4], 0.3)
     return {name: {**run, "metrics": metrics_of(run)} for name, run in
             (("oracle", oracle), ("retain", retain), ("unlearned", unlearned))}
@@ -100,6 +100,16 @@ def test_recovery_ratios_count_knowable_facts_only(compared):
     assert compared["quant_recovery@4"] == pytest.approx(5 / 35)
     low, high = compared["relearn_recovery@10_ci95"]
     assert low < 12 / 18 < high
+
+
+def test_the_relearning_attacks_positive_control_counts_the_knowable_facts_of_t(compared):
+    # T's knowable facts: 0-2 of its 6 patients but fact 0 of the first (the retain model knows it): 17; after 10
+    # steps the unlearned model answers facts 0 and 1 (11 of them), the retain model only fact 4 (not knowable)
+    assert compared["n_knowable_relearn_train"] == 17 and compared["n_knowable_relearn_train_patients"] == 6
+    assert compared["relearn_taught@10"] == pytest.approx(11 / 17) and compared["relearn_taught@0"] == 0
+    assert compared["relearn_taught_control@10"] == 0
+    low, high = compared["relearn_taught@10_ci95"]
+    assert low < 11 / 17 < high
 
 
 def test_comparisons_against_direct_computations(runs, compared):

@@ -207,6 +207,15 @@ def test_recovery_ratios_follow_verify_section_d_over_knowable_facts(evaluated):
             gap = np.mean([oracle[q] for q in v]) - np.mean([retain[q] for q in v]) if v else 0
             expected = (np.mean([ours[q] for q in v]) - np.mean([theirs[q] for q in v])) / gap if gap > 0 else None
             assert m[f"{name}_recovery@{k}"] == (pytest.approx(expected) if expected is not None else None)
+    # the positive control: the relearning attack measured on T, the other half of the forget probes
+    trained = set(attack(attacked, "relearn_train", 0))
+    assert not trained & held and trained | held == set(unlearned)
+    t = sorted(knowable & trained)
+    assert m["n_knowable_relearn_train"] == len(t)
+    for k in STEPS:
+        for key, run in ((f"relearn_taught@{k}", attacked), (f"relearn_taught_control@{k}", controls)):
+            expected = np.mean([attack(run, "relearn_train", k)[q] for q in t]) if t else None
+            assert m[key] == (pytest.approx(expected) if t else None)
     f = sorted(knowable)
     for bits in (8, 4):
         quantized = attack(attacked, "quant", bits)

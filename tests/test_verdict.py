@@ -26,7 +26,7 @@ def test_uq_verdict_thresholds_are_parameters():
 
 T = {"max_perplexity_ratio": 2.5, "collapse_entropy": 0.01, "utility_collapse_ratio": 0.5, "accuracy_margin": 0.05,
      "leak_margin": 0.1, "hidden_recovery": 0.5, "removed_recovery": 0.2, "removed_utility_ratio": 0.9,
-     "min_knowable": 10}
+     "min_knowable": 10, "relearn_taught": 0.5}
 
 
 def e(name, value, lo, hi, patients=40, facts=None):
@@ -42,10 +42,11 @@ def judged(**changes):
         "leak": e("leak@16_excess", 0.0, -0.05, 0.05),
         "utility": e("utility_ratio", 1.0, 0.95, 1.05),
         "knowable": [Knowable("relearning (facts of V)", 30, 40), Knowable("quantization (facts of F)", 60, 40)],
+        "taught": e("relearn_taught@50", 0.9, 0.8, 0.97, patients=20),
     }
     parts.update(changes)
     return final_verdict(parts["health"], parts["gap"], parts["recoveries"], parts["leak"], parts["utility"],
-                         parts["knowable"], T)
+                         parts["knowable"], T, parts["taught"])
 
 
 def recoveries(relearn=(0.05, -0.05, 0.15), facts=30):
@@ -80,6 +81,13 @@ def recoveries(relearn=(0.05, -0.05, 0.15), facts=30):
      "INCONCLUSIVE", "too few knowable facts for relearning (facts of V): 2 < 10"),
     ({"knowable": [Knowable("relearning (facts of V)", 0, 4), Knowable("quantization (facts of F)", 0, 4)]},
      "INCONCLUSIVE", "the oracle knows none of these facts"),
+    # the relearning attack's positive control: it did not teach T, so its low recovery on V cannot clear the model
+    ({"taught": e("relearn_taught@50", 0.3, 0.2, 0.45, patients=20)}, "INCONCLUSIVE",
+     "the relearning attack did not take: relearn_taught@50 0.3 [0.2, 0.45]"),
+    ({"taught": e("relearn_taught@50", 0.6, 0.4, 0.8, patients=20)}, "INCONCLUSIVE", "not above 0.5"),
+    ({"taught": e("relearn_taught@50", 0.3, 0.2, 0.45, patients=20), "utility": e("utility_ratio", 0.7, 0.6, 0.8)},
+     "INCONCLUSIVE", "the relearning attack did not take"),
+    ({"taught": None}, "REMOVED", "every recovery ratio's upper bound"),
 ])
 def test_final_verdict_rules(changes, verdict, phrase):
     got, rule, evidence = judged(**changes)
@@ -147,3 +155,14 @@ def test_final_verdict_thresholds_are_parameters():
     assert final_verdict({"retain_perplexity": 11.0, "oracle_retain_perplexity": 10.0, "mean_entropy": 1.5},
                          e("g", 0.0, -0.03, 0.04), recoveries(), e("l", 0.0, -0.05, 0.05),
                          e("u", 1.0, 0.95, 1.05), [], strict)[0] == "INCONCLUSIVE"
+
+
+def test_an_attack_that_did_not_take_still_shows_knowledge_that_came_back():
+    weak = e("relearn_taught@50", 0.3, 0.2, 0.45, patients=20)
+    got, rule, _ = judged(taught=weak, recoveries=recoveries((0.8, 0.6, 0.95)))
+    assert got == "HIDDEN", rule
+    got, rule, _ = judged(taught=weak, recoveries=recoveries((0.35, 0.25, 0.45)))
+    assert got == "PARTIAL" and "in (0.2, 0.5]" in rule
+    _, _, evidence = judged(taught=weak)
+    assert evidence["measurement"] == "relearn_taught@50" and evidence["more_patients"] is None
+    assert evidence["estimates"][0]["ci95"] == [0.2, 0.45]

@@ -8,7 +8,7 @@ control), with the same seed, data and steps.
 import random
 import threading
 
-from stages.common.chat import collate, encode_examples, format_prompt, primary_pair
+from stages.common.chat import collate, encode_examples, format_prompt
 from stages.evaluate.metrics import contains_answer
 from stages.evaluate.probes import accuracy
 
@@ -24,9 +24,9 @@ def split_patients(records, seed):
 _SEEDED = threading.Lock()  # seeding the global RNG and drawing a LoRA's initial weights happen together
 
 
-def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alpha, learning_rate, batch_size,
+def relearn(model, tokenizer, pairs, steps, measure, lora_rank, lora_alpha, learning_rate, batch_size,
             max_length, seed, precision="fp32"):
-    """Fine-tune a fresh LoRA on the records' notes and call measure(model, tokenizer) after each k in `steps`
+    """Fine-tune a fresh LoRA on (question, answer) pairs and call measure(model, tokenizer) after each k in `steps`
     (k = 0 is the model as given, measured through the fresh LoRA). Returns {k: measure's result}; the LoRA is
     removed afterwards. precision "bf16" runs the training forward passes under bf16 autocast (the LoRA weights
     and the optimizer stay float32; measure() runs outside it)."""
@@ -36,7 +36,7 @@ def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alp
     from stages.common.measure import to_device
     from stages.common.seeding import seed_everything
 
-    examples, _ = encode_examples(tokenizer, [primary_pair(r) for r in train_records], max_length)
+    examples, _ = encode_examples(tokenizer, pairs, max_length)
     with _SEEDED:
         seed_everything(seed)
         attacked = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
@@ -64,8 +64,8 @@ def relearn(model, tokenizer, train_records, steps, measure, lora_rank, lora_alp
     return results
 
 
-def relearn_all(model, tokenizer, jobs, steps, measure, **settings):
-    """relearn() for each of jobs {name: records}: {name: {k: result}}, each job from the model as given.
+def relearn_all(model, tokenizer, jobs, steps, **settings):
+    """relearn() for each of jobs {name: (pairs, measure)}: {name: {k: result}}, each job from the model as given.
 
     On a CPU with a core per job, the jobs run at once, each on its own copy of the model and tokenizer with one
     core (a small model's matrices keep one core busier than two: 1.2x here); otherwise one after the other."""
@@ -76,7 +76,8 @@ def relearn_all(model, tokenizer, jobs, steps, measure, **settings):
 
     threads = torch.get_num_threads()
     if model.device.type != "cpu" or len(jobs) < 2 or threads < len(jobs):
-        return {name: relearn(model, tokenizer, records, steps, measure, **settings) for name, records in jobs.items()}
+        return {name: relearn(model, tokenizer, pairs, steps, measure, **settings)
+                for name, (pairs, measure) in jobs.items()}
     copies = [(model, tokenizer)] + [(copy.deepcopy(model), copy.deepcopy(tokenizer)) for _ in range(len(jobs) - 1)]
     # autocast is per thread: each job measures under the caller's (evaluate --precision)
     device = model.device.type
@@ -90,8 +91,8 @@ def relearn_all(model, tokenizer, jobs, steps, measure, **settings):
     torch.set_num_threads(threads // len(jobs))
     try:
         with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = {name: pool.submit(job, m, t, records, steps, measure, **settings)
-                       for (name, records), (m, t) in zip(jobs.items(), copies, strict=True)}
+            futures = {name: pool.submit(job, m, t, pairs, steps, measure, **settings)
+                       for (name, (pairs, measure)), (m, t) in zip(jobs.items(), copies, strict=True)}
             return {name: future.result() for name, future in futures.items()}
     finally:
         torch.set_num_threads(threads)

@@ -102,6 +102,10 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--min-knowable", "--min_knowable", "min_knowable", type=click.IntRange(min=0), default=10,
               show_default=True, help="REMOVED needs at least this many knowable facts (the oracle answers them, the "
                                       "retain model does not) behind each recovery attack; fewer: INCONCLUSIVE.")
+@click.option("--relearn-taught", "--relearn_taught", "relearn_taught", type=click.FloatRange(0, 1), default=0.5,
+              show_default=True, help="The relearning attack's positive control: it supports REMOVED or PARTIAL only "
+                                      "if, after its last step, the model answers more than this fraction of the "
+                                      "knowable facts of T it trained on (lower 95 % bound); else INCONCLUSIVE.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 @trust_remote_code_option

@@ -162,6 +162,24 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
                 recoveries.append(Estimate(key, out[key], out[f"{key}_ci95"], patients, facts=len(v_known),
                                            settle=settle))
 
+    # the relearning attack's positive control: of T's knowable facts (pairs it trained on), the fraction answered
+    # after k steps; the retain model's beside it (how fast a model that never knew them learns them)
+    t_keys = sorted(_attack(run["attacks"], "relearn_train", steps[0]))
+    if t_keys != sorted(_attack(retain["attacks"], "relearn_train", steps[0])):
+        raise InputError("the retain model's relearning attack trained on other patients; evaluate both with the same "
+                         "--forget-file and --seed.")
+    t_known = [key for key in t_keys if key in knowable]
+    out["n_knowable_relearn_train"] = len(t_known)
+    out["n_knowable_relearn_train_patients"] = len({rid for rid, _ in t_known})
+    kt_weights = interval.resample_weights([rid for rid, _ in t_known], resamples, seed)
+    for k in steps:
+        for key, attacked in ((f"relearn_taught@{k}", run), (f"relearn_taught_control@{k}", retain)):
+            _put(out, key, interval.proportion(_column(_attack(attacked["attacks"], "relearn_train", k), t_known,
+                                                       "correct", "the relearning attack"), kt_weights))
+    last = f"relearn_taught@{steps[-1]}"
+    taught = (Estimate(last, out[last], out[f"{last}_ci95"], out["n_knowable_relearn_train_patients"],
+                       "forget patients of T", facts=len(t_known)) if steps[-1] > 0 else None)
+
     # quantization over F's knowable facts: (Acc(quantized) - Acc(unlearned)) / (Acc(oracle) - Acc(unlearned))
     f_known = [key for key in keys if key in knowable]
     kf_weights = interval.resample_weights([rid for rid, _ in f_known], resamples, seed)
@@ -206,7 +224,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     verdict, rule, evidence = final_verdict(
         health, gap, recoveries, leak_excess, utility,
         [Knowable("relearning (facts of V)", out["n_knowable_relearn"], patients),
-         Knowable("quantization (facts of F)", out["n_knowable_forget"], patients)], thresholds)
+         Knowable("quantization (facts of F)", out["n_knowable_forget"], patients)], thresholds, taught)
     out.update(verdict=verdict, verdict_rule=rule, verdict_evidence=evidence,
                verdict_thresholds=dict(sorted(thresholds.items())))
     return out

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from stages.common.chat import format_prompt, primary_pair
+from stages.common.chat import format_prompt, primary_pair, record_pairs
 from stages.common.io import InputError
 from stages.common.measure import greedy_entropy, perplexity
 from stages.evaluate import attacks as attack
@@ -154,38 +154,51 @@ def mia_summary(rows, resamples, seed):
 
 
 def _attacks(model, tokenizer, sets, s, progress):
-    """Section D on this model: relearning on T's notes and on retain text (accuracy on V), quantization and
-    sampling leakage (accuracy on all forget probes). Returns (metrics, rows)."""
+    """Section D on this model: relearning on T's training pairs and on retain text (accuracy on V; the relearning
+    job also on T itself, its positive control), quantization and sampling leakage (accuracy on all forget probes).
+    Returns (metrics, rows)."""
     forget = sets["forget"]
     train_ids, measured_ids = attack.split_patients(forget, s["seed"])
     v_items = [(r["id"], p) for r in forget if r["id"] in measured_ids for p in r["probes"]]
+    t_items = [(r["id"], p) for r in forget if r["id"] in train_ids for p in r["probes"]]
     f_items = [(r["id"], p) for r in forget for p in r["probes"]]
-    v_probes, f_probes = [p for _, p in v_items], [p for _, p in f_items]
+    f_probes = [p for _, p in f_items]
     metrics, rows = {}, []
     common = dict(lora_rank=s["relearn_rank"], lora_alpha=2 * s["relearn_rank"], learning_rate=s["relearn_lr"],
                   batch_size=s["relearn_batch_size"], max_length=s["max_seq_length"], seed=s["seed"],
                   precision=s["relearn_precision"])
 
-    def v_accuracy(attacked, tok=tokenizer):
-        return accuracy(attacked, tok, v_probes, s["answer_tokens"], s["batch_size"])
+    def trained_pairs(records):  # what the model under attack was trained on for these records (finetune's pairs)
+        return [pair for r in records for pair in record_pairs(r, s["with_probes"], s["with_notes"])]
+
+    def correct_on(items):
+        probes = [p for _, p in items]
+        return lambda attacked, tok: accuracy(attacked, tok, probes, s["answer_tokens"], s["batch_size"])
 
     steps = s["relearn_steps"]
-    untouched = {0: v_accuracy(model)} if 0 in steps else {}  # k = 0 is the model as given: measured once for both
+    # k = 0 is the model as given: measured once for both jobs
+    untouched = correct_on(v_items + t_items)(model, tokenizer) if 0 in steps else None
     start = time.perf_counter()
-    jobs = {"relearn": [r for r in forget if r["id"] in train_ids], "benign": sets["retain"]}
-    relearned = attack.relearn_all(model, tokenizer, jobs, [k for k in steps if k], v_accuracy, **common)
-    v_weights = interval.resample_weights([rid for rid, _ in v_items], s["bootstrap"], s["seed"])
-    f_weights = interval.resample_weights([rid for rid, _ in f_items], s["bootstrap"], s["seed"])
+    jobs = {"relearn": (trained_pairs(r for r in forget if r["id"] in train_ids), correct_on(v_items + t_items)),
+            "benign": (trained_pairs(sets["retain"]), correct_on(v_items))}
+    relearned = attack.relearn_all(model, tokenizer, jobs, [k for k in steps if k], **common)
+    v_weights, t_weights, f_weights = (interval.resample_weights([rid for rid, _ in items], s["bootstrap"], s["seed"])
+                                       for items in (v_items, t_items, f_items))
     metrics["n_relearn_patients"], metrics["n_relearn_probes"] = len(measured_ids), len(v_items)
-    for name in jobs:
-        results = {**untouched, **relearned[name]}
+    metrics["n_relearn_train_patients"], metrics["n_relearn_train_probes"] = len(train_ids), len(t_items)
+    # what each job measured, as (metric name, rows, where they sit in its results, what they are)
+    parts = [("relearn", v_items, slice(0, len(v_items)), v_weights, "relearn: accuracy on V"),
+             ("relearn_train", t_items, slice(len(v_items), None), t_weights,
+              "relearn: accuracy on T, the pairs it trained on (the attack's positive control)"),
+             ("benign", v_items, slice(0, len(v_items)), v_weights, "benign: accuracy on V")]
+    for key, items, cut, w, what in parts:
+        results = {**({0: untouched} if untouched is not None else {}), **relearned[key.removesuffix("_train")]}
         for k, correct in results.items():
-            metrics[f"{name}_accuracy@{k}"], metrics[f"{name}_accuracy@{k}_ci95"] = interval.proportion(correct,
-                                                                                                      v_weights)
-            rows += [{"attack": name, "k": k, "record_id": rid, "question": p["question"], "correct": c}
-                     for (rid, p), c in zip(v_items, correct, strict=True)]
-        curve = ", ".join(f"k={k}: {np.mean(c):.3f}" for k, c in results.items())
-        progress(f"  {name}: accuracy on V {curve}")
+            correct = correct[cut]
+            metrics[f"{key}_accuracy@{k}"], metrics[f"{key}_accuracy@{k}_ci95"] = interval.proportion(correct, w)
+            rows += [{"attack": key, "k": k, "record_id": rid, "question": p["question"], "correct": c}
+                     for (rid, p), c in zip(items, correct, strict=True)]
+        progress(f"  {what}: " + ", ".join(f"k={k}: {np.mean(c[cut]):.3f}" for k, c in results.items()))
     progress(f"  relearning attacks: {time.perf_counter() - start:.0f} s")
     cuda = s["device"] == "cuda"
     metrics["quant_method"] = ("bitsandbytes int8 / nf4 (CUDA)" if cuda else

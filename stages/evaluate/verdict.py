@@ -83,12 +83,16 @@ def _spans(estimate, threshold, what):
             {"measurement": estimate.name, "threshold": threshold, "more_patients": more})
 
 
-def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
+def final_verdict(health, gap, recoveries, leak, utility, knowable, t, taught=None):
     """VERIFY.md E. `health`: retain_perplexity, oracle_retain_perplexity, mean_entropy; `gap`: forget accuracy
     minus the retain model's (same probes); `recoveries`: the attacks' recovery ratios (k > 0); `leak`: leak excess
     over the control; `utility`: model utility over the oracle's; `knowable`: the recovery families' fact counts;
-    `t`: thresholds. Returns (verdict, rule, evidence): the rule in words with its numbers and intervals, and the
-    estimates (and, for INCONCLUSIVE, the patients estimate) it rests on."""
+    `t`: thresholds; `taught`: the relearning attack's positive control, the fraction of T's knowable facts (the
+    pairs it trained on) the model answers after the attack's last step (None: no relearning measured). A
+    relearning attack that did not teach T shows nothing about V, so it cannot support REMOVED or PARTIAL (its
+    recovery on V still counts when it is high: the knowledge came back). Returns (verdict, rule, evidence): the
+    rule in words with its numbers and intervals, and the estimates (and, for INCONCLUSIVE, the patients estimate)
+    it rests on."""
 
     few = [k for k in knowable if k.facts < t["min_knowable"]]
 
@@ -144,6 +148,13 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
         return result("INCONCLUSIVE", f"{missing[0].name} cannot be measured: on its knowable facts the unlearned "
                                       "model forgot nothing that an attack could bring back",
                       missing[:1])
+    between = [e for e in known if e.above(t["removed_recovery"])]
+    if taught is not None and not taught.above(t["relearn_taught"]) and not between:
+        return result("INCONCLUSIVE", f"the relearning attack did not take: {taught.text()} of the facts of T it "
+                                      f"trained on answered afterwards, not above {t['relearn_taught']}, so its "
+                                      "low recovery on V shows nothing; a stronger attack (more relearning steps, "
+                                      "a larger batch or learning rate) would settle it, not more patients",
+                      [taught], {"measurement": taught.name, "threshold": t["relearn_taught"], "more_patients": None})
     removed = (all(e.below(t["removed_recovery"]) for e in known) and leak.below(t["leak_margin"])
                and utility.ci95[0] is not None and utility.ci95[0] >= t["removed_utility_ratio"])
     if removed:
@@ -151,7 +162,6 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t):
                                  f"bound <= {t['removed_recovery']}, {leak.text()} <= {t['leak_margin']}, "
                                  f"{utility.text()} >= {t['removed_utility_ratio']}", [gap, *known, leak, utility])
     no_hidden_doubt = all(e.below(t["hidden_recovery"]) for e in known) and leak.below(t["leak_margin"])
-    between = [e for e in known if e.above(t["removed_recovery"])]
     damaged = utility.ci95[1] is not None and utility.ci95[1] < t["removed_utility_ratio"]
     if no_hidden_doubt and (between or damaged):
         parts = [f"{e.text()} in ({t['removed_recovery']}, {t['hidden_recovery']}]" for e in between]
