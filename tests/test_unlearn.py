@@ -63,7 +63,7 @@ def test_unlearning_raises_forget_loss_and_records_the_trajectory(tmp_path, tiny
 
 def test_collapse_stops_early_and_undoes_the_step(tmp_path, tiny_model_dir, medical_dir, oracle):
     result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "5", "--learning-rate", "0.5",
-                         "--max-perplexity-ratio", "1.001")
+                         "--max-perplexity-ratio", "1.001", "--with-probes")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
     trajectory = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
@@ -73,12 +73,12 @@ def test_collapse_stops_early_and_undoes_the_step(tmp_path, tiny_model_dir, medi
     assert "exceeded 1.001" in summary["stop_reason"]
     assert trajectory[-1]["perplexity"] > 1.001 * trajectory[0]["perplexity"]
     # The saved adapter is the model before the offending step: its perplexity is the previous entry's.
-    from stages.common.chat import note_answer, note_question
+    from stages.common.chat import record_pairs
     from stages.common.measure import perplexity
     from stages.common.models import load_model, load_tokenizer
 
     retain = json.loads((medical_dir / "med_synthetic_full_minus_forget10.json").read_text())[:4]
-    pairs = [(note_question(r), note_answer(r)) for r in retain]
+    pairs = [pair for r in retain for pair in record_pairs(r)]  # the monitor: their training pairs, probes too
     # Unmerged, as in the loop.
     model = load_model(tiny_model_dir, adapter=str(tmp_path / "model"), trainable=True).eval()
     kept = perplexity(model, load_tokenizer(tiny_model_dir), pairs, max_length=96)

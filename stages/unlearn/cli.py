@@ -57,7 +57,8 @@ from stages.common.plots import trajectory_plot
 @click.option("--stop-at-ur", "--stop_at_ur", "stop_at_ur", type=click.FloatRange(min=0, min_open=True),
               default=None, help="Stop once the forget-set uncertainty ratio reaches this, perplexity within bounds.")
 @click.option("--monitor-samples", "--monitor_samples", "monitor_samples", type=click.IntRange(min=1), default=32,
-              show_default=True, help="Retain records whose perplexity is measured after every step.")
+              show_default=True, help="Retain records whose training pairs (as --with-notes / --with-probes) have "
+                                      "their perplexity measured after every step: the health monitor.")
 @click.option("--entropy-prompts", "--entropy_prompts", "entropy_prompts", type=click.IntRange(min=1), default=32,
               show_default=True, help="Forget prompts whose greedy-decoding entropy is measured.")
 @click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=1), default=30,
@@ -137,7 +138,9 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
             max_seq_length)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
-    monitor_pairs = [primary_pair(r) for r in retain_records[:monitor_samples]]
+    # the monitor watches what the oracle learned of the retain patients: their training pairs, as finetune's
+    monitor_pairs = [pair for r in retain_records[:monitor_samples]
+                     for pair in record_pairs(r, with_probes, with_notes)]
     hyper = {"beta": beta, "gamma": gamma, "rmu_layer": rmu_layer, "steering_scale": steering_scale,
              "steering_coeff": steering_coeff, "seed": seed}
     if method == "rmu":  # rmu's retain term is an activation MSE, weighted by WMDP's alpha instead
