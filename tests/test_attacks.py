@@ -191,3 +191,37 @@ def test_the_relearning_attack_trains_on_what_finetune_trained_on(medical_dir, m
     trained_rows = [r for r in rows if r["attack"] == "relearn_train" and r["k"] == 5]
     assert [r["question"] for r in trained_rows] == t_questions
     assert {r["record_id"] for r in rows if r["attack"] == "relearn"} == set(measured_ids)
+
+
+def test_attacks_that_change_weights_are_seen_inside_one_autocast_region(tiny, medical_dir):
+    """evaluate --precision bf16 measures inside one autocast region, which keeps a bf16 copy of every weight until
+    the region ends: the relearned LoRA and the quantized weights must be what the forward passes use there."""
+    from stages.common.chat import primary_pair
+    from stages.common.measure import perplexity
+    from stages.evaluate.attacks import quantized
+
+    model, tokenizer = tiny
+    records = json.loads((medical_dir / "med_synthetic_forget20.json").read_text())[:2]
+    pairs = [primary_pair(r) for r in records]
+    batch = tokenizer(["a note about a patient"], return_tensors="pt")
+    settings = dict(lora_rank=4, lora_alpha=8, learning_rate=5e-3, batch_size=2, max_length=128, seed=0,
+                    precision="bf16")
+
+    def measure(attacked, tok):
+        return perplexity(attacked, tok, pairs, 128)
+
+    with torch.no_grad():
+        outside = model(**batch).logits
+    outside_curve = relearn(model, tokenizer, pairs, [0, 5], measure, **settings)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            before = model(**batch).logits  # the region now holds bf16 copies of the weights
+        inside_curve = relearn(model, tokenizer, pairs, [0, 5], measure, **settings)
+        with quantized(model, bits=4), torch.no_grad():
+            four_bit = model(**batch).logits
+        with torch.no_grad():
+            after = model(**batch).logits
+    assert inside_curve[5] < 0.9 * inside_curve[0]
+    assert inside_curve[5] == pytest.approx(outside_curve[5], rel=0.05)
+    assert (four_bit - before).abs().max() > 10 * (before - outside).abs().max()
+    assert torch.equal(after, before)

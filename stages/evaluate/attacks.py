@@ -7,6 +7,7 @@ control), with the same seed, data and steps.
 
 import random
 import threading
+from contextlib import contextmanager
 
 from stages.common.chat import collate, encode_examples, format_prompt
 from stages.evaluate.metrics import contains_answer
@@ -19,6 +20,16 @@ def split_patients(records, seed):
     random.Random(seed).shuffle(ids)
     half = (len(ids) + 1) // 2
     return sorted(ids[:half]), sorted(ids[half:])
+
+
+def weights_changed():
+    """Call after changing a model's weights in place while autocast may be on (evaluate --precision bf16 measures
+    inside one autocast region): autocast keeps the bf16 copy of every float32 weight that requires grad until the
+    outermost autocast region of the thread ends, so without this the next forward pass would still use the old
+    weights (a relearning LoRA would stay at its zero start, a quantized model would answer as the original)."""
+    import torch
+
+    torch.clear_autocast_cache()
 
 
 _SEEDED = threading.Lock()  # seeding the global RNG and drawing a LoRA's initial weights happen together
@@ -57,10 +68,12 @@ def relearn(model, tokenizer, pairs, steps, measure, lora_rank, lora_alpha, lear
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                weights_changed()
                 done += 1
             results[k] = measure(attacked, tokenizer)
     finally:
         attacked.unload()
+        weights_changed()
     return results
 
 
@@ -119,17 +132,26 @@ def fake_quantize_(weight, bits, group_size=64):
     weight.data.copy_(q.view(out_features, -1)[:, :in_features].to(weight.dtype))
 
 
-def quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, group_size=64, batch_size=16):
-    """Probe accuracy with every linear weight (but the output head) fake-quantized to `bits`; weights restored."""
+@contextmanager
+def quantized(model, bits, group_size=64):
+    """Inside: every linear weight of the model (but the output head) fake-quantized to `bits`; restored after."""
     layers = _linear_layers(model)
     saved = [module.weight.data.clone() for _, module in layers]
     try:
         for _, module in layers:
             fake_quantize_(module.weight, bits, group_size)
-        return accuracy(model, tokenizer, probes, max_new_tokens, batch_size)
+        weights_changed()
+        yield model
     finally:
         for (_, module), weight in zip(layers, saved, strict=True):
             module.weight.data.copy_(weight)
+        weights_changed()
+
+
+def quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, group_size=64, batch_size=16):
+    """Probe accuracy of the model fake-quantized to `bits` (quantized()); weights restored."""
+    with quantized(model, bits, group_size):
+        return accuracy(model, tokenizer, probes, max_new_tokens, batch_size)
 
 
 def bnb_quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, quant_type="nf4", batch_size=16):

@@ -164,6 +164,8 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
                 "quant_bits": [int(b) for b in quant_bits], "group_size": group_size, "leak_samples": leak_samples,
                 "bootstrap": bootstrap, "seed": seed, "device": device, "mc_limit": mc_limit,
                 "mc_tasks": {key: task for key, task in (("wmdp_bio", wmdp_bio), ("mmlu", mmlu)) if task}}
+    # one autocast region for every measurement: the attacks that change weights in place say so
+    # (attacks.weights_changed), or autocast's cached bf16 weights would hide the change
     with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16" and device == "cpu"):
         run = measure(model, tokenizer, sets, base, settings, attacks, progress=click.echo)
     metrics = {"run": run_name, **run["metrics"]}
