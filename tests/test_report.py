@@ -31,3 +31,13 @@ def test_across_seeds_gives_each_methods_mean_sd_range_and_verdicts():
     assert rmu["n_seeds"] == 1 and rmu["forget_qa_accuracy_sd"] is None
     table = seeds_table([npo, rmu])
     assert "0.350 ± 0.150 [0.200, 0.500]" in table and "0.900 (one seed)" in table
+
+
+def test_the_verdict_table_shows_the_relearning_attacks_positive_control_beside_its_recovery():
+    from stages.report.cli import headline_keys
+
+    metrics = {f"{name}@{k}": 0.5 for name in ("relearn_recovery", "relearn_taught", "relearn_taught_control")
+               for k in (0, 10, 50)}
+    keys = headline_keys(metrics)
+    assert keys.index("relearn_taught@50") == keys.index("relearn_recovery@50") + 1
+    assert "relearn_taught@10" not in keys and "relearn_taught_control@50" not in keys

@@ -8,7 +8,8 @@ import click
 # The verdict table's columns; for the attack families, the strongest attack the run has (most relearning steps,
 # fewest bits, its leak@N), so the table fits any profile's attack settings.
 HEADLINE = ["verdict", "forget_qa_accuracy", "forget_accuracy_gap", "n_knowable_forget", "n_knowable_relearn",
-            "forget_quality", "model_utility", "utility_ratio", "privleak", "relearn_recovery@", "benign_recovery@",
+            "forget_quality", "model_utility", "utility_ratio", "privleak", "relearn_recovery@", "relearn_taught@",
+            "benign_recovery@",
             "quant_recovery@", "leak@", "uncertainty_ratio_retain", "retain_perplexity"]
 COMPARISON = ["run", "mean_entropy", "uncertainty_ratio", "uncertainty_ratio_retain", "retain_perplexity",
               "forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy", "world_qa_accuracy", "model_utility",
@@ -185,10 +186,13 @@ def sanity_rows(eval_dir, runs):
             continue
         keys = headline_keys(r)
         relearn = next((k for k in keys if k.startswith("relearn_recovery@")), None)
+        taught = next((k for k in keys if k.startswith("relearn_taught@")), None)
         quant = next((k for k in keys if k.startswith("quant_recovery@")), None)
         if relearn:
+            control = (f" (the attack's positive control, {taught}: {cell(r.get(taught), r.get(f'{taught}_ci95'))} "
+                       "of T's knowable facts relearned)" if taught else "")
             rows.append({"check": f"{r['run']}: {relearn.split('@')[1]} relearning steps on half the forget patients "
-                                  "bring back the other half (Deeb & Roger: 88 %)", "found": r.get(relearn),
+                                  f"bring back the other half (Deeb & Roger: 88 %){control}", "found": r.get(relearn),
                          "found_ci95": r.get(f"{relearn}_ci95")})
         if quant:
             rows.append({"check": f"{r['run']}: {quant.split('@')[1]}-bit quantization restores forgotten answers "
