@@ -157,3 +157,11 @@ def test_a_utility_part_without_spread_does_not_make_the_interval_a_point():
     assert np.all(high[:, 4] == interval.wilson(0, 10)[1]) and np.all(low[:, 4] == 0)
     np.testing.assert_array_equal(low[:, :4], utility_parts(chosen, weights)[:, :4])  # parts with spread: as is
     assert np.percentile(harmonic_means(high), 97.5) > 0.2
+
+
+def test_a_retain_run_without_the_positive_control_is_a_clear_error(runs):
+    from stages.common.io import InputError
+
+    old = {**runs["retain"], "attacks": [r for r in runs["retain"]["attacks"] if r["attack"] != "relearn_train"]}
+    with pytest.raises(InputError, match="evaluated by an older version; evaluate it again"):
+        compare(runs["unlearned"]["metrics"], runs["unlearned"], runs["oracle"], old, THRESHOLDS, 50, 0)

@@ -57,10 +57,11 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--relearn-steps", "--relearn_steps", "relearn_steps", type=click.IntRange(min=0), multiple=True,
               default=(0, 10, 50), show_default=True, help="Relearning steps k at which accuracy is measured.")
 @click.option("--relearn-learning-rate", "--relearn_learning_rate", "relearn_lr",
-              type=click.FloatRange(min=0, min_open=True), default=1e-3,
-              show_default=True)
+              type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
+              help="With --relearn-batch-size 4 it teaches the embedded retain model the pairs of T in 50 steps "
+                   "(bench/results/relearn_strength.json); the attack's positive control says whether it did here.")
 @click.option("--relearn-batch-size", "--relearn_batch_size", "relearn_batch_size", type=click.IntRange(min=1),
-              default=2, show_default=True)
+              default=4, show_default=True)
 @click.option("--relearn-precision", "--relearn_precision", "relearn_precision", type=click.Choice(["bf16", "fp32"]),
               default="bf16", show_default=True,
               help="The relearning fine-tune's arithmetic on a CPU: bf16 autocast (as an attacker trains on a GPU, "

@@ -165,7 +165,11 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     # the relearning attack's positive control: of T's knowable facts (pairs it trained on), the fraction answered
     # after k steps; the retain model's beside it (how fast a model that never knew them learns them)
     t_keys = sorted(_attack(run["attacks"], "relearn_train", steps[0]))
-    if t_keys != sorted(_attack(retain["attacks"], "relearn_train", steps[0])):
+    theirs = sorted(_attack(retain["attacks"], "relearn_train", steps[0]))
+    if not theirs:
+        raise InputError("the retain model's evaluation has no relearning positive control (rows 'relearn_train'): it "
+                         "was evaluated by an older version; evaluate it again.")
+    if t_keys != theirs:
         raise InputError("the retain model's relearning attack trained on other patients; evaluate both with the same "
                          "--forget-file and --seed.")
     t_known = [key for key in t_keys if key in knowable]
