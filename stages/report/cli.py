@@ -264,15 +264,18 @@ def plot(runs, unlearned, path):
                            if k.startswith("relearn_accuracy@") and k.split("@")[1].isdigit())
             values = [r[f"relearn_accuracy@{k}"] for k in steps]
             cis = [r.get(f"relearn_accuracy@{k}_ci95") or [v, v] for k, v in zip(steps, values, strict=True)]
-            ax.errorbar(steps, values, yerr=[[v - c[0] for v, c in zip(values, cis, strict=True)],
-                                             [c[1] - v for v, c in zip(values, cis, strict=True)]],
-                        marker="o", capsize=3, label=r["run"])
+            line = ax.errorbar(steps, values, yerr=[[v - c[0] for v, c in zip(values, cis, strict=True)],
+                                                    [c[1] - v for v, c in zip(values, cis, strict=True)]],
+                               marker="o", capsize=3, label=r["run"])
+            if all(f"relearn_train_accuracy@{k}" in r for k in steps):  # the attack's positive control
+                ax.plot(steps, [r[f"relearn_train_accuracy@{k}"] for k in steps], linestyle="-.", marker=".",
+                        color=line[0].get_color(), alpha=0.6)
             ax.plot(steps, [r[f"relearn_control@{k}"] for k in steps], linestyle=":", color="gray")
             ax.axhline(r["relearn_oracle_accuracy"], color="black", linestyle="--", linewidth=0.8)
         ax.set_xlabel("relearning steps k (on forget half T)")
-        ax.set_ylabel("accuracy on forget half V")
+        ax.set_ylabel("accuracy on forget half V (dash-dot: on T)")
         ax.set_ylim(0, 1)
-        ax.set_title("relearning: dotted = retain, dashed = oracle")
+        ax.set_title("relearning: dash-dot = T itself, dotted = retain on V, dashed = oracle", fontsize=8)
         ax.legend(fontsize=7)
     else:
         axes[1, 1].axis("off")
