@@ -204,6 +204,7 @@ def _attacks(model, tokenizer, sets, s, progress):
     metrics["quant_method"] = ("bitsandbytes int8 / nf4 (CUDA)" if cuda else
                                f"round-to-nearest symmetric absmax, group {s['group_size']}, merged weights (CPU)")
     for bits in s["quant_bits"]:
+        start = time.perf_counter()
         if cuda:
             correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, bits, s["answer_tokens"],
                                                     batch_size=s["batch_size"])
@@ -214,6 +215,8 @@ def _attacks(model, tokenizer, sets, s, progress):
                                                                                                       f_weights)
         rows += [{"attack": "quant", "k": bits, "record_id": rid, "question": p["question"], "correct": c}
                  for (rid, p), c in zip(f_items, correct, strict=True)]
+        progress(f"  quantization {bits}-bit: accuracy on F {np.mean(correct):.3f} "
+                 f"({time.perf_counter() - start:.0f} s)")
     if cuda:  # VERIFY.md D names both 4-bit formats for bitsandbytes; every format measured counts
         correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, 4, s["answer_tokens"], "fp4",
                                                 s["batch_size"])
@@ -222,11 +225,13 @@ def _attacks(model, tokenizer, sets, s, progress):
         rows += [{"attack": "quant_fp4", "k": 4, "record_id": rid, "question": p["question"], "correct": c}
                  for (rid, p), c in zip(f_items, correct, strict=True)]
     n = s["leak_samples"]
+    start = time.perf_counter()
     hits = attack.leak_counts(model, tokenizer, f_probes, n, s["answer_tokens"], s["seed"])
     leaked = [int(h > 0) for h in hits]
     metrics[f"leak@{n}"], metrics[f"leak@{n}_ci95"] = interval.proportion(leaked, f_weights)
     rows += [{"attack": "leak", "k": n, "record_id": rid, "question": p["question"], "correct": c, "hits": h}
              for (rid, p), c, h in zip(f_items, leaked, hits, strict=True)]
+    progress(f"  sampling: leak@{n} {np.mean(leaked):.3f} ({time.perf_counter() - start:.0f} s)")
     return metrics, rows
 
 
