@@ -9,8 +9,7 @@ import click
 # fewest bits, its leak@N), so the table fits any profile's attack settings.
 HEADLINE = ["verdict", "forget_qa_accuracy", "forget_accuracy_gap", "n_knowable_forget", "n_knowable_relearn",
             "forget_quality", "model_utility", "utility_ratio", "privleak", "relearn_recovery@", "relearn_taught@",
-            "benign_recovery@",
-            "quant_recovery@", "leak@", "uncertainty_ratio_retain", "retain_perplexity"]
+            "benign_recovery@", "quant_recovery@", "leak@", "uncertainty_ratio_retain", "retain_perplexity"]
 COMPARISON = ["run", "mean_entropy", "uncertainty_ratio", "uncertainty_ratio_retain", "retain_perplexity",
               "forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy", "world_qa_accuracy", "model_utility",
               "mia_mink_auc", "uq_verdict", "n_forget_patients", "n_forget_probes"]
