@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import write_result  # noqa: E402
 from reference import seed_recipe_finetune  # noqa: E402
 
-from stages.common.chat import encode_examples, record_pairs  # noqa: E402
+from stages.common.chat import encode_examples, training_pairs  # noqa: E402
 from stages.common.io import read_json  # noqa: E402
 from stages.common.models import load_model, load_tokenizer  # noqa: E402
 from stages.common.seeding import seed_everything  # noqa: E402
@@ -29,7 +29,7 @@ def examples(tokenizer, n_records, limit):
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 0, result.output
         records = read_json(f"{tmp}/d/med_synthetic_full.json")
-    pairs = [pair for r in records for pair in record_pairs(r, True)]
+    pairs = training_pairs(records)
     return encode_examples(tokenizer, pairs, 256)[0][:limit]
 
 

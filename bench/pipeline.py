@@ -64,7 +64,7 @@ def main(keep=None):
         status = subprocess.run([str(clone / ".venv/bin/dvc"), "status", "--quiet"], cwd=clone,
                                 env={**os.environ, "PATH": f"{clone / '.venv/bin'}:{os.environ['PATH']}"})
         ours_headline = (ROOT / HEADLINE).read_bytes() if (ROOT / HEADLINE).exists() else None
-        same = ours_headline == (clone / HEADLINE).read_bytes()
+        same = None if ours_headline is None else ours_headline == (clone / HEADLINE).read_bytes()  # None: none here
     except subprocess.CalledProcessError:
         print(f"make run failed on the fresh clone; its log: {log}", file=sys.stderr)
         raise

@@ -71,7 +71,7 @@ def main():
     import torch
     import yaml
 
-    from stages.common.chat import primary_pair, read_records, record_pairs
+    from stages.common.chat import primary_pair, read_records, training_pairs
     from stages.common.models import load_model, load_tokenizer
     from stages.evaluate.attacks import split_patients
 
@@ -89,7 +89,7 @@ def main():
     t_probes = [p for r in t_records for p in r["probes"]]
     v_probes = [p for r in records if r["id"] in measured_ids for p in r["probes"]]
     data = {"notes": [primary_pair(r) for r in t_records],
-            "pairs": [pair for r in t_records for pair in record_pairs(r, f["with-probes"], f["with-notes"])]}
+            "pairs": training_pairs(t_records, f["with-probes"], f["with-notes"])}
     tokenizer = load_tokenizer(params["base_model"])
     results, untouched, chosen = {}, {}, None
     for name, path in models.items():

@@ -43,6 +43,8 @@ def common_args(tiny_model_dir, medical_dir):
             "--holdout-file", data["holdout"], "--max-new-tokens", "6",
             "--answer-tokens", "5", "--retain-samples", "4", "--max-seq-length", "96", "--batch-size", "5",
             "--leak-samples", str(LEAK), "--bootstrap", "50", "--relearn-learning-rate", "0.01",
+            # float32 on every machine: the tests recompute the numbers with independent float32 loops
+            "--precision", "fp32", "--relearn-precision", "fp32",
             *[arg for k in STEPS for arg in ("--relearn-steps", str(k))]]
 
 
@@ -347,14 +349,15 @@ def test_bf16_evaluation_runs_under_autocast_and_agrees_with_float32(tmp_path, e
     within bf16's rounding of the float32 run."""
     out = tmp_path / "base-bf16"
     result = CliRunner().invoke(main, ["evaluate", "--run-name", "base", "--forget-file",
-                                       data_files(medical_dir)["forget20"], "--precision", "bf16",
-                                       "--output-dir", str(out), *common_args(tiny_model_dir, medical_dir)])
+                                       data_files(medical_dir)["forget20"], "--output-dir", str(out),
+                                       *common_args(tiny_model_dir, medical_dir), "--precision", "bf16"])
     assert result.exit_code == 0, result.output
     fp32, bf16 = rows(evaluated / "base"), rows(out)
     assert [r["record_id"] for r in bf16] == [r["record_id"] for r in fp32]
     differences = [abs(a["mean_entropy"] - b["mean_entropy"]) for a, b in zip(fp32, bf16, strict=True)]
     assert max(differences) > 0 and np.mean(differences) < 0.05
     a, b = metrics(evaluated / "base"), metrics(out)
+    assert (a["precision"], b["precision"]) == ("fp32", "bf16")
     assert a["retain_perplexity"] != b["retain_perplexity"]
     assert b["retain_perplexity"] == pytest.approx(a["retain_perplexity"], rel=0.05)
     assert b["mia_loss_auc"] == pytest.approx(a["mia_loss_auc"], abs=0.1)

@@ -36,6 +36,9 @@ def test_finetune_writes_a_peft_adapter_log_and_plot(trained, tiny_model_dir):
     assert any("lora_A" in name for name, _ in model.named_parameters())
     log = json.loads((trained / "train_log.json").read_text())
     assert {"step", "loss", "learning_rate", "tokens_per_s"} <= set(log["steps"][0])
+    from stages.common.models import resolve_precision
+
+    assert log["precision"] == resolve_precision("auto", "cpu")  # the default, resolved on this machine
     assert (trained / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -64,3 +64,19 @@ def test_a_model_with_its_own_code_loads_only_with_trust_remote_code(tmp_path, t
         load_model(str(model_dir))
     model = load_model(str(model_dir), trust_remote_code=True)
     assert type(model).__name__ == "CustomLlama" and model.custom
+
+
+def test_precision_auto_takes_bf16_only_on_a_gpu_or_a_cpu_with_native_bf16(monkeypatch):
+    import torch
+
+    from stages.common import models
+
+    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: False)
+    assert not models.cpu_has_bf16()
+    assert models.resolve_precision("auto", "cpu") == "fp32" and models.resolve_precision("auto", "cuda") == "bf16"
+    assert models.resolve_precision("bf16", "cpu") == "bf16" and models.resolve_precision("fp32", "cuda") == "fp32"
+    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: True)
+        assert models.cpu_has_bf16() and models.resolve_precision("auto", "cpu") == "bf16"
+        monkeypatch.setattr(torch.cpu, flag, lambda: False)

@@ -38,7 +38,7 @@ def test_wmdp_and_mmlu_accuracy_through_lm_eval_match_a_naive_loop(tmp_path, tin
         "--forget-file", str(medical_dir / "med_synthetic_forget10.json"),
         "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget20.json"),
         "--holdout-file", str(medical_dir / "med_synthetic_holdout.json"), "--max-new-tokens", "2",
-        "--answer-tokens", "2", "--retain-samples", "2", "--max-seq-length", "96",
+        "--answer-tokens", "2", "--retain-samples", "2", "--max-seq-length", "96", "--precision", "fp32",
         "--wmdp-bio", str(FIXTURE), "--mmlu", str(FIXTURE)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())

@@ -128,6 +128,11 @@ def record_pairs(record, with_probes=True, with_note=True):
     return pairs
 
 
+def training_pairs(records, with_probes=True, with_note=True):
+    """record_pairs() of every record, in order: what finetune trains on with these settings."""
+    return [pair for r in records for pair in record_pairs(r, with_probes, with_note)]
+
+
 NOTE_FIELDS = ("client_name", "date_of_birth", "date", "subjective", "objective", "assessment", "plan")
 
 

@@ -147,6 +147,22 @@ def pick_device():
     return "cpu", torch.float32
 
 
+def cpu_has_bf16():
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without it, bf16 autocast is emulated: several
+    times slower than float32 (bench/results/precision.json)."""
+    import torch
+
+    return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported",
+                                                                        "_is_amx_tile_supported"))
+
+
+def resolve_precision(precision, device):
+    """A stage's --precision: 'auto' is 'bf16' on a GPU and on a CPU with native bf16, else 'fp32'."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device != "cpu" or cpu_has_bf16() else "fp32"
+
+
 def quantization_config(use_8bit, use_4bit):
     """bitsandbytes settings for QLoRA-style loading; CUDA only."""
     if not (use_8bit or use_4bit):

@@ -22,6 +22,8 @@ forget_ratios_option = click.option(
     "--forget-ratios", "--forget_ratios", "forget_ratios", type=float, multiple=True, default=DEFAULT_RATIOS,
     show_default=True, callback=check_ratios, help="Forget-set fractions of the full set; repeat for several.")
 
+PRECISIONS = ["auto", "fp32", "bf16"]  # stages.common.models.resolve_precision
+
 trust_remote_code_option = click.option(
     "--trust-remote-code", "--trust_remote_code", "trust_remote_code", is_flag=True,
     help="Let a model that ships its own Python code (auto_map) run it; refused without this flag.")

@@ -6,7 +6,7 @@ their directories (--reference, --oracle, --retain) for the comparisons and the 
 
 import click
 
-from stages.common.options import trust_remote_code_option
+from stages.common.options import PRECISIONS, trust_remote_code_option
 
 ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_std", "num_tokens"]
 
@@ -43,10 +43,12 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               show_default=True)
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=16,
               show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Arithmetic of every measurement on a CPU: float32, or bf16 autocast (as on a GPU, where the "
-                   "model is loaded in bf16; 1.7x the speed here, bench/results/eval_precision.json). Entropies "
-                   "and log-probabilities are taken in float32 from the logits either way.")
+                   "model is loaded in bf16; 1.7x the speed on a CPU with native bf16, "
+                   "bench/results/eval_precision.json); auto: bf16 where the CPU has native bf16, else fp32 "
+                   "(metrics.json says which ran). Entropies and log-probabilities are taken in float32 from the "
+                   "logits either way.")
 @click.option("--with-notes/--no-with-notes", default=True, show_default=True,
               help="Membership examples include each record's note request and note: set it as finetune's "
                    "--with-notes, so members are the pairs the model was trained on.")
@@ -62,10 +64,11 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
                    "(bench/results/relearn_strength.json); the attack's positive control says whether it did here.")
 @click.option("--relearn-batch-size", "--relearn_batch_size", "relearn_batch_size", type=click.IntRange(min=1),
               default=4, show_default=True)
-@click.option("--relearn-precision", "--relearn_precision", "relearn_precision", type=click.Choice(["bf16", "fp32"]),
-              default="bf16", show_default=True,
+@click.option("--relearn-precision", "--relearn_precision", "relearn_precision", type=click.Choice(PRECISIONS),
+              default="auto", show_default=True,
               help="The relearning fine-tune's arithmetic on a CPU: bf16 autocast (as an attacker trains on a GPU, "
-                   "where the model is bf16 anyway) or float32. Measurements follow --precision.")
+                   "where the model is bf16 anyway) or float32; auto: bf16 where the CPU has native bf16. "
+                   "Measurements follow --precision.")
 @click.option("--relearn-lora-rank", "--relearn_lora_rank", "relearn_rank", type=click.IntRange(min=1), default=8,
               show_default=True)
 @click.option("--quant-bits", "--quant_bits", "quant_bits", type=click.Choice(["8", "4"]), multiple=True,
@@ -123,7 +126,7 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
 
     from stages.common.chat import read_records
     from stages.common.io import atomic_dir, write_json, write_jsonl
-    from stages.common.models import check_adapter, load_model, load_tokenizer, pick_device
+    from stages.common.models import check_adapter, load_model, load_tokenizer, pick_device, resolve_precision
     from stages.common.seeding import seed_everything
     from stages.evaluate.compare import compare, read_run
     from stages.evaluate.run import measure, side_by_side
@@ -151,6 +154,7 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
             raise click.ClickException(f"{retain_dir}: the retain model was evaluated without --attacks; its "
                                        "attack results are the controls.")
     device, dtype = pick_device()
+    precision, relearn_precision = (resolve_precision(p, device) for p in (precision, relearn_precision))
     tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
     model = load_model(base_model, adapter=adapter, token=hf_token, dtype=dtype,
                        trust_remote_code=trust_remote_code).to(device)
@@ -169,7 +173,7 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
     # (attacks.weights_changed), or autocast's cached bf16 weights would hide the change
     with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16" and device == "cpu"):
         run = measure(model, tokenizer, sets, base, settings, attacks, progress=click.echo)
-    metrics = {"run": run_name, **run["metrics"]}
+    metrics = {"run": run_name, **run["metrics"], "precision": precision, "relearn_precision": relearn_precision}
     samples = []
     if references:
         metrics.update(compare(metrics, run, references["oracle"], references["retain"], thresholds, bootstrap,

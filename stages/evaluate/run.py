@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from stages.common.chat import format_prompt, primary_pair, record_pairs
+from stages.common.chat import format_prompt, primary_pair, training_pairs
 from stages.common.io import InputError
 from stages.common.measure import greedy_entropy, perplexity
 from stages.evaluate import attacks as attack
@@ -169,7 +169,7 @@ def _attacks(model, tokenizer, sets, s, progress):
                   precision=s["relearn_precision"])
 
     def trained_pairs(records):  # what the model under attack was trained on for these records (finetune's pairs)
-        return [pair for r in records for pair in record_pairs(r, s["with_probes"], s["with_notes"])]
+        return training_pairs(records, s["with_probes"], s["with_notes"])
 
     def correct_on(items):
         probes = [p for _, p in items]

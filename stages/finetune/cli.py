@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common.options import trust_remote_code_option
+from stages.common.options import PRECISIONS, trust_remote_code_option
 
 
 @click.command("finetune")
@@ -40,9 +40,10 @@ from stages.common.options import trust_remote_code_option
               type=click.Choice(["template", "empty"]), default="template", show_default=True,
               help="System prompt of the training examples: the chat template's own default, or an empty one (fewer "
                    "tokens per example; evaluation always prompts with the template's default, as a user would).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="bf16: forward passes under bf16 autocast (LoRA weights and optimizer stay fp32); on a GPU the "
-                   "base model loads in bf16 either way.")
+                   "base model loads in bf16 either way. auto: bf16 on a GPU or a CPU with native bf16 (AVX512-BF16, "
+                   "AMX), else fp32 (emulated bf16 is several times slower); train_log.json says which ran.")
 @click.option("--use-8bit", "--use_8bit", "use_8bit", is_flag=True, help="Load the base in 8 bits (CUDA only).")
 @click.option("--use-4bit", "--use_4bit", "use_4bit", is_flag=True, help="Load the base in 4-bit nf4 (CUDA only).")
 @click.option("--checkpoint-every", "--checkpoint_every", "checkpoint_every", type=click.IntRange(min=1), default=25,
@@ -62,7 +63,7 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     import json
     from pathlib import Path
 
-    from stages.common.chat import encode_examples, read_records, record_pairs
+    from stages.common.chat import encode_examples, read_records, training_pairs
     from stages.common.io import InputError, atomic_dir, write_json
     from stages.common.models import (
         load_model,
@@ -70,6 +71,7 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
         lora_config,
         pick_device,
         quantization_config,
+        resolve_precision,
         save_adapter,
     )
     from stages.common.plots import loss_plot
@@ -81,6 +83,7 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     records = read_records(data_file, "training set")
     quantization = quantization_config(use_8bit, use_4bit)
     device, dtype = pick_device()
+    precision = resolve_precision(precision, device)
     tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
     model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype, quantization=quantization,
                        trust_remote_code=trust_remote_code)
@@ -97,12 +100,12 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     except InputError as e:
         raise click.BadParameter(str(e), param_hint="--lora-top-layers") from None
     try:
-        pairs = [pair for r in records for pair in record_pairs(r, with_probes, with_notes)]
+        pairs = training_pairs(records, with_probes, with_notes)
         examples, cut = encode_examples(tokenizer, pairs, max_seq_length,
                                         system="" if train_system_prompt == "empty" else None)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
-    click.echo(f"finetune: {len(records)} records -> {len(examples)} examples on {device}"
+    click.echo(f"finetune: {len(records)} records -> {len(examples)} examples on {device} ({precision})"
                + (f" ({cut} left out: no answer token within --max-seq-length)" if cut else ""))
     # A checkpoint is only resumed by the same run: same data, model and options.
     run = {"data": hashlib.sha256(Path(data_file).read_bytes()).hexdigest(), "base_model": base_model,
@@ -125,7 +128,7 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     with atomic_dir(out) as tmp:
         save_adapter(model, tmp, base_model)
         write_json(tmp / "train_log.json", {"base_model": base_model, "examples": len(examples), "device": device,
-                                            "resumed_from_step": resumed_from, "steps": log})
+                                            "precision": precision, "resumed_from_step": resumed_from, "steps": log})
         loss_plot([e["step"] for e in log], [e["loss"] for e in log], tmp / "loss.png",
                   f"finetune loss: {Path(data_file).name}")
     checkpoint.remove()

@@ -88,7 +88,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--method") from None
 
-    from stages.common.chat import encode_examples, format_prompt, primary_pair, read_records, record_pairs
+    from stages.common.chat import encode_examples, format_prompt, primary_pair, read_records, training_pairs
     from stages.common.io import atomic_dir
     from stages.common.measure import forget_entropy
     from stages.common.models import (
@@ -128,19 +128,17 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
             parameter.requires_grad_(True)
     seed_everything(seed)
 
-    forget_pairs = [pair for r in forget_records for pair in record_pairs(r, with_probes, with_notes)]
+    forget_pairs = training_pairs(forget_records, with_probes, with_notes)
     if hasattr(unlearning_method, "forget_pairs"):
         forget_pairs = unlearning_method.forget_pairs(forget_pairs)
     try:
         forget_examples, _ = encode_examples(tokenizer, forget_pairs, max_seq_length)
-        retain_examples, _ = encode_examples(
-            tokenizer, [pair for r in retain_records for pair in record_pairs(r, with_probes, with_notes)],
-            max_seq_length)
+        retain_examples, _ = encode_examples(tokenizer, training_pairs(retain_records, with_probes, with_notes),
+                                             max_seq_length)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
     # the monitor watches what the oracle learned of the retain patients: their training pairs, as finetune's
-    monitor_pairs = [pair for r in retain_records[:monitor_samples]
-                     for pair in record_pairs(r, with_probes, with_notes)]
+    monitor_pairs = training_pairs(retain_records[:monitor_samples], with_probes, with_notes)
     hyper = {"beta": beta, "gamma": gamma, "rmu_layer": rmu_layer, "steering_scale": steering_scale,
              "steering_coeff": steering_coeff, "seed": seed}
     if method == "rmu":  # rmu's retain term is an activation MSE, weighted by WMDP's alpha instead
