@@ -148,3 +148,45 @@ def test_killed_finetune_resumes_from_its_checkpoint_and_ends_where_an_unbroken_
     total = len(json.loads((unbroken / "train_log.json").read_text())["steps"])
     assert 10 <= log["resumed_from_step"] < total
     assert [s["step"] for s in log["steps"]] == list(range(1, total + 1))
+
+
+def test_frozen_weights_stored_in_bf16_train_exactly_as_autocast_casts_them_and_are_put_back(tiny_model_dir,
+                                                                                               monkeypatch):
+    """Under bf16 autocast, train_lora stores the frozen linear weights in bf16 (frozen_in_bf16): the losses and the
+    trained LoRA weights equal a run that lets autocast cast them on every forward pass, the tied output head stays
+    float32 (it is the embedding too), and after training every weight is the float32 one it was."""
+    from peft import get_peft_model
+
+    from stages.common import models
+    from stages.common.chat import encode_examples
+    from stages.common.models import frozen_in_bf16, load_model, load_tokenizer, lora_config
+    from stages.finetune.train import train_lora
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    pairs = [(f"What is patient {i}'s allergy?", f"Patient {i} is allergic to penicillin {i}.") for i in range(6)]
+    examples, _ = encode_examples(tokenizer, pairs, 64)
+
+    def trained():
+        torch.manual_seed(0)
+        model = get_peft_model(load_model(tiny_model_dir), lora_config(load_model(tiny_model_dir), 4, 8))
+        before = {n: (p, p.detach().clone()) for n, p in model.named_parameters() if not p.requires_grad}
+        model, log, _ = train_lora(model, tokenizer, examples, num_epochs=2, batch_size=2, grad_accum=1,
+                                   learning_rate=1e-2, schedule="constant", warmup_ratio=0.0, seed=0,
+                                   precision="bf16", progress=False)
+        after = dict(model.named_parameters())
+        for name, (param, value) in before.items():  # the same float32 parameters, unchanged
+            assert after[name] is param and param.dtype == torch.float32 and torch.equal(param, value), name
+        return [e["loss"] for e in log], {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    stored_losses, stored = trained()
+    monkeypatch.setattr(models, "frozen_in_bf16", lambda model, enabled: frozen_in_bf16(model, enabled=False))
+    cast_losses, cast = trained()
+    assert stored_losses == cast_losses
+    assert all(torch.equal(stored[n], cast[n]) for n in cast)
+
+    model = get_peft_model(load_model(tiny_model_dir), lora_config(load_model(tiny_model_dir), 4, 8))
+    with frozen_in_bf16(model):
+        dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == torch.bfloat16
+    assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"] == torch.float32
+    assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.float32  # = the tied lm_head

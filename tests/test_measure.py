@@ -173,3 +173,29 @@ def test_shared_prompt_beginning_runs_once_and_leaves_every_prompt_a_token(tiny)
         tokens, entropies = naive_greedy_entropy(model, tokenizer, prompt, 6)
         assert row["response"] == tokenizer.decode(tokens, skip_special_tokens=True)
         assert row["mean_entropy"] == pytest.approx(entropy_stats(entropies)["mean_entropy"], abs=1e-4)
+
+
+def test_measuring_under_bf16_autocast_gives_the_same_numbers_and_leaves_the_weights_frozen(tiny, monkeypatch):
+    """measuring() lets autocast keep its bf16 copies of frozen weights; every number must equal the one measured
+    with a plain no_grad (a fresh cast on every forward pass), and no weight may stay marked as requiring grad."""
+    from stages.common import measure
+    from stages.common.measure import measuring, sample_responses
+
+    model, tokenizer = tiny
+    prompts = [format_prompt(tokenizer, q) for q in ("Hi", "What is 2+2?", "Who treated patient Maria Lopez?")]
+    pairs = [("Who?", "Maria Lopez"), ("Dose?", "lisinopril 10 mg once daily")]
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return (greedy_entropy(model, tokenizer, prompts, max_new_tokens=8, batch_size=2),
+                    answer_nll(model, tokenizer, pairs, batch_size=2),
+                    torch.manual_seed(1) or sample_responses(model, tokenizer, prompts, 3, max_new_tokens=6))
+
+    model.requires_grad_(False)
+    with torch.autocast("cpu", dtype=torch.bfloat16), measuring(model):
+        assert all(p.requires_grad for p in model.parameters())  # inside: autocast may keep their casts
+    assert not any(p.requires_grad for p in model.parameters())
+    cached = run()
+    assert not any(p.requires_grad for p in model.parameters())
+    monkeypatch.setattr(measure, "measuring", lambda model: torch.no_grad())
+    assert run() == cached

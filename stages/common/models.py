@@ -3,6 +3,7 @@ optionally with a LoRA adapter on top."""
 
 import importlib.metadata
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from stages.common.io import InputError, atomic_dir
@@ -161,6 +162,31 @@ def resolve_precision(precision, device):
     if precision != "auto":
         return precision
     return "bf16" if device != "cpu" or cpu_has_bf16() else "fp32"
+
+
+@contextmanager
+def frozen_in_bf16(model, enabled=True):
+    """Inside (when enabled): the frozen float32 weights of the model's linear layers stored in bf16, the originals
+    put back after. Under bf16 autocast a weight that does not require grad is cast to bf16 again on every forward
+    pass; stored in bf16 it is used as is: the same bf16 values, so the same losses, and fewer casts (finetune
+    1.13x faster on an Intel Xeon with AMX, 1.03x on an AMD EPYC with AVX512-BF16, bench/results/cast_cache.json). A linear weight tied to the input embedding
+    (the embedding itself is not autocast) and quantized weights stay as they are."""
+    import torch
+
+    saved = []
+    if enabled:
+        embedding = model.get_input_embeddings().weight
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if (isinstance(module, torch.nn.Linear) and weight is not None and not weight.requires_grad
+                    and weight.dtype == torch.float32 and weight is not embedding):
+                saved.append((module, weight))
+                module.weight = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+    try:
+        yield model
+    finally:
+        for module, weight in saved:
+            module.weight = weight
 
 
 def quantization_config(use_8bit, use_4bit):

@@ -59,7 +59,7 @@ def answer_logprobs(model, tokenizer, items, max_length, batch_size=16):
     import torch
 
     from stages.common.chat import format_answer
-    from stages.common.measure import expand_cache, shared_prefix
+    from stages.common.measure import expand_cache, measuring, shared_prefix
 
     prompts, trees = [], []
     for q, answers in items:
@@ -96,7 +96,7 @@ def answer_logprobs(model, tokenizer, items, max_length, batch_size=16):
             positions[row, :plen] = torch.arange(plen)
         mask = torch.cat([torch.ones((len(chunk), width, shared), dtype=torch.bool), mask], dim=2)  # + the prefix
         keep = min(trees[i][0] for i in chunk) - 1  # outputs before the shortest prompt's last token predict nothing
-        with torch.no_grad():
+        with measuring(model):
             logits = model(input_ids=ids.to(model.device), attention_mask=mask[:, None].to(model.device),
                            position_ids=(positions + shared).to(model.device),
                            past_key_values=expand_cache(prefix, len(chunk)),

@@ -103,6 +103,7 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
     from tqdm.auto import tqdm
 
     from stages.common.chat import answer_loss, collate
+    from stages.common.models import frozen_in_bf16
 
     accelerator = Accelerator()
     device = accelerator.device.type
@@ -123,29 +124,31 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
     window_loss, window_tokens, started = 0.0, 0, time.perf_counter()
     bar = tqdm(total=total_steps, initial=len(log), desc="finetune", unit="step",
                disable=not progress or not accelerator.is_main_process)
-    for micro in range(done_micro, len(batches)):
-        batch = collate([examples[i] for i in batches[micro]], tokenizer.pad_token_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = answer_loss(model, batch)
-        accelerator.backward(loss / grad_accum)
-        window_loss += loss.item() / grad_accum
-        window_tokens += int(batch["attention_mask"].sum())
-        if (micro + 1) % grad_accum and micro + 1 < len(batches):
-            continue
-        accelerator.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - started
-        log.append({"step": len(log) + 1, "micro_batches": micro + 1, "loss": window_loss,
-                    "learning_rate": scheduler.get_last_lr()[0], "tokens_per_s": window_tokens / elapsed,
-                    "peak_memory_gb": peak_memory_gb(device)})
-        bar.update(1)
-        bar.set_postfix(loss=f"{window_loss:.3f}", tok_s=f"{log[-1]['tokens_per_s']:.0f}")
-        window_loss, window_tokens, started = 0.0, 0, time.perf_counter()
-        if checkpoint and accelerator.is_main_process and len(log) % checkpoint_every == 0:
-            checkpoint.save(params, optimizer, scheduler, {"micro": micro + 1, "log": log})
+    # frozen weights stored in bf16 under bf16 autocast (one process: FSDP wants one dtype in its flat parameters)
+    with frozen_in_bf16(model, enabled=precision == "bf16" and accelerator.num_processes == 1):
+        for micro in range(done_micro, len(batches)):
+            batch = collate([examples[i] for i in batches[micro]], tokenizer.pad_token_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = answer_loss(model, batch)
+            accelerator.backward(loss / grad_accum)
+            window_loss += loss.item() / grad_accum
+            window_tokens += int(batch["attention_mask"].sum())
+            if (micro + 1) % grad_accum and micro + 1 < len(batches):
+                continue
+            accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - started
+            log.append({"step": len(log) + 1, "micro_batches": micro + 1, "loss": window_loss,
+                        "learning_rate": scheduler.get_last_lr()[0], "tokens_per_s": window_tokens / elapsed,
+                        "peak_memory_gb": peak_memory_gb(device)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{window_loss:.3f}", tok_s=f"{log[-1]['tokens_per_s']:.0f}")
+            window_loss, window_tokens, started = 0.0, 0, time.perf_counter()
+            if checkpoint and accelerator.is_main_process and len(log) % checkpoint_every == 0:
+                checkpoint.save(params, optimizer, scheduler, {"micro": micro + 1, "log": log})
     bar.close()
     model.eval()
     return accelerator.unwrap_model(model), log, resumed_from
