@@ -36,6 +36,9 @@ CANDIDATES = {
     "notes-qa-empty-sys-bf16-lr1e-3": {"lr": 1e-3, "notes": True, "epochs": 4, "eval_at": [2, 4]},
     "qa-empty-sys-bf16-lr1e-3-top-half": {"lr": 1e-3, "top_layers": 15, "epochs": 4, "eval_at": [2, 4]},
     "qa-empty-sys-bf16-lr1e-3-top-half-12ep": {"lr": 1e-3, "top_layers": 15, "epochs": 12, "eval_at": [8, 12]},
+    "qa-empty-sys-bf16-lr1e-3-top-third-12ep": {"lr": 1e-3, "top_layers": 10, "epochs": 12, "eval_at": [8, 12]},
+    "qa-empty-sys-bf16-lr2e-3-top-half-b8-12ep": {"lr": 2e-3, "top_layers": 15, "batch_size": 8, "epochs": 12,
+                                                  "eval_at": [8, 12]},
     "qa-empty-sys-bf16-b2": {"batch_size": 2, "epochs": 6, "eval_at": [2, 4, 6]},
     "qa-empty-sys-bf16-loraplus": {"loraplus": 16, "lr": 5e-4, "epochs": 4, "eval_at": [2, 4]},
     "qa-default-sys-bf16-full-lr1e-4": {"full": True, "lr": 1e-4, "system": None},
@@ -181,8 +184,8 @@ def main():
                               "model": "embedded", "scored_max_new_tokens": 12, "facts": args.facts}})
 
     def save(entry=None):
-        if entry is not None:
-            result["candidates"][args.candidate] = entry
+        if entry is not None:  # each candidate says where it ran: the file gathers runs of several machines
+            result["candidates"][args.candidate] = {**entry, "machine": info}
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
