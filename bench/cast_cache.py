@@ -4,7 +4,8 @@ pass unless it requires grad (only then does autocast keep the cast for the rest
 is cast again for every generated token. Two parts, each with and without the change in one run:
 - evaluate: greedy answers to 100 probe questions and 16 samples of 32 prompts, plain no_grad vs measuring();
 - finetune: 24 LoRA steps of finetune's recipe (batch 4 of the training pairs), vs frozen_in_bf16().
-(The relearning attack's 10 LoRA steps with frozen_in_bf16 measured 15.25 vs 15.22 s here, so it does not use it.)
+(The relearning attack's 10 LoRA steps with frozen_in_bf16 measured 15.25 vs 15.22 s on this CPU, so it does not use
+it.)
 Every number each variant produces must be identical (the same bf16 values reach the same kernels). Needs only the
 embedded model and the data (`dvc repro prepare-medical`). Writes bench/results/cast_cache.json."""
 

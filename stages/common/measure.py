@@ -18,7 +18,7 @@ def measuring(model):
     Autocast keeps its bf16 copy of a float32 weight for the rest of the autocast region only if the weight
     requires grad, so the model's frozen weights are marked so while a measurement runs (under no_grad nothing
     is computed for them): the same numbers, 1.4x faster sampling and 1.6x faster greedy answers on an Intel
-    Xeon with AMX, 1.17x both together on an AMD EPYC with AVX512-BF16 (bench/results/cast_cache.json). Code
+    Xeon with AMX, 1.2x both together on an AMD EPYC with AVX512-BF16 (bench/results/cast_cache.json). Code
     that changes weights in place inside the region calls evaluate's attacks.weights_changed()."""
     import torch
 

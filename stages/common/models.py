@@ -169,8 +169,9 @@ def frozen_in_bf16(model, enabled=True):
     """Inside (when enabled): the frozen float32 weights of the model's linear layers stored in bf16, the originals
     put back after. Under bf16 autocast a weight that does not require grad is cast to bf16 again on every forward
     pass; stored in bf16 it is used as is: the same bf16 values, so the same losses, and fewer casts (finetune
-    1.13x faster on an Intel Xeon with AMX, 1.03x on an AMD EPYC with AVX512-BF16, bench/results/cast_cache.json). A linear weight tied to the input embedding
-    (the embedding itself is not autocast) and quantized weights stay as they are."""
+    1.13x faster on an Intel Xeon with AMX, 1.05x on an AMD EPYC with AVX512-BF16, bench/results/cast_cache.json).
+    A linear weight tied to the input embedding (the embedding itself is not autocast) and quantized weights stay
+    as they are."""
     import torch
 
     saved = []
