@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
+from precision import training_data  # noqa: E402
 from record import write_result  # noqa: E402
 
 REPEATS = 3
@@ -35,23 +36,16 @@ def timed(work, repeats=REPEATS):
 
 def main():
     import torch
-    import yaml
     from peft import get_peft_model
 
     from stages.common import measure, models
-    from stages.common.chat import encode_examples, format_prompt, read_records, training_pairs
+    from stages.common.chat import encode_examples, format_prompt
     from stages.common.measure import greedy_entropy, sample_responses
-    from stages.common.models import cpu_has_bf16, load_model, load_tokenizer, lora_config
+    from stages.common.models import cpu_has_bf16, load_model, lora_config
     from stages.finetune.train import train_lora
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params, records, tokenizer, pairs = training_data()
     f, e, a = params["finetune"], params["evaluate"], params["attacks"]
-    data = ROOT / "dataset/med_synthetic_full.json"
-    if not data.is_file():
-        sys.exit(f"{data} is missing: run `dvc repro prepare-medical` (or `make run`) first.")
-    records = read_records(data, "training set")
-    tokenizer = load_tokenizer("embedded")
-    pairs = training_pairs(records, f["with-probes"], f["with-notes"])
     cached_measuring, cached_frozen = measure.measuring, models.frozen_in_bf16
 
     def variant(cached):

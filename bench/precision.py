@@ -30,23 +30,32 @@ def timed(work, bf16, repeats=REPEATS):
     return statistics.median(times)
 
 
-def main():
-    import torch
+def training_data():
+    """params.yaml, the default training set's records, the embedded model's tokenizer and finetune's pairs."""
     import yaml
-    from peft import get_peft_model
 
-    from stages.common.chat import answer_loss, collate, encode_examples, read_records, training_pairs
-    from stages.common.models import cpu_has_bf16, load_model, load_tokenizer, lora_config, resolve_precision
-    from stages.evaluate.probes import greedy_answers
+    from stages.common.chat import read_records, training_pairs
+    from stages.common.models import load_tokenizer
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    f, e = params["finetune"], params["evaluate"]
     data = ROOT / "dataset/med_synthetic_full.json"
     if not data.is_file():
         sys.exit(f"{data} is missing: run `dvc repro prepare-medical` (or `make run`) first.")
     records = read_records(data, "training set")
-    tokenizer = load_tokenizer("embedded")
-    pairs = training_pairs(records, f["with-probes"], f["with-notes"])
+    f = params["finetune"]
+    return params, records, load_tokenizer("embedded"), training_pairs(records, f["with-probes"], f["with-notes"])
+
+
+def main():
+    import torch
+    from peft import get_peft_model
+
+    from stages.common.chat import answer_loss, collate, encode_examples
+    from stages.common.models import cpu_has_bf16, load_model, lora_config, resolve_precision
+    from stages.evaluate.probes import greedy_answers
+
+    params, records, tokenizer, pairs = training_data()
+    f, e = params["finetune"], params["evaluate"]
     examples, _ = encode_examples(tokenizer, pairs[:4], f["max-seq-length"], system="")
     batch = collate(examples, tokenizer.pad_token_id)
     model = load_model("embedded", trainable=True)
