@@ -197,7 +197,7 @@ def test_attacks_that_change_weights_are_seen_inside_one_autocast_region(tiny, m
     """evaluate --precision bf16 measures inside one autocast region, which keeps a bf16 copy of every weight until
     the region ends: the relearned LoRA and the quantized weights must be what the forward passes use there."""
     from stages.common.chat import primary_pair
-    from stages.common.measure import perplexity
+    from stages.common.measure import measuring, perplexity
     from stages.evaluate.attacks import quantized
 
     model, tokenizer = tiny
@@ -214,14 +214,16 @@ def test_attacks_that_change_weights_are_seen_inside_one_autocast_region(tiny, m
         outside = model(**batch).logits
     outside_curve = relearn(model, tokenizer, pairs, [0, 5], measure, **settings)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with torch.no_grad():
-            before = model(**batch).logits  # the region now holds bf16 copies of the weights
+        with measuring(model):  # as evaluate measures: the region now holds bf16 copies of the frozen weights too
+            before = model(**batch).logits
         inside_curve = relearn(model, tokenizer, pairs, [0, 5], measure, **settings)
-        with quantized(model, bits=4), torch.no_grad():
+        with measuring(model):  # the cache holds the unquantized weights again
+            relearned = model(**batch).logits
+        with quantized(model, bits=4), measuring(model):
             four_bit = model(**batch).logits
-        with torch.no_grad():
+        with measuring(model):
             after = model(**batch).logits
     assert inside_curve[5] < 0.9 * inside_curve[0]
     assert inside_curve[5] == pytest.approx(outside_curve[5], rel=0.05)
     assert (four_bit - before).abs().max() > 10 * (before - outside).abs().max()
-    assert torch.equal(after, before)
+    assert torch.equal(after, before) and torch.equal(relearned, before)  # the relearning LoRA is gone
