@@ -24,9 +24,10 @@ def split_patients(records, seed):
 
 def weights_changed():
     """Call after changing a model's weights in place while autocast may be on (evaluate --precision bf16 measures
-    inside one autocast region): autocast keeps the bf16 copy of every float32 weight that requires grad until the
-    outermost autocast region of the thread ends, so without this the next forward pass would still use the old
-    weights (a relearning LoRA would stay at its zero start, a quantized model would answer as the original)."""
+    inside one autocast region): autocast keeps the bf16 copy of every float32 weight that requires grad (and,
+    under measure.measuring(), of every frozen one) until the outermost autocast region ends, so without this the
+    next forward pass would still use the old weights (a relearning LoRA would stay at its zero start, a quantized
+    model would answer as the original). The cache is one for all threads: clearing it costs the others a recast."""
     import torch
 
     torch.clear_autocast_cache()
@@ -71,6 +72,9 @@ def relearn(model, tokenizer, pairs, steps, measure, lora_rank, lora_alpha, lear
                 weights_changed()
                 done += 1
             results[k] = measure(attacked, tokenizer)
+            # the measurement's casts of the LoRA weights were made under no_grad: a torch without pytorch#165068
+            # would hand them to the next training step, which would then have no gradient to follow
+            weights_changed()
     finally:
         attacked.unload()
         weights_changed()
