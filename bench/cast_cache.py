@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
-from precision import training_data  # noqa: E402
+from precision import _commit, training_data  # noqa: E402
 from record import write_result  # noqa: E402
 
 REPEATS = 3
@@ -97,12 +97,6 @@ def main():
                   "repeats": REPEATS},
                  identical=all(p["identical"] for p in parts.values()), parts=parts, native_bf16=cpu_has_bf16(),
                  note="seconds of the two parts together, bf16 autocast throughout; ratio = baseline / ours")
-
-
-def _commit():
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":
