@@ -72,12 +72,11 @@ bench: run
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/table.py
 
-# Every unlearning method for 3 steps on the pipeline's oracle (after `make run`).
-METHODS := grad_ascent grad_diff npo simnpo idk rmu
+# Every unlearning method (the registry's list) for 3 steps on the pipeline's oracle (after `make run`).
 CHECK_ORACLE ?= models/oracle-s42
 CHECK_FORGET ?= 50
 check-methods: setup
-	@for m in $(METHODS); do \
+	@for m in $$($(BIN)/python -m stages.unlearn.methods); do \
 	  $(BIN)/unforgotten unlearn --model $(CHECK_ORACLE) --forget-file dataset/med_synthetic_forget$(CHECK_FORGET).json \
 	    --retain-file dataset/med_synthetic_full_minus_forget$(CHECK_FORGET).json --method $$m --steps 3 --samples-per-step 4 \
 	    --monitor-samples 8 --entropy-prompts 4 --max-seq-length 192 --learning-rate 2e-4 \

@@ -65,7 +65,7 @@ def main():
             return answers, samples
         return run
 
-    examples, _ = encode_examples(tokenizer, pairs[:96], f["max-seq-length"], system="")
+    examples, _ = encode_examples(tokenizer, pairs[:96], params["max_seq_length"], system="")
 
     def finetune(cached):
         def run():

@@ -42,8 +42,8 @@ def training_data():
     if not data.is_file():
         sys.exit(f"{data} is missing: run `dvc repro prepare-medical` (or `make run`) first.")
     records = read_records(data, "training set")
-    f = params["finetune"]
-    return params, records, load_tokenizer("embedded"), training_pairs(records, f["with-probes"], f["with-notes"])
+    t = params["training"]
+    return params, records, load_tokenizer("embedded"), training_pairs(records, t["with-probes"], t["with-notes"])
 
 
 def main():
@@ -56,7 +56,7 @@ def main():
 
     params, records, tokenizer, pairs = training_data()
     f, e = params["finetune"], params["evaluate"]
-    examples, _ = encode_examples(tokenizer, pairs[:4], f["max-seq-length"], system="")
+    examples, _ = encode_examples(tokenizer, pairs[:4], params["max_seq_length"], system="")
     batch = collate(examples, tokenizer.pad_token_id)
     model = load_model("embedded", trainable=True)
     model = get_peft_model(model, lora_config(model, f["lora-rank"], f["lora-alpha"], f["lora-targets"],

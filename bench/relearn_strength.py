@@ -76,7 +76,7 @@ def main():
     from stages.evaluate.attacks import split_patients
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    a, e, f = params["attacks"], params["evaluate"], params["finetune"]
+    a, e = params["attacks"], params["evaluate"]
     forget, seed = params["reference_forget"], params["seeds"][0]
     models = {"retain": ROOT / f"models/retain-f{forget}-s{seed}",
               **{m: ROOT / f"models/unlearn/{m}-f{forget}-s{seed}" for m in params["methods"]}}
@@ -89,7 +89,7 @@ def main():
     t_probes = [p for r in t_records for p in r["probes"]]
     v_probes = [p for r in records if r["id"] in measured_ids for p in r["probes"]]
     data = {"notes": [primary_pair(r) for r in t_records],
-            "pairs": training_pairs(t_records, f["with-probes"], f["with-notes"])}
+            "pairs": training_pairs(t_records, params["training"]["with-probes"], params["training"]["with-notes"])}
     tokenizer = load_tokenizer(params["base_model"])
     results, untouched, chosen = {}, {}, None
     for name, path in models.items():

@@ -56,7 +56,7 @@ def records(pool, n, offset):
 
 
 def measure_settings(evaluate, seed):
-    """The settings evaluate's measure() reads without the attacks, from params.yaml's evaluate section."""
+    """The settings evaluate's measure() reads without the attacks, from evaluate's options."""
     return {"max_new_tokens": evaluate["max-new-tokens"], "answer_tokens": evaluate["answer-tokens"],
             "max_seq_length": evaluate["max-seq-length"], "batch_size": evaluate["batch-size"],
             "mink_fraction": evaluate["mink-fraction"], "with_notes": evaluate["with-notes"],
@@ -84,8 +84,9 @@ def main():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     data = {n: data_stage_seconds(n) for n in NOTES}
     tokenizer, model = load_tokenizer(params["base_model"]), load_model(params["base_model"])
-    evaluate_seconds(model, tokenizer, 1, params["evaluate"])  # warm-up: first-call allocations
-    evaluated = {scale: evaluate_seconds(model, tokenizer, scale, params["evaluate"]) for scale in SCALES}
+    evaluate = {**params["evaluate"], **params["training"]}  # evaluate's options as dvc.yaml passes them
+    evaluate_seconds(model, tokenizer, 1, evaluate)  # warm-up: first-call allocations
+    evaluated = {scale: evaluate_seconds(model, tokenizer, scale, evaluate) for scale in SCALES}
     seconds = [evaluated[s][0] for s in SCALES]
     exponents = {"evaluate": exponent(SCALES, seconds),
                  "generate": exponent(NOTES, [data[n][0] for n in NOTES]),

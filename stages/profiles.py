@@ -54,22 +54,41 @@ def overrides(profile_path, params_path="params.yaml"):
     return result
 
 
-TOP_LEVEL = {"seed", "seeds", "base_model", "forget_sets", "reference_forget", "methods"}
-# params.yaml section -> the stage command whose options its keys are.
-SECTIONS = {"generate": "generate", "prepare_medical": "prepare-medical", "prepare_wmdp": "prepare-wmdp",
-            "finetune": "finetune", "unlearn": "unlearn", "evaluate": "evaluate", "attacks": "evaluate",
-            "verdict": "evaluate"}
+TOP_LEVEL = {"seed", "seeds", "base_model", "forget_sets", "reference_forget", "methods", "max_seq_length"}
+# params.yaml section -> the stage commands whose options its keys are (`training` goes to all three).
+SECTIONS = {"generate": ["generate"], "prepare_medical": ["prepare-medical"], "prepare_wmdp": ["prepare-wmdp"],
+            "training": ["finetune", "unlearn", "evaluate"], "finetune": ["finetune"], "unlearn": ["unlearn"],
+            "evaluate": ["evaluate"], "attacks": ["evaluate"], "verdict": ["evaluate"]}
+# Options that dvc.yaml fills from a shared key, so a stage's own section may not set them again: option -> key.
+SHARED = {"with-notes": "training.with-notes", "with-probes": "training.with-probes",
+          "seed": "seed", "base-model": "base_model"}
+SHARED_BY = {"finetune": {"max-seq-length": "max_seq_length"}, "unlearn": {"max-seq-length": "max_seq_length"}}
 
 
 def valid_keys():
-    """Every key params.yaml may hold: the top-level ones and, per section, its command's long option names."""
+    """Every key params.yaml may hold: the top-level ones and, per section, the long option names its commands
+    all have, but those a shared key sets (a stage's own copy of a shared setting could disagree with it)."""
     from stages.cli import main as cli
 
     keys = set(TOP_LEVEL)
-    for section, command in SECTIONS.items():
-        options = [o for p in cli.commands[command].params for o in p.opts + p.secondary_opts if o.startswith("--")]
-        keys |= {f"{section}.{o[2:]}" for o in options if not o.startswith("--no-")}
+    for section, commands in SECTIONS.items():
+        common = None
+        for command in commands:
+            options = {o[2:] for p in cli.commands[command].params for o in p.opts + p.secondary_opts
+                       if o.startswith("--") and not o.startswith("--no-")}
+            if section != "training":
+                options -= {*SHARED, *SHARED_BY.get(command, {})}
+            common = options if common is None else common & options
+        keys |= {f"{section}.{o}" for o in common}
     return keys
+
+
+def shared_hint(key):
+    """'finetune.with-probes' -> 'training.with-probes': where a setting stated per stage now lives, if shared."""
+    section, _, option = key.partition(".")
+    if section in SECTIONS and section != "training":
+        return SHARED.get(option) or SHARED_BY.get(section, {}).get(option)
+    return None
 
 
 def check_params(params_path="params.yaml"):
@@ -82,6 +101,9 @@ def check_params(params_path="params.yaml"):
     known = valid_keys()
     for key, _ in leaves(params):
         if key not in known:
+            shared = shared_hint(key)
+            if shared:
+                raise InputError(f"{params_path}: '{key}' is set once for every stage, as '{shared}'.")
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise InputError(f"{params_path}: '{key}' is not a known key{hint}.")

@@ -14,25 +14,9 @@ collect_ignore = [] if os.environ.get("UNFORGOTTEN_TEST_IMAGES") else ["test_ima
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer Llama with the embedded model's tokenizer, saved like any local model directory."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.micro import write_tiny_model
 
-    from stages.common.models import load_tokenizer
-
-    tokenizer = load_tokenizer("embedded")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        initializer_range=0.1,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Top-level keys, so the tests' stage and run names do not follow the default profile's choices.
-MICRO_TOP = {"forget_sets": ["10"], "reference_forget": "20", "seeds": [42]}
+MICRO_TOP = {"forget_sets": ["10"], "reference_forget": "20", "seeds": [42], "max_seq_length": 96}
 MICRO = {
     "generate": {"n-record": 30},
     "prepare_medical": {"holdout-ratio": 0.10},
-    "finetune": {"num-epochs": 1, "batch-size": 4, "max-seq-length": 96, "learning-rate": 0.005,
-                 "lora-top-layers": 1},
+    "finetune": {"num-epochs": 1, "batch-size": 4, "learning-rate": 0.005, "lora-top-layers": 1},
     "unlearn": {"steps": 2, "samples-per-step": 2, "batch-size": 2, "monitor-samples": 3, "entropy-prompts": 2,
-                "max-new-tokens": 4, "max-seq-length": 96, "measure-every": 1, "learning-rate": 0.005},
+                "max-new-tokens": 4, "measure-every": 1, "learning-rate": 0.005},
     # float32: test_pipeline recomputes the entropies with an independent float32 loop to 1e-4 (bf16 evaluation:
     # test_evaluate.py)
     "evaluate": {"precision": "fp32", "max-new-tokens": 6, "answer-tokens": 4, "retain-samples": 3,
@@ -54,6 +53,28 @@ def make(repo, *args, check=True):
     """The project's Makefile, run in `repo` with the project's .venv."""
     return run(["make", "--no-print-directory", "-C", str(repo), "-f", str(ROOT / "Makefile"),
                 f"VENV={BIN.parent}", *args], repo, check=check)
+
+
+def write_tiny_model(path):
+    """A 2-layer Llama with the embedded model's tokenizer and seeded random weights, saved in `path` like any local
+    model directory: the micro profile's base model. Returns str(path)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stages.common.models import load_tokenizer
+
+    tokenizer = load_tokenizer("embedded")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        initializer_range=0.1,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
 
 
 def make_micro_repo(repo, model_dir):

@@ -44,6 +44,8 @@ def work(tmp_path_factory, medical_dir, notes_file, tiny_model_dir):
         "params-top-typo.yaml": (ROOT / "params.yaml").read_text().replace("\nseed: 42", "\nsede: 42"),
         "params-method.yaml": (ROOT / "params.yaml").read_text().replace("methods: [grad_ascent, npo]",
                                                                           "methods: [grad_ascent, nop]"),
+        "params-shared.yaml": (ROOT / "params.yaml").read_text().replace(
+            "  train-system-prompt: empty", "  with-probes: false\n  train-system-prompt: empty"),
         "a-file": "not a directory\n",
         "out/earlier.json": '{"kept": true}\n',
     }
@@ -133,7 +135,7 @@ CASES = {
                         r"Invalid value for '--backend'[^:]*: 'gpt' is not one of 'template', 'tinker', 'hf'"),
     "unknown-method": (["unlearn", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",
                         "--oracle", "{w}/not-a-model", "--base-model", "{model}", "--method", "nop", "--output-dir",
-                        "{w}/out/u"], 2, r"unknown unlearning method 'nop' \(available: grad_ascent, "),
+                        "{w}/out/u"], 2, r"Invalid value for '--method': 'nop' is not one of 'grad_ascent', "),
     "rmu-layer-beyond-the-model": (["unlearn", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",
                                     "--oracle", "{w}/oracle", "--base-model", "{model}", "--method", "rmu",
                                     "--rmu-layer", "5", "--output-dir", "{w}/out/u"], 2,
@@ -184,6 +186,8 @@ PARAMS_CASES = {
                            r"'finetune\.lerning-rate' is not a known key \(did you mean 'finetune\.learning-rate'\?\)"),
     "params-unknown-top-level-key": ("params-top-typo.yaml", r"'sede' is not a known key \(did you mean 'seed'\?\)"),
     "params-unknown-method": ("params-method.yaml", r"methods: 'nop' is not a method \(grad_ascent, "),
+    "params-shared-key-in-a-stage": ("params-shared.yaml", r"'finetune\.with-probes' is set once for every stage, "
+                                                           r"as 'training\.with-probes'\."),
 }
 
 

@@ -22,7 +22,7 @@ def test_the_default_recipe_is_the_measured_one_and_its_curve_meets_the_goal():
     fp32, bf16 = (results["candidates"][f"qa-empty-sys-{p}-lr1e-3"]["curve"][1] for p in ("fp32", "bf16"))
     assert fp32["epoch"] == bf16["epoch"] == 2 and abs(fp32["loss"] - bf16["loss"]) < 0.05
     assert finetune["lora-top-layers"] == recipe["top_layers"]
-    assert finetune["with-notes"] == recipe["notes"] and finetune["with-probes"]
+    assert params["training"]["with-notes"] == recipe["notes"] and params["training"]["with-probes"]
     assert finetune["train-system-prompt"] == ("empty" if recipe["system"] == "" else "template")
     assert finetune["lr-scheduler"] == "constant"  # the curve's schedule
     assert results["params"]["n_record"] == params["generate"]["n-record"]

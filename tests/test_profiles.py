@@ -64,11 +64,37 @@ def split_sizes(params):
 
 
 @pytest.mark.parametrize("name", ["default", "cpu-power", "paper", "paper-seed"])
-def test_unlearn_and_membership_use_the_pairs_the_oracle_trained_on(name):
-    params = profile_params(name)
-    trained = {key: params["finetune"][key] for key in ("with-notes", "with-probes")}
-    assert {key: params["unlearn"][key] for key in trained} == trained
-    assert {key: params["evaluate"][key] for key in trained} == trained
+def test_every_profile_passes_the_params_check_and_states_only_real_differences(name, tmp_path):
+    """Applied to params.yaml, each profile's keys are known and no stage section repeats a setting stated once
+    for every stage (`training`, `max_seq_length`); each key it sets differs from params.yaml's."""
+    import yaml
+
+    from stages.profiles import check_params, leaves
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(profile_params(name), sort_keys=False))
+    check_params(path)
+    if name != "default":
+        default = dict(leaves(profile_params("default")))
+        profile = yaml.safe_load((ROOT / f"profiles/{name}.yaml").read_text())
+        assert [key for key, value in leaves(profile) if default[key] == value] == []
+
+
+def test_a_stage_section_may_not_restate_a_shared_setting(tmp_path):
+    import yaml
+
+    from stages.profiles import check_params
+
+    for section, key, shared in (("unlearn", "with-notes", "training.with-notes"),
+                                 ("evaluate", "with-probes", "training.with-probes"),
+                                 ("finetune", "max-seq-length", "max_seq_length")):
+        params = profile_params("default")
+        params[section][key] = 64 if key == "max-seq-length" else True
+        path = tmp_path / f"{section}.yaml"
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        with pytest.raises(InputError, match=f"'{section}.{key}' is set once for every stage, as '{shared}'"):
+            check_params(path)
+    assert "max-seq-length" in profile_params("default")["evaluate"]  # evaluate's own: the measurement's length
 
 
 @pytest.mark.parametrize("name, seeds, forget_probes", [("default", 1, 100), ("cpu-power", 3, 250)])
@@ -106,5 +132,8 @@ def test_models_and_everything_after_them_fan_out_per_seed(tmp_path, tiny_model_
         assert f"--retain outputs/eval/retain-f10-s{seed} " in evaluate
     assert [name for name in commands if name.startswith("evaluate-base")] == ["evaluate-base"]
     # params.yaml's false flags reach the CLI as --no-<flag>, not as the CLI's default
-    assert "--no-with-notes --with-probes" in commands["finetune-oracle@1"]
-    assert "--no-with-notes --with-probes" in commands["unlearn@grad_ascent-10-1"]
+    for stage in ("finetune-oracle@1", "finetune-retain@10-1", "unlearn@grad_ascent-10-1", "evaluate-base",
+                  "evaluate-oracle@1", "evaluate-retain@10-1", "evaluate-unlearned@grad_ascent-10-1"):
+        assert "--no-with-notes --with-probes" in commands[stage], stage  # the one training section, everywhere
+    for stage in ("finetune-oracle@1", "finetune-retain@10-1", "unlearn@grad_ascent-10-1"):
+        assert commands[stage].count("--max-seq-length 96") == 1, stage

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from stages.common.io import InputError
-from stages.unlearn import methods
+from stages.unlearn.methods import Batch, rmu
+from stages.unlearn.methods.rmu import RMU
 
-rmu = methods.get("rmu")
 LAYER = 3  # trains layers 1, 2, 3; layers 0 and 4 stay as they are
 PAIRS = [("Who is Maria?", "A patient seen in 2024."), ("Dose?", "lisinopril 10 mg once daily"),
          ("What did the note say about the knee?", "Swelling after a fall, no fracture on the X-ray."),
@@ -81,15 +81,15 @@ def test_rmu_losses_match_a_hand_computation():
 def test_the_forget_loss_steers_the_output_of_decoder_layer_rmu_layer(tokenizer):
     model = llama(tokenizer)
     batch = batches(tokenizer, size=4)[0]
-    ctx = {"rmu_layer": LAYER, "steering_coeff": 4.0, "seed": 3}
-    rmu.setup(model, ctx, [])
+    method = RMU(rmu_layer=LAYER, steering_coeff=4.0)
+    method.prepare(model, None, [], seed=3)
     captured, hooks = layer_outputs(model, batch)
     with torch.no_grad():
-        loss = float(rmu.forget_loss(model, batch, ctx))
+        loss = float(method.forget_loss(model, Batch(batch, [0], None)))
     for hook in hooks:
         hook.remove()
     assert sorted(captured) == [0, 1, 2, 3]  # the forward pass stops after the steered layer
-    control = ctx["control"].expand_as(captured[LAYER])
+    control = method.control.expand_as(captured[LAYER])
     mask = batch["attention_mask"]
     assert loss == pytest.approx(masked_mse(captured[LAYER], control, mask), rel=1e-5)
     assert loss != pytest.approx(masked_mse(captured[LAYER - 1], control, mask), rel=1e-3)
@@ -102,16 +102,16 @@ def test_the_forget_loss_steers_the_output_of_decoder_layer_rmu_layer(tokenizer)
     # The retain term compares the same output with the frozen oracle's: zero before any step.
     from stages.unlearn.loop import Reference
 
-    ctx["reference"] = Reference(rmu.trainable(model, ctx))
+    method.prepare(model, Reference(method.trainable(model)), [], seed=3)
     with torch.no_grad():
-        assert float(rmu.retain_loss(model, batch, ctx)) == 0.0
+        assert float(method.retain_loss(model, batch)) == 0.0
 
 
 def test_the_control_vector_is_the_scale_times_the_frozen_activation_norm(tokenizer):
     model = llama(tokenizer)
     forget = batches(tokenizer)
-    ctx = {"rmu_layer": LAYER, "steering_scale": 2.5, "seed": 11}
-    rmu.setup(model, ctx, iter(forget))
+    method = RMU(rmu_layer=LAYER, steering_scale=2.5)
+    summary = method.prepare(model, None, iter(forget), seed=11)
     # Independently: the mean over real tokens of the norm of hidden_states[LAYER + 1] (decoder layer LAYER's output)
     norms = []
     with torch.no_grad():
@@ -120,20 +120,20 @@ def test_the_control_vector_is_the_scale_times_the_frozen_activation_norm(tokeni
                            output_hidden_states=True).hidden_states[LAYER + 1]
             norms += [hidden[b, t].norm() for b, t in batch["attention_mask"].nonzero().tolist()]
     expected = float(torch.stack(norms).mean())
-    assert ctx["summary"]["rmu_activation_norm"] == pytest.approx(expected, rel=1e-5)
-    assert float(ctx["control"].norm()) == pytest.approx(2.5 * expected, rel=1e-5)
-    assert ctx["summary"]["rmu_steering_coeff"] == pytest.approx(2.5 * expected, rel=1e-5)
+    assert summary["rmu_activation_norm"] == pytest.approx(expected, rel=1e-5)
+    assert float(method.control.norm()) == pytest.approx(2.5 * expected, rel=1e-5)
+    assert summary["rmu_steering_coeff"] == pytest.approx(2.5 * expected, rel=1e-5)
     # WMDP's direction: torch.rand (uniform [0, 1)) normalised, here from the seed.
     direction = torch.rand(32, generator=torch.Generator().manual_seed(11))
-    assert torch.allclose(ctx["control"] / ctx["control"].norm(), direction / direction.norm(), atol=1e-6)
+    assert torch.allclose(method.control / method.control.norm(), direction / direction.norm(), atol=1e-6)
 
 
 def test_an_absolute_steering_coeff_overrides_the_scale(tokenizer):
     model = llama(tokenizer)
-    ctx = {"rmu_layer": LAYER, "steering_coeff": 3.0, "steering_scale": 100.0, "seed": 1}
-    rmu.setup(model, ctx, iter(batches(tokenizer)))
-    assert float(ctx["control"].norm()) == pytest.approx(3.0)
-    assert ctx["summary"] == {"rmu_steering_coeff": 3.0}
+    method = RMU(rmu_layer=LAYER, steering_coeff=3.0, steering_scale=100.0)
+    summary = method.prepare(model, None, iter(batches(tokenizer)), seed=1)
+    assert float(method.control.norm()) == pytest.approx(3.0)
+    assert summary == {"rmu_steering_coeff": 3.0}
 
 
 def one_rmu_step(model, tokenizer, layer=LAYER):
@@ -143,10 +143,10 @@ def one_rmu_step(model, tokenizer, layer=LAYER):
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     encoded = examples(tokenizer)
-    unlearn(model, tokenizer, rmu, encoded, encoded, PAIRS[:2], [PAIRS[0][0]], base_entropy=1.0, steps=1,
-            samples_per_step=4, batch_size=2, learning_rate=1e-2, retain_weight=1200.0, measure_every=1,
-            max_perplexity_ratio=1e9, max_new_tokens=2, max_length=64, seed=0, device="cpu",
-            hyper={"rmu_layer": layer, "steering_scale": 5.0, "seed": 0}, progress=False)
+    unlearn(model, tokenizer, RMU(rmu_layer=layer, rmu_alpha=1200.0, steering_scale=5.0), encoded, encoded,
+            PAIRS[:2], [PAIRS[0][0]], base_entropy=1.0, steps=1, samples_per_step=4, batch_size=2,
+            learning_rate=1e-2, measure_every=1, max_perplexity_ratio=1e9, max_new_tokens=2, max_length=64, seed=0,
+            device="cpu", progress=False)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     return changed, {n for n, p in model.named_parameters() if p.requires_grad}
 
@@ -178,4 +178,4 @@ def test_the_trained_layers_stop_at_the_first_one():
 def test_an_adapter_without_down_proj_lora_is_a_clear_error(tokenizer):
     model = llama(tokenizer, lora_targets=["q_proj", "v_proj"])
     with pytest.raises(InputError, match="down_proj LoRA of the steered layers"):
-        rmu.trainable(model, {"rmu_layer": LAYER})
+        RMU(rmu_layer=LAYER).trainable(model)

@@ -30,19 +30,29 @@ def run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, *extra):
     return CliRunner().invoke(main, args)
 
 
-def test_registry_finds_methods_by_module_name():
-    assert "grad_ascent" in methods.available()
+def test_registry_finds_methods_by_name():
+    assert methods.available() == ["grad_ascent", "grad_diff", "idk", "npo", "rmu", "simnpo"]
     assert methods.get("grad_ascent").uses_retain is False
     with pytest.raises(ValueError, match="unknown unlearning method 'nope'"):
         methods.get("nope")
+    npo = methods.build("npo", {"beta": 0.3, "retain_weight": 2.0, "rmu_layer": 1})  # others' settings ignored
+    assert (npo.beta, npo.retain_weight) == (0.3, 2.0)
 
 
-def test_grad_ascent_loss_is_the_negative_nll():
+def constant_loss_model(value):
     class Model:
         def __call__(self, **batch):
-            return type("Out", (), {"loss": torch.tensor(2.5)})()
+            return type("Out", (), {"loss": torch.tensor(value)})()
 
-    assert float(methods.get("grad_ascent").forget_loss(Model(), {})) == -2.5
+    return Model()
+
+
+def test_grad_ascent_loss_is_the_negative_nll_and_grad_diff_adds_the_weighted_retain_nll():
+    from stages.unlearn.methods import Batch
+
+    assert float(methods.build("grad_ascent", {}).loss(constant_loss_model(2.5), Batch({}, [0], None))) == -2.5
+    grad_diff = methods.build("grad_diff", {"retain_weight": 3.0})
+    assert float(grad_diff.loss(constant_loss_model(2.5), Batch({}, [0], {}))) == -2.5 + 3.0 * 2.5
 
 
 def test_unlearning_raises_forget_loss_and_records_the_trajectory(tmp_path, tiny_model_dir, medical_dir, oracle):
@@ -93,7 +103,7 @@ def test_collapse_stops_early_and_undoes_the_step(tmp_path, tiny_model_dir, medi
 def test_unknown_method_and_empty_forget_set_are_clear_errors(tmp_path, tiny_model_dir, medical_dir, oracle):
     result = CliRunner().invoke(main, ["unlearn", "--method", "nope", "--forget-file", "f", "--retain-file", "r",
                                        "--output-dir", str(tmp_path / "m"), "--trajectory-dir", str(tmp_path / "t")])
-    assert result.exit_code == 2 and "unknown unlearning method 'nope'" in result.output
+    assert result.exit_code == 2 and "'nope' is not one of 'grad_ascent'" in result.output
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     result = CliRunner().invoke(main, ["unlearn", "--base-model", tiny_model_dir, "--oracle", str(oracle),
@@ -114,6 +124,59 @@ def test_every_method_runs_through_the_cli(method, tmp_path, tiny_model_dir, med
     if method == "rmu":  # the control vector's length: --steering-scale x the oracle's activation norm
         assert summary["rmu_steering_coeff"] == pytest.approx(5.0 * summary["rmu_activation_norm"])
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+
+
+SEVENTH = '''"""A seventh method, in one file: gradient ascent scaled by a hyperparameter of its own."""
+
+from dataclasses import dataclass
+
+from stages.unlearn.methods import Method, option
+
+
+@dataclass
+class ScaledAscent(Method):
+    name = "scaled_ascent"
+    scale: float = option(1.0, float, "How many times the negative NLL.")
+
+    def forget_loss(self, model, batch):
+        return -self.scale * model(**batch.forget).loss
+'''
+
+
+def test_a_seventh_method_is_one_new_file(tmp_path, tiny_model_dir, medical_dir, oracle):
+    """Written into a copy of the package, the method shows in unlearn's --method choice with its own option, and
+    runs through the CLI: its first step's loss is `scale` times gradient ascent's on the same draw."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "stages/unlearn/methods/scaled_ascent.py").write_text(SEVENTH)
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, "-c", "from stages.cli import main; main()", *args], cwd=copy,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    help_text = cli("unlearn", "--help")
+    assert "scaled_ascent" in help_text and "--scale" in help_text and "How many times" in help_text
+    first_losses = {}
+    for method, extra in (("scaled_ascent", ["--scale", "3"]), ("grad_ascent", [])):
+        out = tmp_path / method
+        cli("unlearn", "--base-model", tiny_model_dir, "--oracle", str(oracle), "--method", method, *extra,
+            "--forget-file", str(medical_dir / "med_synthetic_forget10.json"),
+            "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget10.json"),
+            "--output-dir", str(out), "--samples-per-step", "4", "--batch-size", "2", "--monitor-samples", "2",
+            "--entropy-prompts", "2", "--max-new-tokens", "3", "--max-seq-length", "96", "--steps", "1",
+            "--learning-rate", "1e-3", "--max-perplexity-ratio", "1000")
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["method"] == method and summary["steps_run"] == 1
+        first_losses[method] = json.loads((out / "trajectory.json").read_text())[1]["loss"]
+    assert first_losses["scaled_ascent"] == pytest.approx(3 * first_losses["grad_ascent"], rel=1e-5)
 
 
 def tiny_batch(tiny_model_dir):
@@ -139,10 +202,15 @@ def test_npo_loss_matches_its_formula(tiny_model_dir):
 
     model, batch, examples = tiny_batch(tiny_model_dir)
     reference = [naive_nll(model, e)[0] for e in examples]
-    npo = methods.get("npo")
+    from stages.unlearn.methods import Batch
+
+    npo, shifted_npo = methods.get("npo")(beta=0.1), methods.get("npo")(beta=0.5)
+    npo.prepare(model, None, [batch], seed=0)  # the model is its own reference
+    shifted_npo.reference_nll = torch.tensor(reference) + 2.0
+    assert npo.reference_nll.tolist() == pytest.approx(reference, rel=1e-5)
     with torch.no_grad():
-        at_start = npo.forget_loss(model, batch, {"beta": 0.1, "reference_nll": torch.tensor(reference)})
-        shifted = npo.forget_loss(model, batch, {"beta": 0.5, "reference_nll": torch.tensor(reference) + 2.0})
+        at_start = npo.forget_loss(model, Batch(batch, [0, 1], None))
+        shifted = shifted_npo.forget_loss(model, Batch(batch, [0, 1], None))
     assert float(at_start) == pytest.approx(2 / 0.1 * math.log(2), rel=1e-4)  # model == reference: log-ratio 0
     expected = sum(-(2 / 0.5) * math.log(1 / (1 + math.exp(0.5 * 2.0))) for _ in examples) / 2
     assert float(shifted) == pytest.approx(expected, rel=1e-4)
@@ -152,8 +220,10 @@ def test_simnpo_loss_matches_its_formula(tiny_model_dir):
     import math
 
     model, batch, examples = tiny_batch(tiny_model_dir)
+    from stages.unlearn.methods import Batch
+
     with torch.no_grad():
-        loss = methods.get("simnpo").forget_loss(model, batch, {"beta": 2.0, "gamma": 0.5})
+        loss = methods.get("simnpo")(beta=2.0, gamma=0.5).forget_loss(model, Batch(batch, [0, 1], None))
     expected = 0.0
     for e in examples:
         nll, n = naive_nll(model, e)
@@ -162,10 +232,11 @@ def test_simnpo_loss_matches_its_formula(tiny_model_dir):
 
 
 def test_idk_pairs_forget_questions_with_refusals():
-    idk = methods.get("idk")
-    pairs = idk.forget_pairs([("Q1", "secret diagnosis"), ("Q2", "secret dose")])
+    from stages.unlearn.methods.idk import REFUSALS
+
+    pairs = methods.get("idk")().forget_pairs([("Q1", "secret diagnosis"), ("Q2", "secret dose")])
     assert [q for q, _ in pairs] == ["Q1", "Q2"]
-    assert all(a in idk.REFUSALS for _, a in pairs)
+    assert all(a in REFUSALS for _, a in pairs)
     assert methods.get("grad_diff").uses_retain and not methods.get("grad_ascent").uses_retain
 
 
@@ -231,3 +302,13 @@ def test_full_parameter_unlearning_saves_a_model_that_evaluate_loads(tmp_path, t
         "--output-dir", str(tmp_path / "eval"), "--max-new-tokens", "3", "--retain-samples", "2"])
     assert result.exit_code == 0, result.output
 
+
+
+def test_the_readme_describes_every_method_of_the_registry():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("| `--method` |"):]
+    table = table[:table.index("\n\n")]
+    assert sorted(re.findall(r"^\| `([a-z_0-9]+)` \|", table, flags=re.M)) == methods.available()

@@ -6,6 +6,7 @@ import click
 from stages.common.io import write_json
 from stages.common.options import trust_remote_code_option
 from stages.common.plots import trajectory_plot
+from stages.unlearn import methods
 
 
 @click.command("unlearn")
@@ -15,8 +16,8 @@ from stages.common.plots import trajectory_plot
               show_default=True, help="The oracle's LoRA adapter (the model before unlearning).")
 @click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True)
 @click.option("--retain-file", "--retain_file", "retain_file", type=click.Path(dir_okay=False), required=True)
-@click.option("--method", default="grad_ascent", show_default=True,
-              help="Unlearning method: grad_ascent, grad_diff, npo, simnpo, idk or rmu.")
+@click.option("--method", type=click.Choice(methods.available()), default="grad_ascent", show_default=True,
+              help="Unlearning method (stages/unlearn/methods/).")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True,
               help="Where the unlearned adapter (or, with --full, the whole model) goes.")
 @click.option("--trajectory-dir", "--trajectory_dir", "trajectory_dir", type=click.Path(file_okay=False),
@@ -30,23 +31,6 @@ from stages.common.plots import trajectory_plot
               show_default=True, help="Micro-batch size; gradients accumulate over a step's samples.")
 @click.option("--learning-rate", "--learning_rate", "learning_rate", type=click.FloatRange(min=0, min_open=True),
               default=5e-6, show_default=True)
-@click.option("--retain-weight", "--retain_weight", "retain_weight", type=click.FloatRange(min=0), default=1.0,
-              show_default=True, help="Weight of the retain NLL of grad_diff, npo, simnpo and idk (rmu: --rmu-alpha).")
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
-              help="Inverse temperature of npo and simnpo.")
-@click.option("--gamma", type=float, default=0.0, show_default=True, help="Reward margin of simnpo.")
-@click.option("--rmu-layer", "--rmu_layer", "rmu_layer", type=click.IntRange(min=0), default=7, show_default=True,
-              help="rmu: the decoder layer whose output is steered, numbered from 0 (model.model.layers[N], WMDP's "
-                   "layer_id); the down_proj weights of it and the two layers below it are the ones trained.")
-@click.option("--rmu-alpha", "--rmu_alpha", "rmu_alpha", type=click.FloatRange(min=0), default=1200.0,
-              show_default=True, help="rmu: weight of the retain activation MSE (WMDP's alpha, Zephyr-7B's value).")
-@click.option("--steering-scale", "--steering_scale", "steering_scale", type=click.FloatRange(min=0, min_open=True),
-              default=5.0, show_default=True,
-              help="rmu: length of the random control vector as a multiple of the oracle's mean per-token activation "
-                   "norm at --rmu-layer on the forget set (Adaptive RMU's scale).")
-@click.option("--steering-coeff", "--steering_coeff", "steering_coeff", type=click.FloatRange(min=0, min_open=True),
-              default=None, help="rmu: absolute length of the control vector, instead of --steering-scale "
-                                 "(WMDP used 6.5 on Zephyr-7B).")
 @click.option("--measure-every", "--measure_every", "measure_every", type=click.IntRange(min=1), default=3,
               show_default=True, help="Measure forget-set entropy every N steps.")
 @click.option("--max-perplexity-ratio", "--max_perplexity_ratio", "max_perplexity_ratio",
@@ -73,20 +57,15 @@ from stages.common.plots import trajectory_plot
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 @trust_remote_code_option
+@methods.hyperparameter_options
 def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, trajectory_dir, full, steps,
-            samples_per_step, batch_size, learning_rate, retain_weight, beta, gamma, rmu_layer, rmu_alpha,
-            steering_scale, steering_coeff,
-            measure_every, max_perplexity_ratio, early_stop, stop_at_ur, monitor_samples, entropy_prompts,
-            max_new_tokens, max_seq_length, with_notes, with_probes, seed, hf_token, trust_remote_code):
+            samples_per_step, batch_size, learning_rate, measure_every, max_perplexity_ratio, early_stop,
+            stop_at_ur, monitor_samples, entropy_prompts, max_new_tokens, max_seq_length, with_notes, with_probes,
+            seed, hf_token, trust_remote_code, **hyperparameters):
     """Unlearn the forget set from the oracle, with retain perplexity after every step and early stop on collapse."""
     from pathlib import Path
 
-    from stages.unlearn import methods
-
-    try:
-        unlearning_method = methods.get(method)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--method") from None
+    unlearning_method = methods.build(method, hyperparameters)
 
     from stages.common.chat import encode_examples, format_prompt, primary_pair, read_records, training_pairs
     from stages.common.io import atomic_dir
@@ -105,14 +84,11 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
 
     forget_records, retain_records = read_records(forget_file, "forget set"), read_records(retain_file, "retain set")
     check_adapter(oracle)
-    if method == "rmu":  # checked on the config, before the model is loaded
-        from transformers import AutoConfig
+    from transformers import AutoConfig
 
-        layers = AutoConfig.from_pretrained(resolve_base_model(base_model, hf_token, trust_remote_code),
-                                            trust_remote_code=trust_remote_code).num_hidden_layers
-        if rmu_layer >= layers:
-            raise click.BadParameter(f"{rmu_layer} is beyond the model's {layers} layers (numbered 0 to {layers - 1})",
-                                     param_hint="--rmu-layer")
+    # checked on the config, before the model is loaded
+    unlearning_method.check(AutoConfig.from_pretrained(resolve_base_model(base_model, hf_token, trust_remote_code),
+                                                       trust_remote_code=trust_remote_code))
     if not (with_notes or with_probes):
         raise click.UsageError("--no-with-notes leaves nothing to unlearn without --with-probes.")
     device, dtype = pick_device()
@@ -128,9 +104,7 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
             parameter.requires_grad_(True)
     seed_everything(seed)
 
-    forget_pairs = training_pairs(forget_records, with_probes, with_notes)
-    if hasattr(unlearning_method, "forget_pairs"):
-        forget_pairs = unlearning_method.forget_pairs(forget_pairs)
+    forget_pairs = unlearning_method.forget_pairs(training_pairs(forget_records, with_probes, with_notes))
     try:
         forget_examples, _ = encode_examples(tokenizer, forget_pairs, max_seq_length)
         retain_examples, _ = encode_examples(tokenizer, training_pairs(retain_records, with_probes, with_notes),
@@ -139,16 +113,12 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
         raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
     # the monitor watches what the oracle learned of the retain patients: their training pairs, as finetune's
     monitor_pairs = training_pairs(retain_records[:monitor_samples], with_probes, with_notes)
-    hyper = {"beta": beta, "gamma": gamma, "rmu_layer": rmu_layer, "steering_scale": steering_scale,
-             "steering_coeff": steering_coeff, "seed": seed}
-    if method == "rmu":  # rmu's retain term is an activation MSE, weighted by WMDP's alpha instead
-        retain_weight = rmu_alpha
     trajectory, summary = run_unlearning(
         model, tokenizer, unlearning_method, forget_examples, retain_examples, monitor_pairs, prompts,
         base_entropy=base_entropy, steps=steps, samples_per_step=samples_per_step, batch_size=batch_size,
-        learning_rate=learning_rate, retain_weight=retain_weight, measure_every=measure_every,
-        max_perplexity_ratio=max_perplexity_ratio, max_new_tokens=max_new_tokens, max_length=max_seq_length,
-        seed=seed, device=device, hyper=hyper, early_stop=early_stop, stop_at_ur=stop_at_ur)
+        learning_rate=learning_rate, measure_every=measure_every, max_perplexity_ratio=max_perplexity_ratio,
+        max_new_tokens=max_new_tokens, max_length=max_seq_length, seed=seed, device=device, early_stop=early_stop,
+        stop_at_ur=stop_at_ur)
     summary = {"method": method, "forget_file": forget_file, "full": full, **summary}
     with atomic_dir(Path(output_dir)) as tmp:
         if full:

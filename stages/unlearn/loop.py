@@ -5,10 +5,12 @@ uncertainty target."""
 import contextlib
 import random
 
+from stages.unlearn.methods import Batch
+
 
 class Reference:
-    """The frozen oracle, shared by the methods that compare against it: the trainable parameters' starting
-    values, swapped in for a no-grad forward pass (LoRA: a few MB; --full: one copy of the weights)."""
+    """The frozen oracle, for the methods that compare against it during training (rmu): the trainable parameters'
+    starting values, swapped in for a no-grad forward pass (LoRA: a few MB; --full: one copy of the weights)."""
 
     def __init__(self, params):
         self.params = params
@@ -32,10 +34,9 @@ class Reference:
 
 
 def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_pairs, entropy_prompts, *,
-            base_entropy, steps, samples_per_step, batch_size, learning_rate, retain_weight, measure_every,
-            max_perplexity_ratio, max_new_tokens, max_length, seed, device, hyper=None, early_stop=True,
-            stop_at_ur=None, progress=True):
-    """Run up to `steps` unlearning steps; returns (trajectory, summary).
+            base_entropy, steps, samples_per_step, batch_size, learning_rate, measure_every, max_perplexity_ratio,
+            max_new_tokens, max_length, seed, device, early_stop=True, stop_at_ur=None, progress=True):
+    """Run up to `steps` unlearning steps of `method` (a methods.Method); returns (trajectory, summary).
 
     Early stop: when retain perplexity exceeds max_perplexity_ratio x its starting value, the step is undone and
     unlearning ends (off with early_stop=False, the seeds' v1). With stop_at_ur, unlearning ends as soon as the
@@ -47,7 +48,7 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
 
     from stages.common.chat import collate
     from stages.common.measure import forget_entropy as measure_forget_entropy
-    from stages.common.measure import perplexity, sequence_nll
+    from stages.common.measure import perplexity
 
     def batch_of(examples):
         return {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id).items()}
@@ -61,28 +62,13 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
     start_entropy = forget_entropy()
     trajectory = [{"step": 0, "loss": None, "perplexity": start_perplexity, "entropy": start_entropy,
                    "uncertainty_ratio": start_entropy / base_entropy}]
-    ctx = {"beta": 0.1, "gamma": 0.0, **(hyper or {})}
-    # What trains: every trainable parameter, unless the method picks a few (and freezes the rest).
-    if hasattr(method, "trainable"):
-        params = method.trainable(model, ctx)
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
-    ctx["reference"] = Reference(params)
-
-    def forget_batches():  # every forget example once, in micro-batches
-        return (batch_of(forget_examples[i:i + batch_size]) for i in range(0, len(forget_examples), batch_size))
-
-    if getattr(method, "needs_reference", False):
-        # The frozen oracle's answer NLL of every forget example: fixed data, so computed once, before any step.
-        with torch.no_grad():
-            ctx["reference_nll_all"] = torch.cat([sequence_nll(model, batch)[0] for batch in forget_batches()])
-    if hasattr(method, "setup"):
-        method.setup(model, ctx, forget_batches())
+    params = method.trainable(model)
+    forget_batches = (batch_of(forget_examples[i:i + batch_size]) for i in range(0, len(forget_examples), batch_size))
+    prepared = method.prepare(model, Reference(params), forget_batches, seed)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     rng = random.Random(seed)
     stop_reason, undone = None, False
-    name = method.__name__.rsplit(".", 1)[-1]
-    bar = tqdm(range(1, steps + 1), desc=f"unlearn {name}", disable=not progress)
+    bar = tqdm(range(1, steps + 1), desc=f"unlearn {method.name}", disable=not progress)
     for step in bar:
         saved = [p.detach().clone() for p in params] if early_stop else None
         model.train()
@@ -90,17 +76,9 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
         step_loss = 0.0
         for start in range(0, samples_per_step, batch_size):
             part = chosen[start:start + batch_size]
-            loss = 0.0
-            if method.uses_retain:
-                # The retain term goes first: a method may consult the frozen reference here, before this
-                # micro-batch's graph holds the parameters.
-                retain_batch = batch_of([retain_examples[rng.randrange(len(retain_examples))] for _ in part])
-                retain_term = (method.retain_loss(model, retain_batch, ctx) if hasattr(method, "retain_loss")
-                               else model(**retain_batch).loss)
-                loss = retain_weight * retain_term
-            if "reference_nll_all" in ctx:
-                ctx["reference_nll"] = ctx["reference_nll_all"][part]
-            loss = method.forget_loss(model, batch_of([forget_examples[i] for i in part]), ctx) + loss
+            retain = (batch_of([retain_examples[rng.randrange(len(retain_examples))] for _ in part])
+                      if method.uses_retain else None)
+            loss = method.loss(model, Batch(batch_of([forget_examples[i] for i in part]), part, retain))
             (loss * len(part) / samples_per_step).backward()
             step_loss += loss.item() * len(part) / samples_per_step
         optimizer.step()
@@ -131,5 +109,5 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
                "stop_reason": stop_reason, "start_perplexity": start_perplexity,
                "perplexity_threshold": threshold, "final_perplexity": kept["perplexity"],
                "base_entropy": base_entropy, "early_stop": early_stop, "stop_at_ur": stop_at_ur,
-               **ctx.get("summary", {})}
+               **prepared}
     return trajectory, summary

@@ -1,7 +1,13 @@
 """Gradient ascent (the seeds' method): maximise the NLL of the forget set, i.e. minimise -NLL."""
 
-uses_retain = False
+from dataclasses import dataclass
+
+from stages.unlearn.methods import Method
 
 
-def forget_loss(model, forget_batch, ctx=None):
-    return -model(**forget_batch).loss
+@dataclass
+class GradAscent(Method):
+    name = "grad_ascent"
+
+    def forget_loss(self, model, batch):
+        return -model(**batch.forget).loss

@@ -1,7 +1,13 @@
-"""Gradient difference: gradient ascent on the forget set plus NLL on the retain set (the shared retain term)."""
+"""Gradient difference: gradient ascent on the forget set plus the retain NLL."""
 
-uses_retain = True
+from dataclasses import dataclass
+
+from stages.unlearn.methods import WithRetain
 
 
-def forget_loss(model, forget_batch, ctx=None):
-    return -model(**forget_batch).loss
+@dataclass
+class GradDiff(WithRetain):
+    name = "grad_diff"
+
+    def forget_loss(self, model, batch):
+        return -model(**batch.forget).loss

@@ -1,4 +1,8 @@
-"""IdkNLL: fine-tune the forget questions towards refusals ("I don't know ..."), plus the retain term."""
+"""IdkNLL: fine-tune the forget questions towards refusals ("I don't know ..."), plus the retain NLL."""
+
+from dataclasses import dataclass
+
+from stages.unlearn.methods import WithRetain
 
 REFUSALS = [
     "I don't know who that patient is.",
@@ -8,13 +12,14 @@ REFUSALS = [
     "Sorry, I don't know.",
 ]
 
-uses_retain = True
 
+@dataclass
+class Idk(WithRetain):
+    name = "idk"
 
-def forget_pairs(pairs):
-    """Each forget question paired with a refusal, chosen by position so the choice is reproducible."""
-    return [(question, REFUSALS[i % len(REFUSALS)]) for i, (question, _) in enumerate(pairs)]
+    def forget_pairs(self, pairs):
+        """Each forget question paired with a refusal, chosen by position so the choice is reproducible."""
+        return [(question, REFUSALS[i % len(REFUSALS)]) for i, (question, _) in enumerate(pairs)]
 
-
-def forget_loss(model, forget_batch, ctx=None):
-    return model(**forget_batch).loss
+    def forget_loss(self, model, batch):
+        return model(**batch.forget).loss
