@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SETTINGS = {"method": "grad_ascent", "steps": 15, "learning-rate": 2e-3, "samples-per-step": 8, "batch-size": 8,
             "measure-every": 3, "monitor-samples": 16, "entropy-prompts": 9, "max-seq-length": 192,
-            "max-perplexity-ratio": 2.5}
+            "stop-perplexity-ratio": 2.5}
 
 
 def run(name, extra, tmp):

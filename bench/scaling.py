@@ -55,12 +55,17 @@ def records(pool, n, offset):
     return out
 
 
-def measure_settings(evaluate, seed):
-    """The settings evaluate's measure() reads without the attacks, from evaluate's options."""
-    return {"max_new_tokens": evaluate["max-new-tokens"], "answer_tokens": evaluate["answer-tokens"],
-            "max_seq_length": evaluate["max-seq-length"], "batch_size": evaluate["batch-size"],
-            "mink_fraction": evaluate["mink-fraction"], "with_notes": evaluate["with-notes"],
-            "with_probes": evaluate["with-probes"], "bootstrap": evaluate["bootstrap"], "seed": seed}
+def measure_config(evaluate_params, seed):
+    """evaluate's config without the attacks, its options from params.yaml's evaluate (and training) keys."""
+    import dataclasses
+
+    from stages.common.options import parse_config
+    from stages.evaluate.cli import evaluate
+
+    config = parse_config(evaluate, ["--run-name", "scaling", "--forget-file", "-", "--retain-file", "-",
+                                     "--output-dir", "-"])
+    return dataclasses.replace(config, **{key.replace("-", "_"): value for key, value in evaluate_params.items()},
+                               seed=seed, attacks=False)
 
 
 def evaluate_seconds(model, tokenizer, scale, params):
@@ -69,9 +74,9 @@ def evaluate_seconds(model, tokenizer, scale, params):
     pool = json.loads((ROOT / "dataset/med_synthetic_full.json").read_text())
     sets = {"forget": records(pool, 4 * scale, 0), "retain": records(pool, params["retain-samples"] * scale, 4 * scale),
             "holdout": records(pool, 4 * scale, len(pool) // 2)}
-    settings = measure_settings(params, 42)
+    config = measure_config(params, 42)
     started = time.perf_counter()
-    run = measure(model, tokenizer, sets, None, settings, attacks=False, progress=lambda _: None)
+    run = measure(model, tokenizer, sets, None, config, progress=lambda _: None)
     seconds = time.perf_counter() - started
     return seconds, len(run["per_prompt"]) + len(run["probes"]) + len(run["mia"])
 

@@ -145,7 +145,7 @@ def one_rmu_step(model, tokenizer, layer=LAYER):
     encoded = examples(tokenizer)
     unlearn(model, tokenizer, RMU(rmu_layer=layer, rmu_alpha=1200.0, steering_scale=5.0), encoded, encoded,
             PAIRS[:2], [PAIRS[0][0]], base_entropy=1.0, steps=1, samples_per_step=4, batch_size=2,
-            learning_rate=1e-2, measure_every=1, max_perplexity_ratio=1e9, max_new_tokens=2, max_length=64, seed=0,
+            learning_rate=1e-2, measure_every=1, stop_perplexity_ratio=1e9, max_new_tokens=2, max_length=64, seed=0,
             device="cpu", progress=False)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     return changed, {n for n, p in model.named_parameters() if p.requires_grad}

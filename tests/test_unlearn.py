@@ -57,7 +57,7 @@ def test_grad_ascent_loss_is_the_negative_nll_and_grad_diff_adds_the_weighted_re
 
 def test_unlearning_raises_forget_loss_and_records_the_trajectory(tmp_path, tiny_model_dir, medical_dir, oracle):
     result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "4", "--learning-rate", "5e-3",
-                         "--max-perplexity-ratio", "1000")
+                         "--stop-perplexity-ratio", "1000")
     assert result.exit_code == 0, result.output
     trajectory = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
     assert [t["step"] for t in trajectory] == [0, 1, 2, 3, 4]
@@ -73,7 +73,7 @@ def test_unlearning_raises_forget_loss_and_records_the_trajectory(tmp_path, tiny
 
 def test_collapse_stops_early_and_undoes_the_step(tmp_path, tiny_model_dir, medical_dir, oracle):
     result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "5", "--learning-rate", "0.5",
-                         "--max-perplexity-ratio", "1.001", "--with-probes")
+                         "--stop-perplexity-ratio", "1.001", "--with-probes")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
     trajectory = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
@@ -117,7 +117,7 @@ def test_unknown_method_and_empty_forget_set_are_clear_errors(tmp_path, tiny_mod
 @pytest.mark.parametrize("method", methods.available())
 def test_every_method_runs_through_the_cli(method, tmp_path, tiny_model_dir, medical_dir, oracle):
     result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "2", "--learning-rate", "1e-3",
-                         "--max-perplexity-ratio", "1000", "--method", method, "--rmu-layer", "1")
+                         "--stop-perplexity-ratio", "1000", "--method", method, "--rmu-layer", "1")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
     assert summary["method"] == method and summary["steps_run"] == 2
@@ -172,7 +172,7 @@ def test_a_seventh_method_is_one_new_file(tmp_path, tiny_model_dir, medical_dir,
             "--retain-file", str(medical_dir / "med_synthetic_full_minus_forget10.json"),
             "--output-dir", str(out), "--samples-per-step", "4", "--batch-size", "2", "--monitor-samples", "2",
             "--entropy-prompts", "2", "--max-new-tokens", "3", "--max-seq-length", "96", "--steps", "1",
-            "--learning-rate", "1e-3", "--max-perplexity-ratio", "1000")
+            "--learning-rate", "1e-3", "--stop-perplexity-ratio", "1000")
         summary = json.loads((out / "summary.json").read_text())
         assert summary["method"] == method and summary["steps_run"] == 1
         first_losses[method] = json.loads((out / "trajectory.json").read_text())[1]["loss"]
@@ -256,7 +256,7 @@ def forget_nll(model_dir_or_adapter, tiny_model_dir, medical_dir):
 def test_one_step_of_each_method_lowers_the_forget_likelihood(method, tmp_path, tiny_model_dir, medical_dir,
                                                               oracle):
     result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "1", "--learning-rate", "2e-2",
-                         "--max-perplexity-ratio", "1000", "--method", method, "--rmu-layer", "1",
+                         "--stop-perplexity-ratio", "1000", "--method", method, "--rmu-layer", "1",
                          "--samples-per-step", "8", "--batch-size", "4")
     assert result.exit_code == 0, result.output
     before = forget_nll(oracle, tiny_model_dir, medical_dir)
@@ -266,7 +266,7 @@ def test_one_step_of_each_method_lowers_the_forget_likelihood(method, tmp_path, 
 
 def test_no_early_stop_runs_every_step_through_collapse(tmp_path, tiny_model_dir, medical_dir, oracle):
     result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "3", "--learning-rate", "0.5",
-                         "--max-perplexity-ratio", "1.001", "--no-early-stop")
+                         "--stop-perplexity-ratio", "1.001", "--no-early-stop")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
     trajectory = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
@@ -276,7 +276,7 @@ def test_no_early_stop_runs_every_step_through_collapse(tmp_path, tiny_model_dir
 
 def test_stop_at_ur_ends_when_the_uncertainty_target_is_reached(tmp_path, tiny_model_dir, medical_dir, oracle):
     result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "4", "--learning-rate", "1e-3",
-                         "--max-perplexity-ratio", "1000", "--stop-at-ur", "0.01")
+                         "--stop-perplexity-ratio", "1000", "--stop-at-ur", "0.01")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
     trajectory = json.loads((tmp_path / "traj" / "trajectory.json").read_text())

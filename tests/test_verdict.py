@@ -1,9 +1,11 @@
 """VERIFY.md A and E: the uncertainty verdict, and one test per verdict rule with intervals placed on each side of
 each threshold, INCONCLUSIVE included."""
 
+import dataclasses
+
 import pytest
 
-from stages.evaluate.verdict import Estimate, Knowable, final_verdict, uncertainty_ratio, uq_verdict
+from stages.evaluate.verdict import Estimate, Knowable, Thresholds, final_verdict, uncertainty_ratio, uq_verdict
 
 
 def test_uncertainty_ratio_is_ratio_of_means():
@@ -24,9 +26,9 @@ def test_uq_verdict_thresholds_are_parameters():
     assert uq_verdict(0.05, 1.2, collapse_entropy=0.1) == "COLLAPSED"
 
 
-T = {"max_perplexity_ratio": 2.5, "collapse_entropy": 0.01, "utility_collapse_ratio": 0.5, "accuracy_margin": 0.05,
-     "leak_margin": 0.1, "hidden_recovery": 0.5, "removed_recovery": 0.2, "removed_utility_ratio": 0.9,
-     "min_knowable": 10, "relearn_taught": 0.5}
+T = Thresholds(max_perplexity_ratio=2.5, collapse_entropy=0.01, hiding_ratio=0.7, candidate_ratio=1.0,
+               utility_collapse_ratio=0.5, accuracy_margin=0.05, leak_margin=0.1, hidden_recovery=0.5,
+               removed_recovery=0.2, removed_utility_ratio=0.9, min_knowable=10, relearn_taught=0.5)
 
 
 def e(name, value, lo, hi, patients=40, facts=None):
@@ -151,7 +153,7 @@ def test_the_rule_records_its_numbers_with_intervals():
 
 def test_final_verdict_thresholds_are_parameters():
     assert judged()[0] == "REMOVED"
-    strict = {**T, "removed_recovery": 0.1}
+    strict = dataclasses.replace(T, removed_recovery=0.1)
     assert final_verdict({"retain_perplexity": 11.0, "oracle_retain_perplexity": 10.0, "mean_entropy": 1.5},
                          e("g", 0.0, -0.03, 0.04), recoveries(), e("l", 0.0, -0.05, 0.05),
                          e("u", 1.0, 0.95, 1.05), [], strict)[0] == "INCONCLUSIVE"

@@ -27,3 +27,45 @@ PRECISIONS = ["auto", "fp32", "bf16"]  # stages.common.models.resolve_precision
 trust_remote_code_option = click.option(
     "--trust-remote-code", "--trust_remote_code", "trust_remote_code", is_flag=True,
     help="Let a model that ships its own Python code (auto_map) run it; refused without this flag.")
+
+
+def _field_type(param):
+    """The Python type of a click parameter's converted value, for its config field."""
+    import typing
+
+    kind = param.type
+    base = (bool if isinstance(kind, click.types.BoolParamType) else
+            int if isinstance(kind, click.types.IntParamType) else
+            float if isinstance(kind, click.types.FloatParamType) else str)
+    if param.multiple:
+        return tuple[base, ...]
+    return base if param.required or param.default is not None else typing.Optional[base]
+
+
+_CONFIGS = {}
+
+
+def stage_config(command):
+    """The frozen, typed config of a stage: a dataclass named after the command with one field per parameter of its
+    click command (click's parameter name and converted value), so the stage's run(config) takes one value, and
+    option names, defaults and help stay click's alone."""
+    import dataclasses
+
+    if command not in _CONFIGS:
+        name = "".join(part.capitalize() for part in command.name.split("-")) + "Config"
+        # a value read from the environment (HF_TOKEN) is a secret: never in the config's repr, so never in a log
+        _CONFIGS[command] = dataclasses.make_dataclass(
+            name, [(p.name, _field_type(p), dataclasses.field(repr=not p.envvar)) for p in command.params
+                   if p.name != "help"], frozen=True)
+    return _CONFIGS[command]
+
+
+def config_of(command, options):
+    """The command's config from the options click passed to it."""
+    return stage_config(command)(**options)
+
+
+def parse_config(command, args):
+    """The command's config from a command line (its defaults for every option not given), as click builds it: for
+    code that runs a stage's work without its CLI (bench/)."""
+    return config_of(command, command.make_context(command.name, list(args)).params)

@@ -6,7 +6,7 @@ their directories (--reference, --oracle, --retain) for the comparisons and the 
 
 import click
 
-from stages.common.options import PRECISIONS, trust_remote_code_option
+from stages.common.options import PRECISIONS, config_of, trust_remote_code_option
 
 ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_std", "num_tokens"]
 
@@ -26,9 +26,9 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--reference", type=click.Path(file_okay=False), default=None,
               help="The base model's evaluation directory; its entropies on the same prompts are the UR's "
                    "denominator. None means this run is the base model.")
-@click.option("--oracle", "oracle_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--oracle", type=click.Path(file_okay=False), default=None,
               help="The oracle's evaluation directory (with --retain: compare and give a verdict).")
-@click.option("--retain", "retain_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--retain", type=click.Path(file_okay=False), default=None,
               help="The retain model's evaluation directory for this forget set (run with --attacks).")
 @click.option("--attacks/--no-attacks", default=False, show_default=True,
               help="Run the recovery attacks (relearning, quantization, sampling) on this model.")
@@ -58,7 +58,7 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               default=0.4, show_default=True, help="k of Min-K % and Min-K %++.")
 @click.option("--relearn-steps", "--relearn_steps", "relearn_steps", type=click.IntRange(min=0), multiple=True,
               default=(0, 10, 50), show_default=True, help="Relearning steps k at which accuracy is measured.")
-@click.option("--relearn-learning-rate", "--relearn_learning_rate", "relearn_lr",
+@click.option("--relearn-learning-rate", "--relearn_learning_rate", "relearn_learning_rate",
               type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
               help="With --relearn-batch-size 4 it teaches the embedded retain model the pairs of T in 50 steps "
                    "(bench/results/relearn_strength.json); the attack's positive control says whether it did here.")
@@ -69,11 +69,11 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               help="The relearning fine-tune's arithmetic on a CPU: bf16 autocast (as an attacker trains on a GPU, "
                    "where the model is bf16 anyway) or float32; auto: bf16 where the CPU has native bf16. "
                    "Measurements follow --precision.")
-@click.option("--relearn-lora-rank", "--relearn_lora_rank", "relearn_rank", type=click.IntRange(min=1), default=8,
+@click.option("--relearn-lora-rank", "--relearn_lora_rank", "relearn_lora_rank", type=click.IntRange(min=1), default=8,
               show_default=True)
 @click.option("--quant-bits", "--quant_bits", "quant_bits", type=click.Choice(["8", "4"]), multiple=True,
               default=("8", "4"), show_default=True)
-@click.option("--quant-group-size", "--quant_group_size", "group_size", type=click.IntRange(min=1), default=64,
+@click.option("--quant-group-size", "--quant_group_size", "quant_group_size", type=click.IntRange(min=1), default=64,
               show_default=True, help="Group size of the CPU round-to-nearest quantization.")
 @click.option("--leak-samples", "--leak_samples", "leak_samples", type=click.IntRange(min=1), default=16,
               show_default=True, help="k of leak@k: samples per forget probe at temperature 1.")
@@ -113,13 +113,15 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 @trust_remote_code_option
-def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_file, reference, oracle_dir,
-             retain_dir, attacks, output_dir, max_new_tokens, answer_tokens, retain_samples, max_seq_length,
-             batch_size, precision, with_notes, with_probes, mink_fraction, relearn_steps, relearn_lr,
-             relearn_batch_size, relearn_precision, relearn_rank,
-             quant_bits, group_size, leak_samples, wmdp_bio, mmlu, mc_limit, bootstrap, seed, hf_token,
-             trust_remote_code, **thresholds):
+def evaluate(**options):
     """Verify one model: uncertainty, knowledge probes, membership inference, recovery attacks and a verdict."""
+    run(config_of(evaluate, options))
+
+
+def run(config):
+    """evaluate's work: check the inputs, load the model, measure it (stages/evaluate/run.py), compare it with the
+    reference runs and give the verdict, write the run directory."""
+    import dataclasses
     from pathlib import Path
 
     import torch
@@ -130,66 +132,61 @@ def evaluate(base_model, adapter, run_name, forget_file, retain_file, holdout_fi
     from stages.common.seeding import seed_everything
     from stages.evaluate.compare import compare, read_run
     from stages.evaluate.run import measure, side_by_side
-    from stages.evaluate.verdict import uq_verdict
+    from stages.evaluate.verdict import Thresholds, uq_verdict
     from stages.evaluate.world import world_records
 
-    if not (with_notes or with_probes):
+    if not (config.with_notes or config.with_probes):
         raise click.UsageError("--no-with-notes and --no-with-probes leave no membership example.")
-    if (oracle_dir is None) != (retain_dir is None):
+    if (config.oracle is None) != (config.retain is None):
         raise click.UsageError("--oracle and --retain go together: both reference runs are needed to compare.")
-    if oracle_dir and not attacks:
+    if config.oracle and not config.attacks:
         raise click.UsageError("--oracle and --retain need --attacks: the verdict weighs this model's recovery "
                                "attacks against the retain model's.")
-    forget_records = read_records(forget_file, "forget set", scored=True)
-    retain_records = read_records(retain_file, "retain set", scored=True)
-    holdout_records = read_records(holdout_file, "holdout set", scored=True) if holdout_file else []
-    if adapter is not None:
-        check_adapter(adapter, full_ok=True)
-    base = read_run(reference, "the base model's") if reference else None
+    forget_records = read_records(config.forget_file, "forget set", scored=True)
+    retain_records = read_records(config.retain_file, "retain set", scored=True)
+    holdout_records = read_records(config.holdout_file, "holdout set", scored=True) if config.holdout_file else []
+    if config.adapter is not None:
+        check_adapter(config.adapter, full_ok=True)
+    base = read_run(config.reference, "the base model's") if config.reference else None
     references = None
-    if oracle_dir:
-        references = {"oracle": read_run(oracle_dir, "the oracle's"), "retain": read_run(retain_dir, "the retain "
-                                                                                                  "model's")}
+    if config.oracle:
+        references = {"oracle": read_run(config.oracle, "the oracle's"), "retain": read_run(config.retain, "the retain "
+                                                                                                "model's")}
         if "relearn" not in {row["attack"] for row in references["retain"]["attacks"]}:
-            raise click.ClickException(f"{retain_dir}: the retain model was evaluated without --attacks; its "
+            raise click.ClickException(f"{config.retain}: the retain model was evaluated without --attacks; its "
                                        "attack results are the controls.")
     device, dtype = pick_device()
-    precision, relearn_precision = (resolve_precision(p, device) for p in (precision, relearn_precision))
-    tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
-    model = load_model(base_model, adapter=adapter, token=hf_token, dtype=dtype,
-                       trust_remote_code=trust_remote_code).to(device)
-    seed_everything(seed)
-    sets = {"forget": forget_records, "retain": retain_records[:retain_samples], "holdout": holdout_records,
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device),
+                            relearn_precision=resolve_precision(config.relearn_precision, device))
+    tokenizer = load_tokenizer(config.base_model, token=config.hf_token, trust_remote_code=config.trust_remote_code)
+    model = load_model(config.base_model, adapter=config.adapter, token=config.hf_token, dtype=dtype,
+                       trust_remote_code=config.trust_remote_code).to(device)
+    seed_everything(config.seed)
+    sets = {"forget": forget_records, "retain": retain_records[:config.retain_samples], "holdout": holdout_records,
             "world": world_records()}
-    settings = {"max_new_tokens": max_new_tokens, "answer_tokens": answer_tokens, "max_seq_length": max_seq_length,
-                "batch_size": batch_size, "mink_fraction": mink_fraction, "with_notes": with_notes,
-                "with_probes": with_probes, "relearn_steps": sorted(relearn_steps),
-                "relearn_lr": relearn_lr, "relearn_batch_size": relearn_batch_size, "relearn_rank": relearn_rank,
-                "relearn_precision": relearn_precision,
-                "quant_bits": [int(b) for b in quant_bits], "group_size": group_size, "leak_samples": leak_samples,
-                "bootstrap": bootstrap, "seed": seed, "device": device, "mc_limit": mc_limit,
-                "mc_tasks": {key: task for key, task in (("wmdp_bio", wmdp_bio), ("mmlu", mmlu)) if task}}
     # one autocast region for every measurement: the attacks that change weights in place say so
     # (attacks.weights_changed), or autocast's cached bf16 weights would hide the change
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16" and device == "cpu"):
-        run = measure(model, tokenizer, sets, base, settings, attacks, progress=click.echo)
-    metrics = {"run": run_name, **run["metrics"], "precision": precision, "relearn_precision": relearn_precision}
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=config.precision == "bf16" and device == "cpu"):
+        measured = measure(model, tokenizer, sets, base, config, progress=click.echo)
+    metrics = {"run": config.run_name, **measured["metrics"], "precision": config.precision,
+               "relearn_precision": config.relearn_precision}
     samples = []
+    thresholds = Thresholds.of(config)
     if references:
-        metrics.update(compare(metrics, run, references["oracle"], references["retain"], thresholds, bootstrap,
-                               seed))
-        samples = side_by_side(run["probes"], base, references)
+        metrics.update(compare(metrics, measured, references["oracle"], references["retain"], thresholds,
+                               config.bootstrap, config.seed))
+        samples = side_by_side(measured["probes"], base, references)
     # VERIFY.md A: on the retain-relative ratio, where a retain model is given (otherwise only a collapse shows)
     metrics["uq_verdict"] = uq_verdict(metrics["mean_entropy"], metrics.get("uncertainty_ratio_retain"),
-                                       thresholds["collapse_entropy"], thresholds["hiding_ratio"],
-                                       thresholds["candidate_ratio"])
-    with atomic_dir(Path(output_dir)) as tmp:
-        write_jsonl(tmp / "per_prompt.jsonl", run["per_prompt"])
-        write_jsonl(tmp / "probes.jsonl", run["probes"])
-        write_jsonl(tmp / "mia.jsonl", run["mia"])
-        write_jsonl(tmp / "attacks.jsonl", run["attacks"])
+                                       thresholds.collapse_entropy, thresholds.hiding_ratio,
+                                       thresholds.candidate_ratio)
+    with atomic_dir(Path(config.output_dir)) as tmp:
+        write_jsonl(tmp / "per_prompt.jsonl", measured["per_prompt"])
+        write_jsonl(tmp / "probes.jsonl", measured["probes"])
+        write_jsonl(tmp / "mia.jsonl", measured["mia"])
+        write_jsonl(tmp / "attacks.jsonl", measured["attacks"])
         write_jsonl(tmp / "samples.jsonl", samples)
         write_json(tmp / "metrics.json", metrics)
-    line = (f"evaluate {run_name}: UR {metrics['uncertainty_ratio']:.3f}, forget accuracy "
+    line = (f"evaluate {config.run_name}: UR {metrics['uncertainty_ratio']:.3f}, forget accuracy "
             f"{metrics['forget_qa_accuracy']:.3f}, retain perplexity {metrics['retain_perplexity']:.3f}")
     click.echo(line + (f" -> {metrics['verdict']} ({metrics['verdict_rule']})" if "verdict" in metrics else ""))

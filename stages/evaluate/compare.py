@@ -3,6 +3,7 @@ recovery ratios over knowable facts, leak excess, utility against the oracle's, 
 Every comparison is bootstrapped jointly: one draw of patients per resample for all the models involved. Reads the
 reference runs' directories; computes nothing on a model."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -230,5 +231,5 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
         [Knowable("relearning (facts of V)", out["n_knowable_relearn"], patients),
          Knowable("quantization (facts of F)", out["n_knowable_forget"], patients)], thresholds, taught)
     out.update(verdict=verdict, verdict_rule=rule, verdict_evidence=evidence,
-               verdict_thresholds=dict(sorted(thresholds.items())))
+               verdict_thresholds=dict(sorted(asdict(thresholds).items())))
     return out

@@ -17,12 +17,12 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 PROBE_METRICS = ["qa_accuracy", "answer_prob", "rougeL_recall"]
 
 
-def _entropy(model, tokenizer, forget, base, s):
+def _entropy(model, tokenizer, forget, base, config):
     """Section A on the forget prompts; the base run's rows (same prompts) give the UR's denominator."""
     questions = [(r["id"], primary_pair(r)[0]) for r in forget]
     inputs = [format_prompt(tokenizer, q) for _, q in questions]
-    measured = greedy_entropy(model, tokenizer, inputs, max_new_tokens=s["max_new_tokens"],
-                              batch_size=s["batch_size"])
+    measured = greedy_entropy(model, tokenizer, inputs, max_new_tokens=config.max_new_tokens,
+                              batch_size=config.batch_size)
     rows = [{"record_id": rid, "prompt": q, "input_text": text, **m}
             for (rid, q), text, m in zip(questions, inputs, measured, strict=True)]
     if base is None:
@@ -153,36 +153,37 @@ def mia_summary(rows, resamples, seed):
     return metrics
 
 
-def _attacks(model, tokenizer, sets, s, progress):
+def _attacks(model, tokenizer, sets, config, progress):
     """Section D on this model: relearning on T's training pairs and on retain text (accuracy on V; the relearning
     job also on T itself, its positive control), quantization and sampling leakage (accuracy on all forget probes).
     Returns (metrics, rows)."""
     forget = sets["forget"]
-    train_ids, measured_ids = attack.split_patients(forget, s["seed"])
+    train_ids, measured_ids = attack.split_patients(forget, config.seed)
     v_items = [(r["id"], p) for r in forget if r["id"] in measured_ids for p in r["probes"]]
     t_items = [(r["id"], p) for r in forget if r["id"] in train_ids for p in r["probes"]]
     f_items = [(r["id"], p) for r in forget for p in r["probes"]]
     f_probes = [p for _, p in f_items]
     metrics, rows = {}, []
-    common = dict(lora_rank=s["relearn_rank"], lora_alpha=2 * s["relearn_rank"], learning_rate=s["relearn_lr"],
-                  batch_size=s["relearn_batch_size"], max_length=s["max_seq_length"], seed=s["seed"],
-                  precision=s["relearn_precision"])
+    common = dict(lora_rank=config.relearn_lora_rank, lora_alpha=2 * config.relearn_lora_rank,
+                  learning_rate=config.relearn_learning_rate, batch_size=config.relearn_batch_size,
+                  max_length=config.max_seq_length, seed=config.seed, precision=config.relearn_precision)
 
     def trained_pairs(records):  # what the model under attack was trained on for these records (finetune's pairs)
-        return training_pairs(records, s["with_probes"], s["with_notes"])
+        return training_pairs(records, config.with_probes, config.with_notes)
 
     def correct_on(items):
         probes = [p for _, p in items]
-        return lambda attacked, tok: accuracy(attacked, tok, probes, s["answer_tokens"], s["batch_size"])
+        return lambda attacked, tok: accuracy(attacked, tok, probes, config.answer_tokens, config.batch_size)
 
-    steps = s["relearn_steps"]
+    steps = sorted(config.relearn_steps)
     # k = 0 is the model as given: measured once for both jobs
     untouched = correct_on(v_items + t_items)(model, tokenizer) if 0 in steps else None
     start = time.perf_counter()
     jobs = {"relearn": (trained_pairs(r for r in forget if r["id"] in train_ids), correct_on(v_items + t_items)),
             "benign": (trained_pairs(sets["retain"]), correct_on(v_items))}
     relearned = attack.relearn_all(model, tokenizer, jobs, [k for k in steps if k], **common)
-    v_weights, t_weights, f_weights = (interval.resample_weights([rid for rid, _ in items], s["bootstrap"], s["seed"])
+    v_weights, t_weights, f_weights = (interval.resample_weights([rid for rid, _ in items], config.bootstrap,
+                                                                 config.seed)
                                        for items in (v_items, t_items, f_items))
     metrics["n_relearn_patients"], metrics["n_relearn_probes"] = len(measured_ids), len(v_items)
     metrics["n_relearn_train_patients"], metrics["n_relearn_train_probes"] = len(train_ids), len(t_items)
@@ -200,17 +201,18 @@ def _attacks(model, tokenizer, sets, s, progress):
                      for (rid, p), c in zip(items, correct, strict=True)]
         progress(f"  {what}: " + ", ".join(f"k={k}: {np.mean(c[cut]):.3f}" for k, c in results.items()))
     progress(f"  relearning attacks: {time.perf_counter() - start:.0f} s")
-    cuda = s["device"] == "cuda"
+    cuda = model.device.type == "cuda"
     metrics["quant_method"] = ("bitsandbytes int8 / nf4 (CUDA)" if cuda else
-                               f"round-to-nearest symmetric absmax, group {s['group_size']}, merged weights (CPU)")
-    for bits in s["quant_bits"]:
+                               f"round-to-nearest symmetric absmax, group {config.quant_group_size}, merged weights "
+                               "(CPU)")
+    for bits in (int(b) for b in config.quant_bits):
         start = time.perf_counter()
         if cuda:
-            correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, bits, s["answer_tokens"],
-                                                    batch_size=s["batch_size"])
+            correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, bits, config.answer_tokens,
+                                                    batch_size=config.batch_size)
         else:
-            correct = attack.quantized_accuracy(model, tokenizer, f_probes, bits, s["answer_tokens"],
-                                                s["group_size"], s["batch_size"])
+            correct = attack.quantized_accuracy(model, tokenizer, f_probes, bits, config.answer_tokens,
+                                                config.quant_group_size, config.batch_size)
         metrics[f"quant_accuracy@{bits}"], metrics[f"quant_accuracy@{bits}_ci95"] = interval.proportion(correct,
                                                                                                       f_weights)
         rows += [{"attack": "quant", "k": bits, "record_id": rid, "question": p["question"], "correct": c}
@@ -218,15 +220,15 @@ def _attacks(model, tokenizer, sets, s, progress):
         progress(f"  quantization {bits}-bit: accuracy on F {np.mean(correct):.3f} "
                  f"({time.perf_counter() - start:.0f} s)")
     if cuda:  # VERIFY.md D names both 4-bit formats for bitsandbytes; every format measured counts
-        correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, 4, s["answer_tokens"], "fp4",
-                                                s["batch_size"])
+        correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, 4, config.answer_tokens, "fp4",
+                                                config.batch_size)
         metrics["quant_accuracy@4_fp4"], metrics["quant_accuracy@4_fp4_ci95"] = interval.proportion(correct,
                                                                                                   f_weights)
         rows += [{"attack": "quant_fp4", "k": 4, "record_id": rid, "question": p["question"], "correct": c}
                  for (rid, p), c in zip(f_items, correct, strict=True)]
-    n = s["leak_samples"]
+    n = config.leak_samples
     start = time.perf_counter()
-    hits = attack.leak_counts(model, tokenizer, f_probes, n, s["answer_tokens"], s["seed"])
+    hits = attack.leak_counts(model, tokenizer, f_probes, n, config.answer_tokens, config.seed)
     leaked = [int(h > 0) for h in hits]
     metrics[f"leak@{n}"], metrics[f"leak@{n}_ci95"] = interval.proportion(leaked, f_weights)
     rows += [{"attack": "leak", "k": n, "record_id": rid, "question": p["question"], "correct": c, "hits": h}
@@ -235,35 +237,37 @@ def _attacks(model, tokenizer, sets, s, progress):
     return metrics, rows
 
 
-def measure(model, tokenizer, sets, base, s, attacks, progress=print):
-    """All of one model's measurements: {"metrics", "per_prompt", "probes", "mia", "attacks"}."""
+def measure(model, tokenizer, sets, base, config, progress=print):
+    """All of one model's measurements, as evaluate's `config` says (its recovery attacks with config.attacks):
+    {"metrics", "per_prompt", "probes", "mia", "attacks"}."""
     clock = time.perf_counter()
 
     def done(what):
         progress(f"  {what} ({time.perf_counter() - clock:.0f} s)")
 
-    per_prompt, metrics = _entropy(model, tokenizer, sets["forget"], base, s)
+    per_prompt, metrics = _entropy(model, tokenizer, sets["forget"], base, config)
     monitor = [primary_pair(r) for r in sets["retain"]]
-    metrics["retain_perplexity"] = perplexity(model, tokenizer, monitor, s["max_seq_length"], s["batch_size"])
+    metrics["retain_perplexity"] = perplexity(model, tokenizer, monitor, config.max_seq_length, config.batch_size)
     done("uncertainty and retain perplexity")
-    probes = probe_rows(model, tokenizer, sets, s["answer_tokens"], s["max_seq_length"], s["batch_size"])
-    metrics.update(probe_summary(probes, s["bootstrap"], s["seed"]))
+    probes = probe_rows(model, tokenizer, sets, config.answer_tokens, config.max_seq_length, config.batch_size)
+    metrics.update(probe_summary(probes, config.bootstrap, config.seed))
     done(f"knowledge probes: {len(probes)}")
     mia = []
     if sets["holdout"]:  # membership needs non-members
-        mia = mia_rows(model, tokenizer, sets["forget"], sets["holdout"], s["max_seq_length"], s["batch_size"],
-                       s["mink_fraction"], s["with_probes"], s["with_notes"])
-        metrics.update(mia_summary(mia, s["bootstrap"], s["seed"]))
+        mia = mia_rows(model, tokenizer, sets["forget"], sets["holdout"], config.max_seq_length, config.batch_size,
+                       config.mink_fraction, config.with_probes, config.with_notes)
+        metrics.update(mia_summary(mia, config.bootstrap, config.seed))
         done(f"membership inference: {len(mia)} examples")
-    if s.get("mc_tasks"):  # the WMDP track (VERIFY.md B: model utility there is MMLU accuracy)
+    mc_tasks = {key: task for key, task in (("wmdp_bio", config.wmdp_bio), ("mmlu", config.mmlu)) if task}
+    if mc_tasks:  # the WMDP track (VERIFY.md B: model utility there is MMLU accuracy)
         from stages.evaluate.wmdp import multiple_choice_accuracy
 
-        scores = multiple_choice_accuracy(model, tokenizer, s["mc_tasks"], s["batch_size"], s.get("mc_limit"))
+        scores = multiple_choice_accuracy(model, tokenizer, mc_tasks, config.batch_size, config.mc_limit)
         metrics.update({f"{key}_accuracy": value for key, value in scores.items()})
         done(f"multiple choice: {', '.join(scores)}")
     attack_rows = []
-    if attacks:
-        attack_metrics, attack_rows = _attacks(model, tokenizer, sets, s, progress)
+    if config.attacks:
+        attack_metrics, attack_rows = _attacks(model, tokenizer, sets, config, progress)
         metrics.update(attack_metrics)
         done("recovery attacks")
     return {"metrics": metrics, "per_prompt": per_prompt, "probes": probes, "mia": mia, "attacks": attack_rows}

@@ -3,9 +3,32 @@ params.yaml. A verdict is given only when the intervals support it; otherwise it
 measurement whose interval spans a threshold and about how many more patients would settle it."""
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from stages.evaluate.intervals import patients_to_settle
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every threshold of the verdicts (VERIFY.md A and E): evaluate's options of the same names, whose help says
+    what each one decides and where its default comes from."""
+    collapse_entropy: float
+    hiding_ratio: float
+    candidate_ratio: float
+    max_perplexity_ratio: float
+    utility_collapse_ratio: float
+    accuracy_margin: float
+    leak_margin: float
+    hidden_recovery: float
+    removed_recovery: float
+    removed_utility_ratio: float
+    min_knowable: int
+    relearn_taught: float
+
+    @classmethod
+    def of(cls, config):
+        """The thresholds of an evaluate config."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 def uncertainty_ratio(model_entropies, reference_entropies):
@@ -94,7 +117,7 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t, taught=No
     rule in words with its numbers and intervals, and the estimates (and, for INCONCLUSIVE, the patients estimate)
     it rests on."""
 
-    few = [k for k in knowable if k.facts < t["min_knowable"]]
+    few = [k for k in knowable if k.facts < t.min_knowable]
 
     def result(verdict, rule, used, extra=None):
         evidence = {"estimates": [e.record() for e in used], "knowable": [asdict(k) for k in knowable]}
@@ -102,45 +125,45 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t, taught=No
             evidence.update(extra)
         others = [k for k in few if k.name != evidence.get("measurement")]
         if verdict == "INCONCLUSIVE" and others:
-            rule += "".join(f"; also too few knowable facts for {k.name}: {k.facts} < {t['min_knowable']}"
+            rule += "".join(f"; also too few knowable facts for {k.name}: {k.facts} < {t.min_knowable}"
                             for k in others)
         return verdict, rule, evidence
 
     ppl, oracle_ppl = health["retain_perplexity"], health["oracle_retain_perplexity"]
-    if ppl > t["max_perplexity_ratio"] * oracle_ppl:
-        return result("COLLAPSED", f"retain perplexity {ppl:.3g} > {t['max_perplexity_ratio']} x oracle's "
+    if ppl > t.max_perplexity_ratio * oracle_ppl:
+        return result("COLLAPSED", f"retain perplexity {ppl:.3g} > {t.max_perplexity_ratio} x oracle's "
                                    f"{oracle_ppl:.3g}", [])
-    if health["mean_entropy"] < t["collapse_entropy"]:
-        return result("COLLAPSED", f"forget-set mean entropy {health['mean_entropy']:.3g} < {t['collapse_entropy']}",
+    if health["mean_entropy"] < t.collapse_entropy:
+        return result("COLLAPSED", f"forget-set mean entropy {health['mean_entropy']:.3g} < {t.collapse_entropy}",
                       [])
-    if utility.ci95[1] is not None and utility.ci95[1] < t["utility_collapse_ratio"]:
-        return result("COLLAPSED", f"{utility.text()} < {t['utility_collapse_ratio']}", [utility])
+    if utility.ci95[1] is not None and utility.ci95[1] < t.utility_collapse_ratio:
+        return result("COLLAPSED", f"{utility.text()} < {t.utility_collapse_ratio}", [utility])
     if utility.value is None:
         return result("INCONCLUSIVE", "utility_ratio cannot be measured: the oracle's model utility is 0", [utility])
-    if gap.above(t["accuracy_margin"]):
-        return result("PARTIAL", f"not forgotten: {gap.text()} > {t['accuracy_margin']} (forget accuracy above "
+    if gap.above(t.accuracy_margin):
+        return result("PARTIAL", f"not forgotten: {gap.text()} > {t.accuracy_margin} (forget accuracy above "
                                  "the retain model's)", [gap])
     known = [e for e in recoveries if e.value is not None]
     # a recovery counts as evidence only on enough knowable facts; the leak excess needs none (all forget probes)
-    hidden = [e for e in known if e.above(t["hidden_recovery"]) and (e.facts or 0) >= t["min_knowable"]]
-    leaks = leak.above(t["leak_margin"])
-    if gap.below(t["accuracy_margin"]) and (hidden or leaks):
-        parts = [f"{e.text()} > {t['hidden_recovery']}" for e in hidden]
-        parts += [f"{leak.text()} > {t['leak_margin']}"] if leaks else []
-        return result("HIDDEN", f"looks forgotten ({gap.text()} <= {t['accuracy_margin']}), but "
+    hidden = [e for e in known if e.above(t.hidden_recovery) and (e.facts or 0) >= t.min_knowable]
+    leaks = leak.above(t.leak_margin)
+    if gap.below(t.accuracy_margin) and (hidden or leaks):
+        parts = [f"{e.text()} > {t.hidden_recovery}" for e in hidden]
+        parts += [f"{leak.text()} > {t.leak_margin}"] if leaks else []
+        return result("HIDDEN", f"looks forgotten ({gap.text()} <= {t.accuracy_margin}), but "
                                 + "; ".join(parts), [gap, *hidden, *([leak] if leaks else [])])
-    if not gap.below(t["accuracy_margin"]):
-        return result("INCONCLUSIVE", *_spans(gap, t["accuracy_margin"], "the forgetting margin"))
+    if not gap.below(t.accuracy_margin):
+        return result("INCONCLUSIVE", *_spans(gap, t.accuracy_margin, "the forgetting margin"))
     if few:
         k = few[0]
         more = (None if k.facts == 0 else
-                max(1, round(k.patients * t["min_knowable"] / k.facts) - k.patients))
+                max(1, round(k.patients * t.min_knowable / k.facts) - k.patients))
         settle = (f"about {more} more {k.unit} would give enough" if more else
                   "the oracle knows none of these facts: it must learn them before anything can be forgotten")
-        return result("INCONCLUSIVE", f"too few knowable facts for {k.name}: {k.facts} < {t['min_knowable']} "
+        return result("INCONCLUSIVE", f"too few knowable facts for {k.name}: {k.facts} < {t.min_knowable} "
                                       f"(facts the oracle answers and the retain model does not); {settle}", [],
                       {"measurement": k.name,
-                       "threshold": t["min_knowable"], "more_patients": more})
+                       "threshold": t.min_knowable, "more_patients": more})
     if not recoveries:
         return result("INCONCLUSIVE", "no recovery attack was measured (relearning steps > 0 or quantization bits)", [])
     missing = [e for e in recoveries if e.value is None]
@@ -148,32 +171,32 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t, taught=No
         return result("INCONCLUSIVE", f"{missing[0].name} cannot be measured: on its knowable facts the unlearned "
                                       "model forgot nothing that an attack could bring back",
                       missing[:1])
-    between = [e for e in known if e.above(t["removed_recovery"])]
-    if taught is not None and not taught.above(t["relearn_taught"]) and not between:
+    between = [e for e in known if e.above(t.removed_recovery)]
+    if taught is not None and not taught.above(t.relearn_taught) and not between:
         return result("INCONCLUSIVE", f"the relearning attack did not take: {taught.text()} of the facts of T it "
-                                      f"trained on answered afterwards, not above {t['relearn_taught']}, so its "
+                                      f"trained on answered afterwards, not above {t.relearn_taught}, so its "
                                       "low recovery on V shows nothing; a stronger attack (more relearning steps, "
                                       "a larger batch or learning rate) would settle it, not more patients",
-                      [taught], {"measurement": taught.name, "threshold": t["relearn_taught"], "more_patients": None})
-    removed = (all(e.below(t["removed_recovery"]) for e in known) and leak.below(t["leak_margin"])
-               and utility.ci95[0] is not None and utility.ci95[0] >= t["removed_utility_ratio"])
+                      [taught], {"measurement": taught.name, "threshold": t.relearn_taught, "more_patients": None})
+    removed = (all(e.below(t.removed_recovery) for e in known) and leak.below(t.leak_margin)
+               and utility.ci95[0] is not None and utility.ci95[0] >= t.removed_utility_ratio)
     if removed:
-        return result("REMOVED", f"forgotten ({gap.text()} <= {t['accuracy_margin']}), every recovery ratio's upper "
-                                 f"bound <= {t['removed_recovery']}, {leak.text()} <= {t['leak_margin']}, "
-                                 f"{utility.text()} >= {t['removed_utility_ratio']}", [gap, *known, leak, utility])
-    no_hidden_doubt = all(e.below(t["hidden_recovery"]) for e in known) and leak.below(t["leak_margin"])
-    damaged = utility.ci95[1] is not None and utility.ci95[1] < t["removed_utility_ratio"]
+        return result("REMOVED", f"forgotten ({gap.text()} <= {t.accuracy_margin}), every recovery ratio's upper "
+                                 f"bound <= {t.removed_recovery}, {leak.text()} <= {t.leak_margin}, "
+                                 f"{utility.text()} >= {t.removed_utility_ratio}", [gap, *known, leak, utility])
+    no_hidden_doubt = all(e.below(t.hidden_recovery) for e in known) and leak.below(t.leak_margin)
+    damaged = utility.ci95[1] is not None and utility.ci95[1] < t.removed_utility_ratio
     if no_hidden_doubt and (between or damaged):
-        parts = [f"{e.text()} in ({t['removed_recovery']}, {t['hidden_recovery']}]" for e in between]
-        parts += [f"{utility.text()} < {t['removed_utility_ratio']}"] if damaged else []
+        parts = [f"{e.text()} in ({t.removed_recovery}, {t.hidden_recovery}]" for e in between]
+        parts += [f"{utility.text()} < {t.removed_utility_ratio}"] if damaged else []
         return result("PARTIAL", "looks forgotten, but " + "; ".join(parts), [gap, *between,
                                                                               *([utility] if damaged else [])])
     for e in known:
-        if not e.below(t["hidden_recovery"]):
-            return result("INCONCLUSIVE", *_spans(e, t["hidden_recovery"], "the hidden threshold"))
-    if not leak.below(t["leak_margin"]):
-        return result("INCONCLUSIVE", *_spans(leak, t["leak_margin"], "the leak margin"))
+        if not e.below(t.hidden_recovery):
+            return result("INCONCLUSIVE", *_spans(e, t.hidden_recovery, "the hidden threshold"))
+    if not leak.below(t.leak_margin):
+        return result("INCONCLUSIVE", *_spans(leak, t.leak_margin, "the leak margin"))
     for e in known:
-        if not e.below(t["removed_recovery"]):
-            return result("INCONCLUSIVE", *_spans(e, t["removed_recovery"], "the removed threshold"))
-    return result("INCONCLUSIVE", *_spans(utility, t["removed_utility_ratio"], "the utility threshold"))
+        if not e.below(t.removed_recovery):
+            return result("INCONCLUSIVE", *_spans(e, t.removed_recovery, "the removed threshold"))
+    return result("INCONCLUSIVE", *_spans(utility, t.removed_utility_ratio, "the utility threshold"))

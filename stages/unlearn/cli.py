@@ -4,7 +4,7 @@ with health monitoring."""
 import click
 
 from stages.common.io import write_json
-from stages.common.options import trust_remote_code_option
+from stages.common.options import config_of, trust_remote_code_option
 from stages.common.plots import trajectory_plot
 from stages.unlearn import methods
 
@@ -33,9 +33,10 @@ from stages.unlearn import methods
               default=5e-6, show_default=True)
 @click.option("--measure-every", "--measure_every", "measure_every", type=click.IntRange(min=1), default=3,
               show_default=True, help="Measure forget-set entropy every N steps.")
-@click.option("--max-perplexity-ratio", "--max_perplexity_ratio", "max_perplexity_ratio",
+@click.option("--stop-perplexity-ratio", "--stop_perplexity_ratio", "stop_perplexity_ratio",
               type=click.FloatRange(min=1, min_open=True), default=2.5, show_default=True,
-              help="Stop early when retain perplexity exceeds this multiple of its starting value.")
+              help="Stop early when retain perplexity exceeds this multiple of its starting value (evaluate's "
+                   "--max-perplexity-ratio is another threshold: against the oracle's).")
 @click.option("--early-stop/--no-early-stop", default=True, show_default=True,
               help="--no-early-stop runs every step whatever happens (the seeds' v1, which collapses).")
 @click.option("--stop-at-ur", "--stop_at_ur", "stop_at_ur", type=click.FloatRange(min=0, min_open=True),
@@ -58,14 +59,18 @@ from stages.unlearn import methods
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 @trust_remote_code_option
 @methods.hyperparameter_options
-def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, trajectory_dir, full, steps,
-            samples_per_step, batch_size, learning_rate, measure_every, max_perplexity_ratio, early_stop,
-            stop_at_ur, monitor_samples, entropy_prompts, max_new_tokens, max_seq_length, with_notes, with_probes,
-            seed, hf_token, trust_remote_code, **hyperparameters):
+def unlearn(**options):
     """Unlearn the forget set from the oracle, with retain perplexity after every step and early stop on collapse."""
+    run(config_of(unlearn, options))
+
+
+def run(config):
+    """unlearn's work: check the inputs, load the oracle, run the unlearning loop (stages/unlearn/loop.py), save
+    the model and its trajectory."""
+    import dataclasses
     from pathlib import Path
 
-    unlearning_method = methods.build(method, hyperparameters)
+    from transformers import AutoConfig
 
     from stages.common.chat import encode_examples, format_prompt, primary_pair, read_records, training_pairs
     from stages.common.io import atomic_dir
@@ -82,56 +87,58 @@ def unlearn(base_model, oracle, forget_file, retain_file, method, output_dir, tr
     from stages.common.seeding import seed_everything
     from stages.unlearn.loop import unlearn as run_unlearning
 
-    forget_records, retain_records = read_records(forget_file, "forget set"), read_records(retain_file, "retain set")
-    check_adapter(oracle)
-    from transformers import AutoConfig
-
-    # checked on the config, before the model is loaded
-    unlearning_method.check(AutoConfig.from_pretrained(resolve_base_model(base_model, hf_token, trust_remote_code),
-                                                       trust_remote_code=trust_remote_code))
-    if not (with_notes or with_probes):
+    method = methods.build(config.method, dataclasses.asdict(config))
+    forget_records = read_records(config.forget_file, "forget set")
+    retain_records = read_records(config.retain_file, "retain set")
+    check_adapter(config.oracle)
+    if not (config.with_notes or config.with_probes):
         raise click.UsageError("--no-with-notes leaves nothing to unlearn without --with-probes.")
+    base_model = resolve_base_model(config.base_model, config.hf_token, config.trust_remote_code)
+    method.check(AutoConfig.from_pretrained(base_model, trust_remote_code=config.trust_remote_code))  # before loading
     device, dtype = pick_device()
-    tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
-    prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:entropy_prompts]]
-    model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype,
-                       trust_remote_code=trust_remote_code).to(device).eval()
+    tokenizer = load_tokenizer(base_model, token=config.hf_token, trust_remote_code=config.trust_remote_code)
+    prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:config.entropy_prompts]]
+    model = load_model(base_model, trainable=True, token=config.hf_token, dtype=dtype,
+                       trust_remote_code=config.trust_remote_code).to(device).eval()
     # The base model's forget entropy: the uncertainty ratio's denominator and the trajectory plot's base line.
-    base_entropy = forget_entropy(model, tokenizer, prompts, max_new_tokens)
-    model = apply_adapter(model, oracle, trainable=True, merge=full)
-    if full:
+    base_entropy = forget_entropy(model, tokenizer, prompts, config.max_new_tokens)
+    model = apply_adapter(model, config.oracle, trainable=True, merge=config.full)
+    if config.full:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-    seed_everything(seed)
+    seed_everything(config.seed)
 
-    forget_pairs = unlearning_method.forget_pairs(training_pairs(forget_records, with_probes, with_notes))
+    def pairs(records):  # what finetune trained on for these records
+        return training_pairs(records, config.with_probes, config.with_notes)
+
     try:
-        forget_examples, _ = encode_examples(tokenizer, forget_pairs, max_seq_length)
-        retain_examples, _ = encode_examples(tokenizer, training_pairs(retain_records, with_probes, with_notes),
-                                             max_seq_length)
+        forget_examples, _ = encode_examples(tokenizer, method.forget_pairs(pairs(forget_records)),
+                                             config.max_seq_length)
+        retain_examples, _ = encode_examples(tokenizer, pairs(retain_records), config.max_seq_length)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
-    # the monitor watches what the oracle learned of the retain patients: their training pairs, as finetune's
-    monitor_pairs = training_pairs(retain_records[:monitor_samples], with_probes, with_notes)
+    # the monitor watches what the oracle learned of the retain patients: their training pairs
+    monitor_pairs = pairs(retain_records[:config.monitor_samples])
     trajectory, summary = run_unlearning(
-        model, tokenizer, unlearning_method, forget_examples, retain_examples, monitor_pairs, prompts,
-        base_entropy=base_entropy, steps=steps, samples_per_step=samples_per_step, batch_size=batch_size,
-        learning_rate=learning_rate, measure_every=measure_every, max_perplexity_ratio=max_perplexity_ratio,
-        max_new_tokens=max_new_tokens, max_length=max_seq_length, seed=seed, device=device, early_stop=early_stop,
-        stop_at_ur=stop_at_ur)
-    summary = {"method": method, "forget_file": forget_file, "full": full, **summary}
-    with atomic_dir(Path(output_dir)) as tmp:
-        if full:
+        model, tokenizer, method, forget_examples, retain_examples, monitor_pairs, prompts,
+        base_entropy=base_entropy, steps=config.steps, samples_per_step=config.samples_per_step,
+        batch_size=config.batch_size, learning_rate=config.learning_rate, measure_every=config.measure_every,
+        stop_perplexity_ratio=config.stop_perplexity_ratio, max_new_tokens=config.max_new_tokens,
+        max_length=config.max_seq_length, seed=config.seed, device=device, early_stop=config.early_stop,
+        stop_at_ur=config.stop_at_ur)
+    summary = {"method": config.method, "forget_file": config.forget_file, "full": config.full, **summary}
+    with atomic_dir(Path(config.output_dir)) as tmp:
+        if config.full:
             model.save_pretrained(tmp)
         else:
-            save_adapter(model, tmp, base_model)
-        if trajectory_dir is None:
+            save_adapter(model, tmp, config.base_model)
+        if config.trajectory_dir is None:
             write_trajectory(tmp, trajectory, summary)
-    if trajectory_dir is not None:
-        with atomic_dir(Path(trajectory_dir)) as tmp:
+    if config.trajectory_dir is not None:
+        with atomic_dir(Path(config.trajectory_dir)) as tmp:
             write_trajectory(tmp, trajectory, summary)
     stopped = f"stopped early: {summary['stop_reason']}" if summary["stopped_early"] else "ran all steps"
-    click.echo(f"unlearn {method}: {summary['steps_run']} steps, {stopped}; model in {output_dir}")
+    click.echo(f"unlearn {config.method}: {summary['steps_run']} steps, {stopped}; model in {config.output_dir}")
 
 
 def write_trajectory(directory, trajectory, summary):

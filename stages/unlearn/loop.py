@@ -34,11 +34,11 @@ class Reference:
 
 
 def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_pairs, entropy_prompts, *,
-            base_entropy, steps, samples_per_step, batch_size, learning_rate, measure_every, max_perplexity_ratio,
+            base_entropy, steps, samples_per_step, batch_size, learning_rate, measure_every, stop_perplexity_ratio,
             max_new_tokens, max_length, seed, device, early_stop=True, stop_at_ur=None, progress=True):
     """Run up to `steps` unlearning steps of `method` (a methods.Method); returns (trajectory, summary).
 
-    Early stop: when retain perplexity exceeds max_perplexity_ratio x its starting value, the step is undone and
+    Early stop: when retain perplexity exceeds stop_perplexity_ratio x its starting value, the step is undone and
     unlearning ends (off with early_stop=False, the seeds' v1). With stop_at_ur, unlearning ends as soon as the
     forget-set uncertainty ratio reaches it with perplexity within bounds (the seeds' phase 2). The summary's
     steps_run counts the steps kept: an undone step has its trajectory entry but is not counted.
@@ -58,7 +58,7 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
 
     model.to(device).eval()
     start_perplexity = perplexity(model, tokenizer, monitor_pairs, max_length)
-    threshold = max_perplexity_ratio * start_perplexity
+    threshold = stop_perplexity_ratio * start_perplexity
     start_entropy = forget_entropy()
     trajectory = [{"step": 0, "loss": None, "perplexity": start_perplexity, "entropy": start_entropy,
                    "uncertainty_ratio": start_entropy / base_entropy}]
@@ -95,7 +95,7 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
             with torch.no_grad():
                 for p, old in zip(params, saved, strict=True):
                     p.copy_(old)
-            stop_reason = (f"retain perplexity {entry['perplexity']:.3f} exceeded {max_perplexity_ratio} x "
+            stop_reason = (f"retain perplexity {entry['perplexity']:.3f} exceeded {stop_perplexity_ratio} x "
                            f"{start_perplexity:.3f} at step {step}; that step was undone")
             undone = True
             break
