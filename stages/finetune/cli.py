@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common.options import PRECISIONS, trust_remote_code_option
+from stages.common.options import PRECISIONS, config_of, trust_remote_code_option
 
 
 @click.command("finetune")
@@ -14,11 +14,11 @@ from stages.common.options import PRECISIONS, trust_remote_code_option
               help="Where the LoRA adapter, train_log.json and loss.png go.")
 @click.option("--num-epochs", "--num_epochs", "num_epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--gradient-accumulation-steps", "--gradient_accumulation_steps", "grad_accum",
+@click.option("--gradient-accumulation-steps", "--gradient_accumulation_steps", "gradient_accumulation_steps",
               type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--learning-rate", "--learning_rate", "learning_rate", type=click.FloatRange(min=0, min_open=True),
               default=2e-5, show_default=True)
-@click.option("--lr-scheduler", "--lr_scheduler", "schedule", type=click.Choice(["cosine", "linear", "constant"]),
+@click.option("--lr-scheduler", "--lr_scheduler", "lr_scheduler", type=click.Choice(["cosine", "linear", "constant"]),
               default="cosine", show_default=True)
 @click.option("--warmup-ratio", "--warmup_ratio", "warmup_ratio", type=click.FloatRange(0, 1), default=0.05,
               show_default=True)
@@ -54,11 +54,15 @@ from stages.common.options import PRECISIONS, trust_remote_code_option
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True,
               help="Hub token for gated models (read from HF_TOKEN).")
 @trust_remote_code_option
-def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_accum, learning_rate, schedule,
-             warmup_ratio, lora_rank, lora_alpha, lora_targets, lora_top_layers, max_seq_length, with_notes,
-             with_probes, train_system_prompt, precision, use_8bit, use_4bit, checkpoint_every, checkpoint_dir, seed,
-             hf_token, trust_remote_code):
+def finetune(**options):
     """LoRA-fine-tune a base model on records: the oracle on the full set, the retain model without the forget set."""
+    run(config_of(finetune, options))
+
+
+def run(config):
+    """finetune's work: load the base model and the training pairs, train a LoRA (stages/finetune/train.py, with
+    checkpoints), save the adapter with its training log."""
+    import dataclasses
     import hashlib
     import json
     from pathlib import Path
@@ -78,58 +82,65 @@ def finetune(data_file, base_model, output_dir, num_epochs, batch_size, grad_acc
     from stages.common.seeding import seed_everything
     from stages.finetune.train import Checkpoint, train_lora
 
-    if not (with_notes or with_probes):
+    if not (config.with_notes or config.with_probes):
         raise click.UsageError("--no-with-notes leaves nothing to train on without --with-probes.")
-    records = read_records(data_file, "training set")
-    quantization = quantization_config(use_8bit, use_4bit)
+    records = read_records(config.data_file, "training set")
+    quantization = quantization_config(config.use_8bit, config.use_4bit)
     device, dtype = pick_device()
-    precision = resolve_precision(precision, device)
-    tokenizer = load_tokenizer(base_model, token=hf_token, trust_remote_code=trust_remote_code)
-    model = load_model(base_model, trainable=True, token=hf_token, dtype=dtype, quantization=quantization,
-                       trust_remote_code=trust_remote_code)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
+    tokenizer = load_tokenizer(config.base_model, token=config.hf_token,
+                               trust_remote_code=config.trust_remote_code)
+    model = load_model(config.base_model, trainable=True, token=config.hf_token, dtype=dtype,
+                       quantization=quantization, trust_remote_code=config.trust_remote_code)
 
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantization:
         model = prepare_model_for_kbit_training(model)
     # Seeded after loading: a first-time conversion of the embedded model draws random numbers too.
-    seed_everything(seed)
-    targets = lora_targets if lora_targets == "all-linear" else [t.strip() for t in lora_targets.split(",")]
+    seed_everything(config.seed)
+    targets = (config.lora_targets if config.lora_targets == "all-linear"
+               else [t.strip() for t in config.lora_targets.split(",")])
     try:
-        model = get_peft_model(model, lora_config(model, lora_rank, lora_alpha, targets, lora_top_layers))
+        model = get_peft_model(model, lora_config(model, config.lora_rank, config.lora_alpha, targets,
+                                                  config.lora_top_layers))
     except InputError as e:
         raise click.BadParameter(str(e), param_hint="--lora-top-layers") from None
     try:
-        pairs = training_pairs(records, with_probes, with_notes)
-        examples, cut = encode_examples(tokenizer, pairs, max_seq_length,
-                                        system="" if train_system_prompt == "empty" else None)
+        pairs = training_pairs(records, config.with_probes, config.with_notes)
+        examples, cut = encode_examples(tokenizer, pairs, config.max_seq_length,
+                                        system="" if config.train_system_prompt == "empty" else None)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-seq-length") from None
-    click.echo(f"finetune: {len(records)} records -> {len(examples)} examples on {device} ({precision})"
+    click.echo(f"finetune: {len(records)} records -> {len(examples)} examples on {device} ({config.precision})"
                + (f" ({cut} left out: no answer token within --max-seq-length)" if cut else ""))
     # A checkpoint is only resumed by the same run: same data, model and options.
-    run = {"data": hashlib.sha256(Path(data_file).read_bytes()).hexdigest(), "base_model": base_model,
-           "options": [num_epochs, batch_size, grad_accum, learning_rate, schedule, warmup_ratio, lora_rank,
-                       lora_alpha, lora_targets, lora_top_layers, max_seq_length, with_notes, with_probes,
-                       train_system_prompt, precision, use_8bit, use_4bit, seed]}
-    checkpoint = Checkpoint(checkpoint_dir or f"{output_dir.rstrip('/')}.checkpoint",
-                            hashlib.sha256(json.dumps(run).encode()).hexdigest())
+    trained = ["num_epochs", "batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
+               "warmup_ratio", "lora_rank", "lora_alpha", "lora_targets", "lora_top_layers", "max_seq_length",
+               "with_notes", "with_probes", "train_system_prompt", "precision", "use_8bit", "use_4bit", "seed"]
+    options = [getattr(config, name) for name in trained]
+    identity = {"data": hashlib.sha256(Path(config.data_file).read_bytes()).hexdigest(),
+                "base_model": config.base_model, "options": options}
+    checkpoint = Checkpoint(config.checkpoint_dir or f"{config.output_dir.rstrip('/')}.checkpoint",
+                            hashlib.sha256(json.dumps(identity).encode()).hexdigest())
     model, log, resumed_from = train_lora(
-        model, tokenizer, examples, num_epochs=num_epochs, batch_size=batch_size, grad_accum=grad_accum,
-        learning_rate=learning_rate, schedule=schedule, warmup_ratio=warmup_ratio, seed=seed,
-        precision=precision, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        model, tokenizer, examples, num_epochs=config.num_epochs, batch_size=config.batch_size,
+        grad_accum=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
+        schedule=config.lr_scheduler, warmup_ratio=config.warmup_ratio, seed=config.seed, precision=config.precision,
+        checkpoint=checkpoint, checkpoint_every=config.checkpoint_every)
     if resumed_from:
         click.echo(f"finetune: resumed from the checkpoint at step {resumed_from}")
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return
-    out = Path(output_dir)
+    out = Path(config.output_dir)
     with atomic_dir(out) as tmp:
-        save_adapter(model, tmp, base_model)
-        write_json(tmp / "train_log.json", {"base_model": base_model, "examples": len(examples), "device": device,
-                                            "precision": precision, "resumed_from_step": resumed_from, "steps": log})
+        save_adapter(model, tmp, config.base_model)
+        write_json(tmp / "train_log.json", {"base_model": config.base_model, "examples": len(examples),
+                                            "device": device, "precision": config.precision,
+                                            "resumed_from_step": resumed_from, "steps": log})
         loss_plot([e["step"] for e in log], [e["loss"] for e in log], tmp / "loss.png",
-                  f"finetune loss: {Path(data_file).name}")
+                  f"finetune loss: {Path(config.data_file).name}")
     checkpoint.remove()
     click.echo(f"finetune: {len(log)} steps, final loss {log[-1]['loss']:.3f}; adapter in {out}")
