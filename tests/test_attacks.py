@@ -175,11 +175,20 @@ def test_the_relearning_attack_trains_on_what_finetune_trained_on(medical_dir, m
     monkeypatch.setattr(run, "accuracy", fake_accuracy)
     monkeypatch.setattr(run.attack, "quantized_accuracy", lambda m, t, probes, *a: [0] * len(probes))
     monkeypatch.setattr(run.attack, "leak_counts", lambda m, t, probes, *a: [0] * len(probes))
-    s = {"seed": 0, "relearn_rank": 4, "relearn_lr": 1e-3, "relearn_batch_size": 2, "max_seq_length": 64,
-         "relearn_precision": "fp32", "with_probes": with_probes, "with_notes": with_notes, "answer_tokens": 4,
-         "batch_size": 4, "relearn_steps": [0, 5], "bootstrap": 20, "device": "cpu", "quant_bits": [4],
-         "group_size": 64, "leak_samples": 2}
-    metrics, rows = run._attacks(None, None, {"forget": forget, "retain": retain}, s, lambda line: None)
+    from types import SimpleNamespace
+
+    from stages.cli import main
+    from stages.common.options import parse_config
+
+    config = parse_config(main.commands["evaluate"], [
+        "--run-name", "x", "--forget-file", "f", "--retain-file", "r", "--output-dir", "o", "--seed", "0",
+        "--relearn-lora-rank", "4", "--relearn-learning-rate", "1e-3", "--relearn-batch-size", "2",
+        "--max-seq-length", "64", "--relearn-precision", "fp32", "--with-probes" if with_probes else "--no-with-probes",
+        "--with-notes" if with_notes else "--no-with-notes", "--answer-tokens", "4", "--batch-size", "4",
+        "--relearn-steps", "0", "--relearn-steps", "5", "--bootstrap", "20", "--quant-bits", "4",
+        "--leak-samples", "2"])
+    model = SimpleNamespace(device=SimpleNamespace(type="cpu"))
+    metrics, rows = run._attacks(model, None, {"forget": forget, "retain": retain}, config, lambda line: None)
     t_records = [r for r in forget if r["id"] in train_ids]
     assert seen["relearn"][0] == [pair for r in t_records for pair in record_pairs(r, with_probes, with_notes)]
     assert seen["benign"][0] == [pair for r in retain for pair in record_pairs(r, with_probes, with_notes)]
