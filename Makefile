@@ -84,7 +84,8 @@ check-methods: setup
 	done
 
 # --- Images (docker/Dockerfile): one build target per stage on a shared base ---------------------------------------
-STAGES := generate prepare-medical prepare-wmdp finetune unlearn evaluate
+# The stage images, from the stage table (stages/table.py; plain Python, readable before anything is installed).
+IMAGES := $(shell cd $(HERE) && python3 -m stages.table images)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(HERE)pyproject.toml)
 IMAGE_PREFIX ?= unforgotten-
 BUILDER ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif command -v buildah >/dev/null; then echo buildah; else echo none; fi)
@@ -97,7 +98,7 @@ BUILD_ARGS = --build-arg VERSION=$(VERSION) \
 	--build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
 	$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(if $(TORCH_SPEC),--build-arg TORCH_SPEC=$(TORCH_SPEC))
 
-images: $(STAGES:%=image-%)
+images: $(IMAGES:%=image-%)
 
 image: image-$(STAGE)
 
@@ -137,7 +138,7 @@ push:
 ifeq ($(REGISTRY),)
 	$(DVC) push --run-cache
 else
-	@for s in $(STAGES); do \
+	@for s in $(IMAGES); do \
 	  if [ "$(BUILDER)" = docker ]; then \
 	    docker tag $(IMAGE_PREFIX)$$s:$(VERSION) $(REGISTRY)/$(IMAGE_PREFIX)$$s:$(VERSION) && \
 	    docker push $(REGISTRY)/$(IMAGE_PREFIX)$$s:$(VERSION) || exit 1; \

@@ -1,17 +1,10 @@
-"""The `unforgotten` command group: one subcommand per pipeline stage. Heavy imports happen inside the commands."""
+"""The `unforgotten` command group: one subcommand per row of the stage table (stages/table.py). Heavy imports
+happen inside the commands."""
 
 import click
 
-from stages import __version__
+from stages import __version__, table
 from stages.common.io import InputError
-from stages.evaluate.cli import evaluate
-from stages.finetune.cli import finetune
-from stages.generate.cli import generate
-from stages.prepare_medical.cli import prepare_medical
-from stages.prepare_tofu.cli import prepare_tofu
-from stages.prepare_wmdp.cli import prepare_wmdp
-from stages.report.cli import report
-from stages.unlearn.cli import unlearn
 
 
 class StageGroup(click.Group):
@@ -46,5 +39,5 @@ def main(debug):
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
-for command in (generate, prepare_medical, prepare_wmdp, prepare_tofu, finetune, unlearn, evaluate, report):
-    main.add_command(command)
+for stage in table.STAGES:
+    main.add_command(table.command(stage), stage.name)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from stages import table
 from stages.common.io import InputError
 
 
@@ -56,9 +57,7 @@ def overrides(profile_path, params_path="params.yaml"):
 
 TOP_LEVEL = {"seed", "seeds", "base_model", "forget_sets", "reference_forget", "methods", "max_seq_length"}
 # params.yaml section -> the stage commands whose options its keys are (`training` goes to all three).
-SECTIONS = {"generate": ["generate"], "prepare_medical": ["prepare-medical"], "prepare_wmdp": ["prepare-wmdp"],
-            "training": ["finetune", "unlearn", "evaluate"], "finetune": ["finetune"], "unlearn": ["unlearn"],
-            "evaluate": ["evaluate"], "attacks": ["evaluate"], "verdict": ["evaluate"]}
+SECTIONS = table.sections()
 # Options that dvc.yaml fills from a shared key, so a stage's own section may not set them again: option -> key.
 SHARED = {"with-notes": "training.with-notes", "with-probes": "training.with-probes",
           "seed": "seed", "base-model": "base_model"}

@@ -16,8 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from stages.table import image_of
+
 RUNNERS = ("local", "docker", "podman", "buildah")
-IMAGE_OF = {"prepare-tofu": "prepare-wmdp", "report": "evaluate"}  # stages that run in another stage's image
 PASS_ENV = ("HF_TOKEN", "TINKER_API_KEY", "TINKER_BASE_URL", "HF_HUB_OFFLINE", "HF_ENDPOINT", "TQDM_DISABLE",
             "UNFORGOTTEN_DEBUG", "UNFORGOTTEN_HUB_TIMEOUT", "UNFORGOTTEN_HUB_ATTEMPTS", "UNFORGOTTEN_RETRY_DELAY",
             "UNFORGOTTEN_TINKER_TIMEOUT")
@@ -36,7 +37,7 @@ def image_for(stage, environ):
     from stages import __version__
 
     template = environ.get("UNFORGOTTEN_IMAGE", DEFAULT_IMAGE)
-    return template.format(stage=IMAGE_OF.get(stage, stage), version=__version__)
+    return template.format(stage=image_of(stage), version=__version__)
 
 
 def gpu_flags(engine, environ):
@@ -68,7 +69,7 @@ def run_in_buildah(stage, args, environ, cwd):
     made = subprocess.run([*buildah, "from", "--pull=never", "--quiet", image], capture_output=True, text=True)
     if made.returncode != 0:
         sys.exit(f"Error: no local image {image} for stage {stage} (build it with `make image STAGE="
-                 f"{IMAGE_OF.get(stage, stage)}`).")
+                 f"{image_of(stage)}`).")
     container = made.stdout.strip()
     # buildah run takes --env NAME=VALUE only, which would put a secret on a command line; the values go in a file
     # readable by the caller alone, mounted read-only and sourced by the shell that starts the stage.

@@ -1,12 +1,14 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from stages import table
 from stages.cli import main
 
-STAGES = ["generate", "prepare-medical", "prepare-wmdp", "prepare-tofu", "finetune", "unlearn", "evaluate", "report"]
+STAGES = [stage.name for stage in table.STAGES]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -23,6 +25,31 @@ def test_help_imports_no_heavy_library():
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
+
+
+def test_the_stage_table_is_what_the_cli_makefile_dockerfile_dvc_and_params_use():
+    """One stage list: the CLI's subcommands, the Dockerfile's build targets, the Makefile's images, the stages
+    dvc.yaml runs and params.yaml's sections all agree with stages/table.py."""
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    assert STAGES == ["generate", "prepare-medical", "prepare-wmdp", "prepare-tofu", "finetune", "unlearn",
+                      "evaluate", "report"]
+    assert sorted(main.commands) == sorted(STAGES)
+    targets = re.findall(r"^FROM \S+ AS (\S+)$", (root / "docker/Dockerfile").read_text(), re.M)
+    assert targets == ["base", *table.images()]
+    made = subprocess.run(["make", "-s", "-C", str(root), "--eval", "print-images:\n\t@echo $(IMAGES)", "print-images"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert made == table.images()
+    assert all(table.image_of(stage) in table.images() for stage in STAGES)
+    commands = [stage["cmd"] if isinstance(stage.get("cmd"), str) else stage.get("foreach") and stage["do"]["cmd"]
+                for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()]
+    run = {cmd.split()[1] for cmd in commands if cmd and cmd.startswith("unforgotten ")}
+    assert run and run <= set(STAGES)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert {key for key, value in params.items() if isinstance(value, dict)} == set(table.sections())
 
 
 def test_console_script_is_installed():

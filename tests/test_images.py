@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from stages import __version__
+from stages import __version__, table
 from tests.micro import dvc, make_micro_repo
 
 pytestmark = pytest.mark.images
 
 BIN = Path(sys.executable).parent
 BUILDAH = ["buildah", "--storage-driver", os.environ.get("STORAGE_DRIVER", "vfs")]
-STAGES = ["generate", "prepare-medical", "prepare-wmdp", "finetune", "unlearn", "evaluate"]
+STAGES = table.images()
 # Passed to the image builds by `make test-images` (as --build-arg HF_TOKEN and in the builder's environment).
 BUILD_SECRET = os.environ.get("UNFORGOTTEN_TEST_BUILD_SECRET", "")
 RUN_SECRET = "hf_fake_run_time_secret_9f8e7d6c5b4a"
