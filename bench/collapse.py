@@ -1,4 +1,4 @@
-"""The seeds' v1 -> v2 finding on the embedded model: gradient ascent without a stopping rule collapses; with the
+"""The prototype's v1 -> v2 finding on the embedded model: gradient ascent without a stopping rule collapses; with the
 retain-perplexity monitor it stops before collapse. Needs the default pipeline's oracle (`make run`).
 Writes bench/results/collapse.json and the two trajectory plots."""
 

@@ -1,4 +1,4 @@
-"""Benchmark 1: the evaluate stage's batched, KV-cached greedy entropy vs the seeds' one-prompt-at-a-time loop that
+"""Benchmark 1: the evaluate stage's batched, KV-cached greedy entropy vs the prototype's one-prompt-at-a-time loop that
 recomputes the whole sequence for every token; 64 forget prompts x 30 new tokens on the embedded model.
 identical: the same tokens and entropies within 1e-4. Writes bench/results/entropy.json."""
 

@@ -1,5 +1,5 @@
 """Benchmark 3: real (non-padding) tokens per second of finetune's loop (length-grouped dynamic padding, the default
-profile's batch 4) vs the seed's recipe (batch 1, every example padded to 256), on the same examples, model (the
+profile's batch 4) vs the prototype's recipe (batch 1, every example padded to 256), on the same examples, model (the
 embedded one) and LoRA (r16, all linear layers). Writes bench/results/finetune.json."""
 
 import sys

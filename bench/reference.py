@@ -6,7 +6,7 @@ from stages.common.measure import _stop_ids, entropy_stats, token_entropy
 
 
 def naive_greedy_entropy(model, tokenizer, prompts, max_new_tokens=30):
-    """The seeds' method: one prompt at a time, the whole sequence recomputed for every new token (no KV cache)."""
+    """The prototype's method: one prompt at a time, the whole sequence recomputed for every new token (no KV cache)."""
     stop_ids = _stop_ids(model, tokenizer)
     results = []
     for prompt in prompts:
@@ -28,7 +28,7 @@ def naive_greedy_entropy(model, tokenizer, prompts, max_new_tokens=30):
 
 
 def seed_recipe_finetune(model, tokenizer, examples, learning_rate, pad_to=256):
-    """The seed's training loop: batch 1, every example padded to `pad_to`, loss on the answer tokens, AdamW.
+    """The prototype's training loop: batch 1, every example padded to `pad_to`, loss on the answer tokens, AdamW.
     Returns the real (non-padding) tokens it trained on."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)

@@ -1,4 +1,4 @@
-"""Benchmark: how strong the relearning attack must be to pass its positive control (VERIFY.md D). The attack
+"""Benchmark: how strong the relearning attack must be to pass its positive control (docs/metrics.md §D). The attack
 fine-tunes a fresh LoRA on the forget half T and measures the other half V; it shows something about V only if
 it taught T itself. Candidates, side by side on the default data: the earlier attack (T's note requests, batch 1)
 and the attack on T's training pairs (what finetune trained on) at a few batch sizes and learning rates. For each,

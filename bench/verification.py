@@ -1,4 +1,4 @@
-"""Benchmark 2: wall time of one unlearned model's whole `evaluate` (every VERIFY.md metric and attack) on the default
+"""Benchmark 2: wall time of one unlearned model's whole `evaluate` (every metric and attack) on the default
 profile, exactly as dvc.yaml runs it (evaluate-unlearned@<run>), after `make run`. The baseline is the same command on
 the code of BASELINE_REV (the evaluate stage before the speed work), checked out with `git worktree` and run in the
 same benchmark, side by side; both must give the same metrics. Writes bench/results/verification.json.

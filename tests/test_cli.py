@@ -116,3 +116,23 @@ def test_a_stage_config_is_frozen_typed_and_named_as_its_options(stage, monkeypa
     assert "hf_secret" not in repr(config)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 8
+
+
+def test_every_citation_of_the_metric_reference_names_one_of_its_sections():
+    """Comments, docstrings, params and the README cite docs/metrics.md §X; each §X is a heading there, and no
+    file cites a document the repository does not hold."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    headings = set(re.findall(r"^## (§[0A-F])\b", (root / "docs/metrics.md").read_text(), re.M))
+    assert headings == {"§0", "§A", "§B", "§C", "§D", "§E", "§F"}
+    files = [*root.glob("stages/**/*.py"), *root.glob("tests/*.py"), *root.glob("bench/*.py"), *root.glob("profiles/*"),
+             root / "params.yaml", root / "README.md", root / "dvc.yaml", root / "Makefile"]
+    cited = set()
+    for path in files:
+        text = path.read_text()
+        for citation in re.findall(r"docs/metrics\.md((?: §[0A-F](?:-§[A-F])?,?(?: and)?)+)", text):
+            cited |= set(re.findall(r"§[0A-F]", citation))
+        if path.name != "test_cli.py":
+            assert not re.search(r"\b(VERIFY|SPEC|STYLE)\.md", text), path
+    assert cited and cited <= headings

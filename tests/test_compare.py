@@ -1,4 +1,4 @@
-"""VERIFY.md D and E on hand-made evaluation rows where the oracle knows facts the retain model does not: the
+"""docs/metrics.md §D and §E on hand-made evaluation rows where the oracle knows facts the retain model does not: the
 comparisons an unlearned run makes against its references, each against a direct computation."""
 
 import numpy as np

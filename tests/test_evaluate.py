@@ -1,4 +1,5 @@
-"""`evaluate` end to end on tiny models: every VERIFY.md key, each checked against an independent recomputation."""
+"""`evaluate` end to end on tiny models: every key docs/metrics.md names, each checked against an independent
+recomputation."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""VERIFY.md 0: the patient-level bootstrap against plain loops over resampled patients, Wilson against scipy and
+"""docs/metrics.md §0: the patient-level bootstrap against plain loops over resampled patients, Wilson against scipy and
 its closed form, and the joint intervals of comparisons."""
 
 import math

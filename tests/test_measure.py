@@ -26,7 +26,7 @@ def test_entropy_stats_match_numpy():
 
 
 def naive_greedy_entropy(model, tokenizer, prompt, max_new_tokens):
-    """The seeds' method: one prompt, recompute the whole sequence for every new token."""
+    """The prototype's method: one prompt, recompute the whole sequence for every new token."""
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     entropies, tokens = [], []
     for _ in range(max_new_tokens):

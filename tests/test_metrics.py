@@ -1,4 +1,5 @@
-"""VERIFY.md B-D metric functions against independent implementations (sklearn, scipy, rouge-score, naive loops)."""
+"""docs/metrics.md §B-§D metric functions against independent implementations (sklearn, scipy, rouge-score,
+naive loops)."""
 
 import math
 import zlib

@@ -1,4 +1,4 @@
-"""VERIFY.md B (v2): model utility on retain and world facts sees collateral damage. v1's utility (three numbers on
+"""docs/metrics.md §B: model utility on retain and world facts sees collateral damage. v1's utility (three numbers on
 the retain probes) did not move when NPO cut retain-probe accuracy from 0.225 to 0.075."""
 
 import json

@@ -1,4 +1,4 @@
-"""VERIFY.md A and E: the uncertainty verdict, and one test per verdict rule with intervals placed on each side of
+"""docs/metrics.md §A, §E: the uncertainty verdict, and one test per verdict rule with intervals placed on each side of
 each threshold, INCONCLUSIVE included."""
 
 import dataclasses

@@ -1,6 +1,6 @@
 """Measurements shared by unlearn (monitoring) and evaluate: greedy-decoding token entropy and perplexity.
 
-Definitions are VERIFY.md section A: entropy in nats of the full next-token distribution, in float32.
+Definitions are docs/metrics.md §A: entropy in nats of the full next-token distribution, in float32.
 """
 
 import math

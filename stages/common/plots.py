@@ -30,7 +30,8 @@ def loss_plot(steps, losses, path, title):
 
 
 def trajectory_plot(trajectory, threshold, base_entropy, path, title):
-    """The seeds' three panels: loss, retain perplexity with the collapse line, forget entropy with the base line."""
+    """The prototype's three panels: loss, retain perplexity with the collapse line, forget entropy with the base
+    line."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     steps = [t["step"] for t in trajectory]

@@ -1,1 +1,1 @@
-"""evaluate: verification of one model (VERIFY.md): uncertainty and health so far."""
+"""evaluate: verification of one model (docs/metrics.md): uncertainty and health so far."""

@@ -1,4 +1,4 @@
-"""Recovery attacks on one loaded model (VERIFY.md D): relearning, quantization, sampling leakage.
+"""Recovery attacks on one loaded model (docs/metrics.md §D): relearning, quantization, sampling leakage.
 
 Each attack leaves the model as it found it (relearning removes its LoRA, quantization restores the weights), so
 one model load serves the whole evaluation. The same code attacks the unlearned model and the retain model (the

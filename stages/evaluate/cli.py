@@ -1,4 +1,4 @@
-"""`unforgotten evaluate`: verify one model (VERIFY.md A-E) and write metrics.json with per-example rows beside it.
+"""`unforgotten evaluate`: verify one model (docs/metrics.md §A-§E), write metrics.json with per-example rows beside it.
 
 Reference models (base, oracle, retain) are evaluated once by their own stages; an unlearned model's run reads
 their directories (--reference, --oracle, --retain) for the comparisons and the verdict.
@@ -176,7 +176,7 @@ def run(config):
         metrics.update(compare(metrics, measured, references["oracle"], references["retain"], thresholds,
                                config.bootstrap, config.seed))
         samples = side_by_side(measured["probes"], base, references)
-    # VERIFY.md A: on the retain-relative ratio, where a retain model is given (otherwise only a collapse shows)
+    # docs/metrics.md §A: on the retain-relative ratio, where a retain model is given (otherwise only a collapse shows)
     metrics["uq_verdict"] = uq_verdict(metrics["mean_entropy"], metrics.get("uncertainty_ratio_retain"),
                                        thresholds.collapse_entropy, thresholds.hiding_ratio,
                                        thresholds.candidate_ratio)

@@ -1,5 +1,6 @@
 """An unlearned model against its reference runs (oracle, retain): forget quality, the accuracy gap, privleak,
-recovery ratios over knowable facts, leak excess, utility against the oracle's, and the verdict (VERIFY.md 0, B-E).
+recovery ratios over knowable facts, leak excess, utility against the oracle's, and the verdict
+(docs/metrics.md §0, §B-§E).
 Every comparison is bootstrapped jointly: one draw of patients per resample for all the models involved. Reads the
 reference runs' directories; computes nothing on a model."""
 
@@ -107,7 +108,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     out["n_knowable_forget"] = len(knowable)
     out["n_knowable_forget_patients"] = len({rid for rid, _ in knowable})
 
-    # VERIFY.md A: the uncertainty ratio against the retain model (which never saw F) on the same prompts
+    # docs/metrics.md §A: the uncertainty ratio against the retain model (which never saw F) on the same prompts
     reference = {(r["record_id"], r["prompt"]): r["mean_entropy"] for r in retain["per_prompt"]}
     prompts = [(r["record_id"], r["prompt"]) for r in run["per_prompt"]]
     if any(p not in reference for p in prompts):
@@ -133,7 +134,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
         out["privleak"] = (retained - mine) / (1 - retained) * 100 if retained < 1 else None
         out["privleak_ci95"] = interval.percentile_interval(resampled)
 
-    # VERIFY.md D: relearning on T, measured on V, over V's knowable facts
+    # docs/metrics.md §D: relearning on T, measured on V, over V's knowable facts
     steps = sorted({r["k"] for r in run["attacks"] if r["attack"] == "relearn"})
     held = sorted(_attack(run["attacks"], "relearn", steps[0]))
     if held != sorted(_attack(retain["attacks"], "relearn", steps[0])):

@@ -1,5 +1,5 @@
-"""Uncertainty of every reported number (VERIFY.md 0): patient-level (cluster) bootstrap, joint across models, with
-score intervals as a floor so that an interval never collapses to a point because nothing was observed.
+"""Uncertainty of every reported number (docs/metrics.md §0): patient-level (cluster) bootstrap, joint across
+models, with score intervals as a floor so that an interval never collapses to a point because nothing was observed.
 
 A patient's facts are correlated (one note, one condition), so the unit of resampling is the patient: each resample
 draws patients with replacement (separately within each stratum, e.g. forget and holdout patients) and keeps all of
@@ -152,7 +152,7 @@ def ratio_resamples(a, c, o, r, weights):
 
 def ratio_of_differences(a, c, o, r, weights):
     """(mean a - mean c) / (mean o - mean r) over the same examples (0/1 each), jointly bootstrapped, as recovery
-    ratios are (VERIFY.md D). None when the denominator is not positive (nothing to recover); the interval is
+    ratios are (docs/metrics.md §D). None when the denominator is not positive (nothing to recover); the interval is
     undefined ([None, None]) when more than MAX_UNDEFINED of the resamples have no positive denominator. The floor
     is the paired score interval of the numerator over the observed denominator."""
     a, c, o, r = (np.asarray(x, dtype=np.float64) for x in (a, c, o, r))

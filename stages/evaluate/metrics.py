@@ -1,4 +1,4 @@
-"""Pure metric functions of VERIFY.md sections B-D, on plain numbers and strings (no model in here).
+"""Pure metric functions of docs/metrics.md §B-§D, on plain numbers and strings (no model in here).
 
 Each is checked against an independent implementation in tests/test_metrics.py (sklearn, scipy, nltk's stemmer).
 """
@@ -33,7 +33,7 @@ def _rouge_scorer():
 
 def rouge_l_recall(prediction, reference):
     """ROUGE-L recall of the prediction against the reference: rouge-score with the Porter stemmer, as TOFU and
-    open-unlearning compute it (VERIFY.md B), so the numbers compare with theirs."""
+    open-unlearning compute it (docs/metrics.md §B), so the numbers compare with theirs."""
     return float(_rouge_scorer().score(reference, prediction)["rougeL"].recall)
 
 
@@ -68,7 +68,7 @@ def roc_auc(member_scores, nonmember_scores):
 
 
 def mia_scores(token_logprobs, token_means, token_stds, text, k=0.4):
-    """Membership scores of one example, all 'higher = more likely a member' (VERIFY.md C):
+    """Membership scores of one example, all 'higher = more likely a member' (docs/metrics.md §C):
     loss (-mean NLL), zlib (-mean NLL / zlib-compressed length of the text in bytes), Min-K % (mean of the lowest
     k of the token log-probs) and Min-K %++ (the same on log-probs standardized by the mean and std of log p under
     the model's own next-token distribution)."""

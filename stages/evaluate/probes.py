@@ -1,4 +1,4 @@
-"""Knowledge probes and membership scores of one model (VERIFY.md B and C): per-example rows, then summaries."""
+"""Knowledge probes and membership scores of one model (docs/metrics.md §B and §C): per-example rows, then summaries."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Everything measured on one loaded model (VERIFY.md A-D), as per-example rows and their summaries."""
+"""Everything measured on one loaded model (docs/metrics.md §A-§D), as per-example rows and their summaries."""
 
 import time
 
@@ -50,7 +50,8 @@ def truth_score(row):
 
 
 def utility_parts(rows, weights=None):
-    """The six means model_utility is the harmonic mean of (VERIFY.md B: answer_prob, rougeL_recall and truth score
+    """The six means model_utility is the harmonic mean of (docs/metrics.md §B:
+    answer_prob, rougeL_recall and truth score
     on R and on W), over `rows` (the model's retain and world probe rows, in a fixed order): a (6,) array, or with
     resample weights over those rows, a (resamples, 6) array."""
     columns = []
@@ -68,7 +69,8 @@ def utility_parts(rows, weights=None):
 def utility_part_bounds(rows, weights):
     """The resampled parts of utility_parts(rows, weights) as two (resamples, 6) arrays, low and high: a part whose
     values are all alike (every world answer with ROUGE 0, say) has no bootstrap spread, so there it is widened to
-    the Wilson interval on its number of patients or questions (values in [0, 1]), as proportions are (VERIFY.md 0);
+    the Wilson interval on its number of patients or questions (values in [0, 1]), as proportions are
+    (docs/metrics.md §0);
     other parts are the resamples themselves."""
     resampled = utility_parts(rows, weights)
     low, high = resampled.copy(), resampled.copy()
@@ -102,7 +104,7 @@ def utility_rows(rows):
 
 
 def probe_summary(rows, resamples, seed):
-    """Per split: each probe metric with its patient-level 95 % interval (VERIFY.md 0, B), the patient and probe
+    """Per split: each probe metric with its patient-level 95 % interval (docs/metrics.md §0, §B), the patient and probe
     counts; the truth-ratio aggregates; model_utility on R and W with its interval."""
     metrics = {}
     for split in SPLITS:
@@ -219,7 +221,7 @@ def _attacks(model, tokenizer, sets, config, progress):
                  for (rid, p), c in zip(f_items, correct, strict=True)]
         progress(f"  quantization {bits}-bit: accuracy on F {np.mean(correct):.3f} "
                  f"({time.perf_counter() - start:.0f} s)")
-    if cuda:  # VERIFY.md D names both 4-bit formats for bitsandbytes; every format measured counts
+    if cuda:  # docs/metrics.md §D names both 4-bit formats for bitsandbytes; every format measured counts
         correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, 4, config.answer_tokens, "fp4",
                                                 config.batch_size)
         metrics["quant_accuracy@4_fp4"], metrics["quant_accuracy@4_fp4_ci95"] = interval.proportion(correct,
@@ -259,7 +261,7 @@ def measure(model, tokenizer, sets, base, config, progress=print):
         metrics.update(mia_summary(mia, config.bootstrap, config.seed))
         done(f"membership inference: {len(mia)} examples")
     mc_tasks = {key: task for key, task in (("wmdp_bio", config.wmdp_bio), ("mmlu", config.mmlu)) if task}
-    if mc_tasks:  # the WMDP track (VERIFY.md B: model utility there is MMLU accuracy)
+    if mc_tasks:  # the WMDP track (docs/metrics.md §B: model utility there is MMLU accuracy)
         from stages.evaluate.wmdp import multiple_choice_accuracy
 
         scores = multiple_choice_accuracy(model, tokenizer, mc_tasks, config.batch_size, config.mc_limit)

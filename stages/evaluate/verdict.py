@@ -1,4 +1,4 @@
-"""Pure rules that turn measurements with intervals into verdicts (VERIFY.md A and E); thresholds come from
+"""Pure rules that turn measurements with intervals into verdicts (docs/metrics.md §A and §E); thresholds come from
 params.yaml. A verdict is given only when the intervals support it; otherwise it is INCONCLUSIVE, naming the
 measurement whose interval spans a threshold and about how many more patients would settle it."""
 
@@ -10,7 +10,7 @@ from stages.evaluate.intervals import patients_to_settle
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Every threshold of the verdicts (VERIFY.md A and E): evaluate's options of the same names, whose help says
+    """Every threshold of the verdicts (docs/metrics.md §A, §E): evaluate's options of the same names, whose help says
     what each one decides and where its default comes from."""
     collapse_entropy: float
     hiding_ratio: float
@@ -38,7 +38,7 @@ def uncertainty_ratio(model_entropies, reference_entropies):
 
 
 def uq_verdict(mean_entropy, ratio, collapse_entropy=0.01, hiding_ratio=0.7, candidate_ratio=1.0):
-    """VERIFY.md A on the retain-relative uncertainty ratio; None when there is no ratio and no collapse."""
+    """docs/metrics.md §A on the retain-relative uncertainty ratio; None when there is no ratio and no collapse."""
     if mean_entropy < collapse_entropy:
         return "COLLAPSED"
     if ratio is None:
@@ -107,7 +107,7 @@ def _spans(estimate, threshold, what):
 
 
 def final_verdict(health, gap, recoveries, leak, utility, knowable, t, taught=None):
-    """VERIFY.md E. `health`: retain_perplexity, oracle_retain_perplexity, mean_entropy; `gap`: forget accuracy
+    """docs/metrics.md §E. `health`: retain_perplexity, oracle_retain_perplexity, mean_entropy; `gap`: forget accuracy
     minus the retain model's (same probes); `recoveries`: the attacks' recovery ratios (k > 0); `leak`: leak excess
     over the control; `utility`: model utility over the oracle's; `knowable`: the recovery families' fact counts;
     `t`: thresholds; `taught`: the relearning attack's positive control, the fraction of T's knowable facts (the

@@ -1,4 +1,4 @@
-"""`unforgotten report`: every evaluated run in one place: the verdict table (markdown + CSV), the seeds' model
+"""`unforgotten report`: every evaluated run in one place: the verdict table (markdown + CSV), the prototype's model
 comparison, the literature's sanity checks, side-by-side answers, and plots of each metric family."""
 
 import math
@@ -331,7 +331,7 @@ def report(eval_dir, output_dir):
         seeds_table(seeds) if seeds else "No unlearned run evaluated yet.\n",
         "## Models compared (forget-set uncertainty, retain health, knowledge)\n",
         markdown_table(runs, COMPARISON),
-        "## The literature's sanity checks (VERIFY.md F)\n",
+        "## The literature's sanity checks (docs/metrics.md §F)\n",
         markdown_table([{**row, "found_ci95": row.get("found_ci95")} for row in sanity_rows(eval_dir, runs)],
                        ["check", "found"]),
         "## Answers side by side (forget probes)\n",

@@ -38,7 +38,7 @@ from stages.unlearn import methods
               help="Stop early when retain perplexity exceeds this multiple of its starting value (evaluate's "
                    "--max-perplexity-ratio is another threshold: against the oracle's).")
 @click.option("--early-stop/--no-early-stop", default=True, show_default=True,
-              help="--no-early-stop runs every step whatever happens (the seeds' v1, which collapses).")
+              help="--no-early-stop runs every step whatever happens (the prototype's v1, which collapses).")
 @click.option("--stop-at-ur", "--stop_at_ur", "stop_at_ur", type=click.FloatRange(min=0, min_open=True),
               default=None, help="Stop once the forget-set uncertainty ratio reaches this, perplexity within bounds.")
 @click.option("--monitor-samples", "--monitor_samples", "monitor_samples", type=click.IntRange(min=1), default=32,

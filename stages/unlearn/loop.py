@@ -1,4 +1,4 @@
-"""The unlearning loop with the seeds' monitoring, as one plain loop:
+"""The unlearning loop with the prototype's monitoring, as one plain loop:
 step -> retain perplexity (every step) -> forget entropy (every `measure_every`) -> stop on collapse or on the
 uncertainty target."""
 
@@ -39,8 +39,8 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
     """Run up to `steps` unlearning steps of `method` (a methods.Method); returns (trajectory, summary).
 
     Early stop: when retain perplexity exceeds stop_perplexity_ratio x its starting value, the step is undone and
-    unlearning ends (off with early_stop=False, the seeds' v1). With stop_at_ur, unlearning ends as soon as the
-    forget-set uncertainty ratio reaches it with perplexity within bounds (the seeds' phase 2). The summary's
+    unlearning ends (off with early_stop=False, the prototype's v1). With stop_at_ur, unlearning ends as soon as the
+    forget-set uncertainty ratio reaches it with perplexity within bounds (the prototype's phase 2). The summary's
     steps_run counts the steps kept: an undone step has its trajectory entry but is not counted.
     """
     import torch

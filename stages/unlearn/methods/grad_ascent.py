@@ -1,4 +1,4 @@
-"""Gradient ascent (the seeds' method): maximise the NLL of the forget set, i.e. minimise -NLL."""
+"""Gradient ascent (the prototype's method): maximise the NLL of the forget set, i.e. minimise -NLL."""
 
 from dataclasses import dataclass
 
