@@ -178,7 +178,7 @@ CASES = {
                                  "--oracle", "{w}/out", "--retain", "{w}/out"], 2, r"--oracle and --retain need "
                                                                                   r"--attacks"),
     "report-without-evaluations": (["report", "--eval-dir", "{w}/out", "--output-dir", "{w}/out/report"], 1,
-                                   r"out: no \*/metrics\.json to report\."),
+                                   r"out: no \*/results\.jsonl to report\."),
 }
 # params.yaml is read by `python -m stages.profiles check` (make run runs it before dvc).
 PARAMS_CASES = {

@@ -55,12 +55,14 @@ def evaluated(tmp_path_factory, tiny_model_dir, medical_dir):
     data, common = data_files(medical_dir), common_args(tiny_model_dir, medical_dir)
     forget10, forget20 = data["forget10"], data["forget20"]
     runs = [
-        ["--run-name", "base", "--forget-file", forget20],
-        ["--run-name", "oracle", "--forget-file", forget20, "--reference", str(out / "base"),
+        ["--run-name", "base", "--forget-file", forget20, "--method", "base"],
+        ["--run-name", "oracle", "--forget-file", forget20, "--reference", str(out / "base"), "--method", "oracle",
          "--adapter", random_adapter(tiny_model_dir, out / "adapters" / "oracle", 1)],
         ["--run-name", "retain-f10", "--forget-file", forget10, "--reference", str(out / "base"), "--attacks",
+         "--method", "retain", "--forget-set", "10",
          "--adapter", random_adapter(tiny_model_dir, out / "adapters" / "retain", 2)],
         ["--run-name", "method-f10", "--forget-file", forget10, "--reference", str(out / "base"), "--attacks",
+         "--method", "method", "--forget-set", "10",
          "--oracle", str(out / "oracle"), "--retain", str(out / "retain-f10"),
          "--adapter", random_adapter(tiny_model_dir, out / "adapters" / "unlearned", 3)],
         ["--run-name", "sub", "--forget-file", forget10, "--reference", str(out / "base")],
@@ -281,6 +283,24 @@ def test_a_retain_run_without_attacks_is_refused(tmp_path, evaluated, tiny_model
     assert not (tmp_path / "x").exists()
 
 
+def test_each_run_stores_its_numbers_as_records_and_its_identity(evaluated):
+    from stages.common.results import flatten
+
+    for name in ["base", "oracle", "retain-f10", "method-f10", "sub"]:
+        results = rows(evaluated / name, "results")
+        # metrics.json is the records flattened, key for key and in order (what DVC reads)
+        written = json.dumps(flatten(results), indent=2, ensure_ascii=False) + "\n"
+        assert (evaluated / name / "metrics.json").read_text() == written
+        assert {r["family"] for r in results} >= {"run", "uncertainty", "probes", "sample"}
+    unlearned = rows(evaluated / "method-f10", "results")
+    recovery = [r for r in unlearned if r["name"] == "relearn_recovery"]
+    assert [r["k"] for r in recovery] == list(STEPS) and {r["family"] for r in recovery} == {"relearn"}
+    assert {r["n"] for r in recovery} == {metrics(evaluated / "method-f10")["n_knowable_relearn_patients"]}
+    identity = json.loads((evaluated / "method-f10" / "run.json").read_text())
+    assert identity == {"run": "method-f10", "method": "method", "forget_set": "10", "seed": 42}
+    assert json.loads((evaluated / "sub" / "run.json").read_text())["method"] == "sub"  # default: the run name
+
+
 def test_report_gives_verdict_table_comparison_checks_and_samples(tmp_path, evaluated):
     import csv
 
@@ -288,7 +308,7 @@ def test_report_gives_verdict_table_comparison_checks_and_samples(tmp_path, eval
     assert result.exit_code == 0, result.output
     table = list(csv.DictReader((tmp_path / "report.csv").open()))
     m = metrics(evaluated / "method-f10")
-    assert [(r["run"], r["method"], r["forget_pct"], r["verdict"]) for r in table] == [
+    assert [(r["run"], r["method"], r["forget_set"], r["verdict"]) for r in table] == [
         ("method-f10", "method", "10", m["verdict"])]
     assert float(table[0]["forget_quality"]) == pytest.approx(m["forget_quality"])
     markdown = (tmp_path / "report.md").read_text()

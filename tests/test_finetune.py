@@ -130,8 +130,15 @@ def test_killed_finetune_resumes_from_its_checkpoint_and_ends_where_an_unbroken_
     process = subprocess.Popen(command(broken), env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     meta = tmp_path / "broken.checkpoint" / "meta.json"
+
+    def micro_steps():  # the checkpoint directory is swapped whole: between two checks it may be briefly absent
+        try:
+            return json.loads(meta.read_text())["micro"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+
     deadline = time.time() + 120
-    while time.time() < deadline and not (meta.is_file() and json.loads(meta.read_text())["micro"] >= 20):
+    while time.time() < deadline and micro_steps() < 20:
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -48,7 +48,7 @@ def test_every_unlearned_run_has_every_verify_key_and_a_verdict(repo):
         assert metrics["verdict"] in {"REMOVED", "HIDDEN", "PARTIAL", "COLLAPSED", "INCONCLUSIVE"}
         assert metrics["uq_verdict"] in {"COLLAPSED", "HIDING", "PARTIAL", "CANDIDATE"}  # retain-relative UR
     table = (repo / "outputs/report/report.csv").read_text().splitlines()
-    assert table[0].startswith("run,method,forget_pct,seed,verdict")
+    assert table[0].startswith("run,method,forget_set,seed,verdict")
     assert "grad_ascent-f10-s42,grad_ascent,10,42," in "\n".join(table)
 
 

@@ -1,4 +1,6 @@
-"""`unforgotten evaluate`: verify one model (docs/metrics.md §A-§E), write metrics.json with per-example rows beside it.
+"""`unforgotten evaluate`: verify one model (docs/metrics.md §A-§E); write its numbers as records (results.jsonl,
+stages/common/results.py), flattened for DVC (metrics.json), its identity (run.json: method, forget set, seed) and the
+per-example rows beside them.
 
 Reference models (base, oracle, retain) are evaluated once by their own stages; an unlearned model's run reads
 their directories (--reference, --oracle, --retain) for the comparisons and the verdict.
@@ -16,7 +18,12 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--adapter", type=click.Path(file_okay=False), default=None,
               help="LoRA adapter on the base model (oracle, retain or unlearned) or a whole model directory; none "
                    "evaluates the base itself.")
-@click.option("--run-name", "--run_name", "run_name", required=True, help="Name of the run, e.g. npo-f10.")
+@click.option("--run-name", "--run_name", "run_name", required=True, help="Name of the run, e.g. npo-f10-s42.")
+@click.option("--method", default=None,
+              help="What made the model: base, oracle, retain or the unlearning method (the report groups and orders "
+                   "runs by it; default: the run name). Stored in run.json with --forget-set and --seed.")
+@click.option("--forget-set", "--forget_set", "forget_set", default=None,
+              help="The forget set the model was made for (a retain or unlearned model), e.g. 10.")
 @click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True)
 @click.option("--retain-file", "--retain_file", "retain_file", type=click.Path(dir_okay=False), required=True,
               help="Retain records; the first --retain-samples give retain perplexity and the retain probes.")
@@ -129,6 +136,7 @@ def run(config):
     from stages.common.chat import read_records
     from stages.common.io import atomic_dir, write_json, write_jsonl
     from stages.common.models import check_adapter, load_model, load_tokenizer, pick_device, resolve_precision
+    from stages.common.results import flatten, records
     from stages.common.seeding import seed_everything
     from stages.evaluate.compare import compare, read_run
     from stages.evaluate.run import measure, side_by_side
@@ -186,7 +194,11 @@ def run(config):
         write_jsonl(tmp / "mia.jsonl", measured["mia"])
         write_jsonl(tmp / "attacks.jsonl", measured["attacks"])
         write_jsonl(tmp / "samples.jsonl", samples)
-        write_json(tmp / "metrics.json", metrics)
+        results = records(metrics)
+        write_jsonl(tmp / "results.jsonl", results)
+        write_json(tmp / "metrics.json", flatten(results))  # DVC's flat key/value (dvc metrics show / diff)
+        write_json(tmp / "run.json", {"run": config.run_name, "method": config.method or config.run_name,
+                                      "forget_set": config.forget_set, "seed": config.seed})
     line = (f"evaluate {config.run_name}: UR {metrics['uncertainty_ratio']:.3f}, forget accuracy "
             f"{metrics['forget_qa_accuracy']:.3f}, retain perplexity {metrics['retain_perplexity']:.3f}")
     click.echo(line + (f" -> {metrics['verdict']} ({metrics['verdict_rule']})" if "verdict" in metrics else ""))

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from stages.common.io import InputError, read_json, read_jsonl
+from stages.common.results import key as metric_key
+from stages.common.stats import ks_pvalue
 from stages.evaluate import intervals as interval
-from stages.evaluate.metrics import ks_pvalue
 from stages.evaluate.run import harmonic_means, utility_part_bounds, utility_parts, utility_rows
 from stages.evaluate.verdict import Estimate, Knowable, final_verdict, uncertainty_ratio
 
@@ -151,11 +152,12 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     recoveries = []
     for name in ("relearn", "benign"):
         for k in steps:
-            out[f"{name}_control@{k}"] = retain["metrics"][f"{name}_accuracy@{k}"]
-            out[f"{name}_control@{k}_ci95"] = retain["metrics"].get(f"{name}_accuracy@{k}_ci95")
+            control_key, accuracy = metric_key(f"{name}_control", k), metric_key(f"{name}_accuracy", k)
+            out[control_key] = retain["metrics"][accuracy]
+            out[f"{control_key}_ci95"] = retain["metrics"].get(f"{accuracy}_ci95")
             a = _column(_attack(run["attacks"], name, k), v_known, "correct", f"this model's {name} attack")
             c = _column(_attack(retain["attacks"], name, k), v_known, "correct", f"the retain model's {name} attack")
-            key = f"{name}_recovery@{k}"
+            key = metric_key(f"{name}_recovery", k)
             _put(out, key, interval.ratio_of_differences(a, c, o_v, r_v, kv_weights))
             if k:  # k = 0 is the starting point, not an attack; V is half the forget patients, hence factor 2
                 settle = _settle(lambda rows, w, a=a, c=c: interval.ratio_of_differences(a[rows], c[rows], o_v[rows],
@@ -179,10 +181,11 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     out["n_knowable_relearn_train_patients"] = len({rid for rid, _ in t_known})
     kt_weights = interval.resample_weights([rid for rid, _ in t_known], resamples, seed)
     for k in steps:
-        for key, attacked in ((f"relearn_taught@{k}", run), (f"relearn_taught_control@{k}", retain)):
+        for key, attacked in ((metric_key("relearn_taught", k), run),
+                              (metric_key("relearn_taught_control", k), retain)):
             _put(out, key, interval.proportion(_column(_attack(attacked["attacks"], "relearn_train", k), t_known,
                                                        "correct", "the relearning attack"), kt_weights))
-    last = f"relearn_taught@{steps[-1]}"
+    last = metric_key("relearn_taught", steps[-1])
     taught = (Estimate(last, out[last], out[f"{last}_ci95"], out["n_knowable_relearn_train_patients"],
                        "forget patients of T", facts=len(t_known)) if steps[-1] > 0 else None)
 
@@ -191,7 +194,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     kf_weights = interval.resample_weights([rid for rid, _ in f_known], resamples, seed)
     u_f, o_f = _column(ours, f_known, "correct", ""), _column(known_by, f_known, "correct", "")
     for name, k in sorted({(r["attack"], r["k"]) for r in run["attacks"] if r["attack"].startswith("quant")}):
-        key = f"quant_recovery@{k}" + name[len("quant"):]
+        key = metric_key("quant_recovery", k, name[len("quant_"):] or None)
         quantized = _column(_attack(run["attacks"], name, k), f_known, "correct", "this model's quantization")
         _put(out, key, interval.ratio_of_differences(quantized, u_f, o_f, u_f, kf_weights))
         settle = _settle(lambda rows, w, q=quantized: interval.ratio_of_differences(q[rows], u_f[rows], o_f[rows],
@@ -201,12 +204,12 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
 
     # sampling leakage: this model against the control on the same probes, paired
     n = next(r["k"] for r in run["attacks"] if r["attack"] == "leak")
-    leak = f"leak@{n}"
+    leak, control_key, excess = (metric_key("leak", n, variant) for variant in (None, "control", "excess"))
     ours_leak = _column(_attack(run["attacks"], "leak", n), keys, "correct", "this model's sampling attack")
     their_leak = _column(_attack(retain["attacks"], "leak", n), keys, "correct", "the retain model's sampling attack")
-    out[f"{leak}_control"], out[f"{leak}_control_ci95"] = retain["metrics"][leak], retain["metrics"][f"{leak}_ci95"]
-    _put(out, f"{leak}_excess", interval.paired_difference(ours_leak, their_leak, weights))
-    out[f"{leak}_excess_pvalue"] = interval.mcnemar_exact(ours_leak, their_leak)
+    out[control_key], out[f"{control_key}_ci95"] = retain["metrics"][leak], retain["metrics"][f"{leak}_ci95"]
+    _put(out, excess, interval.paired_difference(ours_leak, their_leak, weights))
+    out[metric_key("leak", n, "excess_pvalue")] = interval.mcnemar_exact(ours_leak, their_leak)
 
     chosen, oracle_rows, units, strata = utility_rows_of(run["probes"], oracle["probes"])
     _put(out, "utility_ratio", utility_ratio_of(chosen, oracle_rows,
@@ -218,7 +221,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     gap = Estimate("forget_accuracy_gap", out["forget_accuracy_gap"], out["forget_accuracy_gap_ci95"], patients,
                    settle=_settle(lambda rows, w: interval.paired_difference(unlearned[rows], control[rows], w),
                                   forget_units, resamples, seed))
-    leak_excess = Estimate(f"{leak}_excess", out[f"{leak}_excess"], out[f"{leak}_excess_ci95"], patients,
+    leak_excess = Estimate(excess, out[excess], out[f"{excess}_ci95"], patients,
                            settle=_settle(lambda rows, w: interval.paired_difference(ours_leak[rows],
                                                                                      their_leak[rows], w),
                                           forget_units, resamples, seed))

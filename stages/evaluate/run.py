@@ -7,6 +7,7 @@ import numpy as np
 from stages.common.chat import format_prompt, primary_pair, training_pairs
 from stages.common.io import InputError
 from stages.common.measure import greedy_entropy, perplexity
+from stages.common.results import key as metric_key
 from stages.evaluate import attacks as attack
 from stages.evaluate import intervals as interval
 from stages.evaluate.metrics import roc_auc
@@ -198,7 +199,8 @@ def _attacks(model, tokenizer, sets, config, progress):
         results = {**({0: untouched} if untouched is not None else {}), **relearned[key.removesuffix("_train")]}
         for k, correct in results.items():
             correct = correct[cut]
-            metrics[f"{key}_accuracy@{k}"], metrics[f"{key}_accuracy@{k}_ci95"] = interval.proportion(correct, w)
+            name = metric_key(f"{key}_accuracy", k)
+            metrics[name], metrics[f"{name}_ci95"] = interval.proportion(correct, w)
             rows += [{"attack": key, "k": k, "record_id": rid, "question": p["question"], "correct": c}
                      for (rid, p), c in zip(items, correct, strict=True)]
         progress(f"  {what}: " + ", ".join(f"k={k}: {np.mean(c[cut]):.3f}" for k, c in results.items()))
@@ -215,8 +217,8 @@ def _attacks(model, tokenizer, sets, config, progress):
         else:
             correct = attack.quantized_accuracy(model, tokenizer, f_probes, bits, config.answer_tokens,
                                                 config.quant_group_size, config.batch_size)
-        metrics[f"quant_accuracy@{bits}"], metrics[f"quant_accuracy@{bits}_ci95"] = interval.proportion(correct,
-                                                                                                      f_weights)
+        name = metric_key("quant_accuracy", bits)
+        metrics[name], metrics[f"{name}_ci95"] = interval.proportion(correct, f_weights)
         rows += [{"attack": "quant", "k": bits, "record_id": rid, "question": p["question"], "correct": c}
                  for (rid, p), c in zip(f_items, correct, strict=True)]
         progress(f"  quantization {bits}-bit: accuracy on F {np.mean(correct):.3f} "
@@ -224,18 +226,18 @@ def _attacks(model, tokenizer, sets, config, progress):
     if cuda:  # docs/metrics.md §D names both 4-bit formats for bitsandbytes; every format measured counts
         correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, 4, config.answer_tokens, "fp4",
                                                 config.batch_size)
-        metrics["quant_accuracy@4_fp4"], metrics["quant_accuracy@4_fp4_ci95"] = interval.proportion(correct,
-                                                                                                  f_weights)
+        name = metric_key("quant_accuracy", 4, "fp4")
+        metrics[name], metrics[f"{name}_ci95"] = interval.proportion(correct, f_weights)
         rows += [{"attack": "quant_fp4", "k": 4, "record_id": rid, "question": p["question"], "correct": c}
                  for (rid, p), c in zip(f_items, correct, strict=True)]
     n = config.leak_samples
     start = time.perf_counter()
     hits = attack.leak_counts(model, tokenizer, f_probes, n, config.answer_tokens, config.seed)
     leaked = [int(h > 0) for h in hits]
-    metrics[f"leak@{n}"], metrics[f"leak@{n}_ci95"] = interval.proportion(leaked, f_weights)
+    metrics[metric_key("leak", n)], metrics[metric_key("leak", n) + "_ci95"] = interval.proportion(leaked, f_weights)
     rows += [{"attack": "leak", "k": n, "record_id": rid, "question": p["question"], "correct": c, "hits": h}
              for (rid, p), c, h in zip(f_items, leaked, hits, strict=True)]
-    progress(f"  sampling: leak@{n} {np.mean(leaked):.3f} ({time.perf_counter() - start:.0f} s)")
+    progress(f"  sampling: {metric_key('leak', n)} {np.mean(leaked):.3f} ({time.perf_counter() - start:.0f} s)")
     return metrics, rows
 
 

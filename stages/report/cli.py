@@ -5,15 +5,21 @@ import math
 
 import click
 
-# The verdict table's columns; for the attack families, the strongest attack the run has (most relearning steps,
-# fewest bits, its leak@N), so the table fits any profile's attack settings.
+from stages.common.results import by_k
+from stages.common.results import key as metric_key
+
+# The verdict table's columns; for an attack (STRONGEST), its numbers at the strongest setting the run has, so the
+# table fits any profile's attack settings.
 HEADLINE = ["verdict", "forget_qa_accuracy", "forget_accuracy_gap", "n_knowable_forget", "n_knowable_relearn",
-            "forget_quality", "model_utility", "utility_ratio", "privleak", "relearn_recovery@", "relearn_taught@",
-            "benign_recovery@", "quant_recovery@", "leak@", "uncertainty_ratio_retain", "retain_perplexity"]
+            "forget_quality", "model_utility", "utility_ratio", "privleak", "relearn_recovery", "relearn_taught",
+            "benign_recovery", "quant_recovery", "leak", "uncertainty_ratio_retain", "retain_perplexity"]
+# An attack's strongest setting (most relearning steps, fewest bits, most samples) and the variants shown beside it.
+STRONGEST = {"relearn_recovery": (max, [None]), "relearn_taught": (max, [None]), "benign_recovery": (max, [None]),
+             "quant_recovery": (min, [None, "fp4"]), "leak": (max, [None, "control", "excess"])}
 COMPARISON = ["run", "mean_entropy", "uncertainty_ratio", "uncertainty_ratio_retain", "retain_perplexity",
               "forget_qa_accuracy", "retain_qa_accuracy", "holdout_qa_accuracy", "world_qa_accuracy", "model_utility",
               "mia_mink_auc", "uq_verdict", "n_forget_patients", "n_forget_probes"]
-REFERENCE_ORDER = ["base", "oracle"]
+REFERENCES = ["base", "oracle", "retain"]  # the reference runs' methods (run.json), first in every table
 # Numbers summarized across training seeds (mean, sample standard deviation, range) per method and forget set.
 ACROSS_SEEDS = ["forget_qa_accuracy", "forget_accuracy_gap", "forget_quality", "model_utility", "utility_ratio",
                 "privleak", "uncertainty_ratio_retain", "retain_perplexity"]
@@ -39,25 +45,25 @@ knowable facts only.
 """
 
 
-def split_seed(name):
-    """'npo-f10-s42' -> ('npo-f10', 42); a name without a -s<seed> suffix keeps its name and no seed."""
-    stem, _, seed = name.rpartition("-s")
-    return (stem, int(seed)) if stem and seed.isdigit() else (name, None)
+def run_order(run):
+    """base, oracle, retain, then the unlearned runs; each by method, forget set and seed (run.json)."""
+    method = run["method"]
+    group = REFERENCES.index(method) if method in REFERENCES else len(REFERENCES)
+    return (group, method, run["forget_set"] or "", run["seed"] or 0)
 
 
-def run_order(name):
-    """base, oracle, retain-*, then unlearned runs, each group by name and seed."""
-    stem, seed = split_seed(name)
-    if stem in REFERENCE_ORDER:
-        return (0, REFERENCE_ORDER.index(stem), stem, seed or 0)
-    return (1 if stem.startswith("retain-") else 2, 0, stem, seed or 0)
+def read_runs(eval_dir):
+    """Every evaluated run under eval_dir: its numbers as records (results.jsonl) and flat (key: value, key_ci95:
+    interval), its identity (run.json: run, method, forget_set, seed) and its directory."""
+    from stages.common.io import read_json, read_jsonl
+    from stages.common.results import flatten
 
-
-def method_and_ratio(name):
-    """'npo-f10-s42' -> ('npo', 10, 42); without a -fNN suffix the whole stem is the method and there is no ratio."""
-    stem, seed = split_seed(name)
-    method, _, ratio = stem.rpartition("-f")
-    return (method, int(ratio), seed) if method and ratio.isdigit() else (stem, None, seed)
+    runs = []
+    for path in sorted(eval_dir.glob("*/results.jsonl")):
+        rows = read_jsonl(path)
+        runs.append({**flatten(rows), **read_json(path.parent / "run.json"), "records": rows,
+                     "directory": path.parent})
+    return runs
 
 
 def across_seeds(unlearned):
@@ -67,10 +73,10 @@ def across_seeds(unlearned):
 
     groups = {}
     for r in unlearned:
-        groups.setdefault((r["method"], r["forget_pct"]), []).append(r)
+        groups.setdefault((r["method"], r["forget_set"]), []).append(r)
     rows = []
-    for (method, pct), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-        row = {"method": method, "forget_pct": pct, "n_seeds": len(runs),
+    for (method, forget_set), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        row = {"method": method, "forget_set": forget_set, "n_seeds": len(runs),
                "verdicts": ", ".join(f"{r['run'] if r['seed'] is None else 's' + str(r['seed'])}: {r['verdict']}"
                                      for r in sorted(runs, key=lambda r: r["seed"] or 0))}
         for key in ACROSS_SEEDS:
@@ -85,10 +91,10 @@ def across_seeds(unlearned):
 
 def seeds_table(rows):
     """The across-seeds summary as markdown: `mean ± sd [min, max]` per number."""
-    columns = ["method", "forget_pct", "n_seeds", "verdicts", *ACROSS_SEEDS]
+    columns = ["method", "forget_set", "n_seeds", "verdicts", *ACROSS_SEEDS]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [cell(row["method"]), cell(row["forget_pct"]), str(row["n_seeds"]), cell(row["verdicts"])]
+        cells = [cell(row["method"]), cell(row["forget_set"]), str(row["n_seeds"]), cell(row["verdicts"])]
         for key in ACROSS_SEEDS:
             if f"{key}_mean" not in row:
                 cells.append("n/a")
@@ -116,20 +122,23 @@ def cell(value, ci=None):
     return " ".join(str(value).replace("|", "/").split())
 
 
-def headline_keys(metrics):
-    """HEADLINE with each attack family's strongest key in `metrics` (relearn_recovery@50, quant_recovery@4, ...)."""
+def strongest(rows, name):
+    """The strongest setting k of an attack's number among a run's records, None where the run has none."""
+    ks = by_k(rows, name)
+    return STRONGEST[name][0](ks) if ks else None
+
+
+def headline_keys(rows):
+    """HEADLINE's keys for a run's records, each attack at its strongest setting (relearn_recovery@50,
+    quant_recovery@4 and quant_recovery@4_fp4, leak@16 and its control and excess, ...)."""
     keys = []
-    for key in HEADLINE:
-        if not key.endswith("@"):
-            keys.append(key)
+    for name in HEADLINE:
+        if name not in STRONGEST:
+            keys.append(name)
             continue
-        ks = [int(k[len(key):]) for k in metrics if k.startswith(key) and k[len(key):].isdigit()]
-        if ks:
-            strongest = min(ks) if key == "quant_recovery@" else max(ks)
-            if key == "leak@":
-                keys += [f"{key}{strongest}", f"{key}{strongest}_control", f"{key}{strongest}_excess"]
-            else:
-                keys += [k for k in (f"{key}{strongest}", f"{key}{strongest}_fp4") if k in metrics]
+        k = strongest(rows, name)
+        if k is not None:
+            keys += [metric_key(name, k, variant) for variant in STRONGEST[name][1] if k in by_k(rows, name, variant)]
     return keys
 
 
@@ -155,60 +164,56 @@ def with_intervals(keys, row):
     return out
 
 
-def oracle_forget_quality(eval_dir, oracle, retain_name):
+def oracle_forget_quality(oracle_dir, retain_dir):
     """§F check: KS p-value of the oracle's truth ratios against the retain model's on that retain model's forget
     probes (TOFU finds ~1e-21 for a fine-tuned model; the retain model against itself is 1 by definition)."""
     from stages.common.io import read_jsonl
-    from stages.evaluate.metrics import ks_pvalue
+    from stages.common.stats import ks_pvalue
 
     control = {(r["record_id"], r["question"]): r["truth_ratio"]
-               for r in read_jsonl(eval_dir / retain_name / "probes.jsonl") if r["split"] == "forget"}
+               for r in read_jsonl(retain_dir / "probes.jsonl") if r["split"] == "forget"}
     ours = {(r["record_id"], r["question"]): r["truth_ratio"]
-            for r in read_jsonl(eval_dir / oracle / "probes.jsonl") if r["split"] == "forget"}
+            for r in read_jsonl(oracle_dir / "probes.jsonl") if r["split"] == "forget"}
     keys = sorted(set(control) & set(ours))
     return ks_pvalue([ours[k] for k in keys], [control[k] for k in keys]) if keys else None
 
 
-def sanity_rows(eval_dir, runs):
-    from pathlib import Path
-
-    names = {r["run"] for r in runs}
+def sanity_rows(runs):
     rows = []
-    for retain in sorted(n for n in names if n.startswith("retain-")):
-        seed = split_seed(retain)[1]
-        oracle = "oracle" if seed is None else f"oracle-s{seed}"
-        if oracle in names:
-            rows.append({"check": f"{oracle}'s forget quality against {retain} (TOFU: ~1e-21; retain itself: 1)",
-                         "found": oracle_forget_quality(Path(eval_dir), oracle, retain)})
+    oracles = {r["seed"]: r for r in runs if r["method"] == "oracle"}
+    for retain in (r for r in runs if r["method"] == "retain"):
+        oracle = oracles.get(retain["seed"])
+        if oracle:
+            rows.append({"check": f"{oracle['run']}'s forget quality against {retain['run']} (TOFU: ~1e-21; retain "
+                                  "itself: 1)",
+                         "found": oracle_forget_quality(oracle["directory"], retain["directory"])})
     for r in runs:
         if "verdict" not in r:
             continue
-        keys = headline_keys(r)
-        relearn = next((k for k in keys if k.startswith("relearn_recovery@")), None)
-        taught = next((k for k in keys if k.startswith("relearn_taught@")), None)
-        quant = next((k for k in keys if k.startswith("quant_recovery@")), None)
-        if relearn:
-            control = (f" (the attack's positive control, {taught}: {cell(r.get(taught), r.get(f'{taught}_ci95'))} "
-                       "of T's knowable facts relearned)" if taught else "")
-            rows.append({"check": f"{r['run']}: {relearn.split('@')[1]} relearning steps on half the forget patients "
-                                  f"bring back the other half (Deeb & Roger: 88 %){control}", "found": r.get(relearn),
-                         "found_ci95": r.get(f"{relearn}_ci95")})
-        if quant:
-            rows.append({"check": f"{r['run']}: {quant.split('@')[1]}-bit quantization restores forgotten answers "
-                                  "(Zhang et al.: 21 % -> 83 %)", "found": r.get(quant),
-                         "found_ci95": r.get(f"{quant}_ci95")})
+        relearn, taught, quant = (strongest(r["records"], name)
+                                  for name in ("relearn_recovery", "relearn_taught", "quant_recovery"))
+        if relearn is not None:
+            recovered, shown = metric_key("relearn_recovery", relearn), metric_key("relearn_taught", taught)
+            control = (f" (the attack's positive control, {shown}: {cell(r.get(shown), r.get(f'{shown}_ci95'))} "
+                       "of T's knowable facts relearned)" if taught is not None else "")
+            rows.append({"check": f"{r['run']}: {relearn} relearning steps on half the forget patients "
+                                  f"bring back the other half (Deeb & Roger: 88 %){control}", "found": r.get(recovered),
+                         "found_ci95": r.get(f"{recovered}_ci95")})
+        if quant is not None:
+            quantized = metric_key("quant_recovery", quant)
+            rows.append({"check": f"{r['run']}: {quant}-bit quantization restores forgotten answers "
+                                  "(Zhang et al.: 21 % -> 83 %)", "found": r.get(quantized),
+                         "found_ci95": r.get(f"{quantized}_ci95")})
         rows.append({"check": f"{r['run']}: forget quality against the retain model", "found": r["forget_quality"]})
     return rows
 
 
-def samples_section(eval_dir, unlearned):
-    from pathlib import Path
-
+def samples_section(unlearned):
     from stages.common.io import read_jsonl
 
     parts = []
     for r in unlearned:
-        path = Path(eval_dir) / r["run"] / "samples.jsonl"
+        path = r["directory"] / "samples.jsonl"
         rows = read_jsonl(path)[:SAMPLES_PER_RUN] if path.is_file() else []
         if rows:
             columns = ["question", "answer", "base", "oracle", "retain", "unlearned"]
@@ -253,23 +258,24 @@ def plot(runs, unlearned, path):
     axes[1, 0].set_title("retain perplexity")
     axes[1, 0].tick_params(axis="x", rotation=30)
     if unlearned:
-        keys = sorted({k for r in unlearned for k in r
-                       if "_recovery@" in k and not k.endswith(("@0", "_ci95"))})
+        keys = sorted({metric_key(x["name"], x["k"], x["variant"]) for r in unlearned for x in r["records"]
+                       if x["name"].endswith("_recovery") and x["k"] not in (None, 0)})
         bars(axes[1, 1], keys, "recovery over knowable facts (0 = retain model, 1 = oracle)", unlearned)
         axes[1, 1].axhline(0.5, color="gray", linestyle="--")
         ax = axes[1, 2]
         for r in unlearned:
-            steps = sorted(int(k.split("@")[1]) for k in r
-                           if k.startswith("relearn_accuracy@") and k.split("@")[1].isdigit())
-            values = [r[f"relearn_accuracy@{k}"] for k in steps]
-            cis = [r.get(f"relearn_accuracy@{k}_ci95") or [v, v] for k, v in zip(steps, values, strict=True)]
+            curve = by_k(r["records"], "relearn_accuracy")
+            steps = sorted(curve)
+            values = [curve[k]["value"] for k in steps]
+            cis = [curve[k]["ci95"] or [curve[k]["value"]] * 2 for k in steps]
             line = ax.errorbar(steps, values, yerr=[[v - c[0] for v, c in zip(values, cis, strict=True)],
                                                     [c[1] - v for v, c in zip(values, cis, strict=True)]],
                                marker="o", capsize=3, label=r["run"])
-            if all(f"relearn_train_accuracy@{k}" in r for k in steps):  # the attack's positive control
-                ax.plot(steps, [r[f"relearn_train_accuracy@{k}"] for k in steps], linestyle="-.", marker=".",
+            taught, control = (by_k(r["records"], name) for name in ("relearn_train_accuracy", "relearn_control"))
+            if all(k in taught for k in steps):  # the attack's positive control
+                ax.plot(steps, [taught[k]["value"] for k in steps], linestyle="-.", marker=".",
                         color=line[0].get_color(), alpha=0.6)
-            ax.plot(steps, [r[f"relearn_control@{k}"] for k in steps], linestyle=":", color="gray")
+            ax.plot(steps, [control[k]["value"] for k in steps], linestyle=":", color="gray")
             ax.axhline(r["relearn_oracle_accuracy"], color="black", linestyle="--", linewidth=0.8)
         ax.set_xlabel("relearning steps k (on forget half T)")
         ax.set_ylabel("accuracy on forget half V (dash-dot: on T)")
@@ -293,21 +299,20 @@ def report(eval_dir, output_dir):
     import io
     from pathlib import Path
 
-    from stages.common.io import atomic_path, read_json, write_json
+    from stages.common.io import atomic_path, write_json
 
-    runs = sorted((read_json(p) for p in Path(eval_dir).glob("*/metrics.json")), key=lambda m: run_order(m["run"]))
+    runs = sorted(read_runs(Path(eval_dir)), key=run_order)
     if not runs:
-        raise click.ClickException(f"{eval_dir}: no */metrics.json to report.")
-    unlearned = [dict(r, **dict(zip(("method", "forget_pct", "seed"), method_and_ratio(r["run"]), strict=True)))
-                 for r in runs if "verdict" in r]
+        raise click.ClickException(f"{eval_dir}: no */results.jsonl to report.")
+    unlearned = [r for r in runs if "verdict" in r]
     seeds = across_seeds(unlearned)
     out = Path(output_dir)
     text = io.StringIO()
-    columns = ["run", "method", "forget_pct", "seed"]
+    columns = ["run", "method", "forget_set", "seed"]
     for run in unlearned:
-        columns += [k for k in headline_keys(run) if k not in columns]
+        columns += [k for k in headline_keys(run["records"]) if k not in columns]
     columns.append("verdict_rule")
-    csv_rows = [{"run": r["run"], "method": r["method"], "forget_pct": r["forget_pct"], "seed": r["seed"],
+    csv_rows = [{"run": r["run"], "method": r["method"], "forget_set": r["forget_set"], "seed": r["seed"],
                  **with_intervals(columns[4:-1], r), "verdict_rule": r["verdict_rule"]} for r in unlearned]
     fields = list(dict.fromkeys(k for row in csv_rows for k in row)) or columns
     writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
@@ -317,10 +322,10 @@ def report(eval_dir, output_dir):
         tmp.write_text(text.getvalue(), encoding="utf-8")
     # The same headline numbers as DVC metrics (`dvc exp show`, `dvc metrics diff`), one entry per unlearned run.
     # With several seeds, each method x forget set's mean and sd under "<method>-f<NN>" (beside its seeds' runs).
-    headline = {r["run"]: with_intervals(headline_keys(r), r) for r in unlearned}
+    headline = {r["run"]: with_intervals(headline_keys(r["records"]), r) for r in unlearned}
     for row in seeds:
-        if row["n_seeds"] > 1 and row["forget_pct"] is not None:
-            headline[f"{row['method']}-f{row['forget_pct']:02d}"] = {
+        if row["n_seeds"] > 1 and row["forget_set"] is not None:
+            headline[f"{row['method']}-f{row['forget_set']}"] = {
                 "n_seeds": row["n_seeds"], **{k: v for k, v in row.items() if k.endswith(("_mean", "_sd"))}}
     write_json(out / "headline.json", headline)
     sections = [
@@ -332,10 +337,10 @@ def report(eval_dir, output_dir):
         "## Models compared (forget-set uncertainty, retain health, knowledge)\n",
         markdown_table(runs, COMPARISON),
         "## The literature's sanity checks (docs/metrics.md §F)\n",
-        markdown_table([{**row, "found_ci95": row.get("found_ci95")} for row in sanity_rows(eval_dir, runs)],
+        markdown_table([{**row, "found_ci95": row.get("found_ci95")} for row in sanity_rows(runs)],
                        ["check", "found"]),
         "## Answers side by side (forget probes)\n",
-        samples_section(eval_dir, unlearned) or "No unlearned run evaluated yet.\n",
+        samples_section(unlearned) or "No unlearned run evaluated yet.\n",
         "![report](report.png)\n",
     ]
     with atomic_path(out / "report.md") as tmp:
