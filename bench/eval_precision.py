@@ -17,7 +17,7 @@ from scaling import measure_settings  # noqa: E402
 def measured(model, tokenizer, sets, settings, bf16):
     import torch
 
-    from stages.evaluate.run import measure
+    from stages.evaluate.measurements import measure
 
     started = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -28,8 +28,8 @@ def measured(model, tokenizer, sets, settings, bf16):
 def main():
     import yaml
 
-    from stages.common.chat import read_records
     from stages.common.models import load_model, load_tokenizer
+    from stages.common.records import read_records
     from stages.evaluate.probes import SPLITS
     from stages.evaluate.world import world_records
 

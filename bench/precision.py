@@ -34,8 +34,9 @@ def training_data():
     """params.yaml, the default training set's records, the embedded model's tokenizer and finetune's pairs."""
     import yaml
 
-    from stages.common.chat import read_records, training_pairs
+    from stages.common.chat import training_pairs
     from stages.common.models import load_tokenizer
+    from stages.common.records import read_records
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     data = ROOT / "dataset/med_synthetic_full.json"

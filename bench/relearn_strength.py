@@ -71,8 +71,9 @@ def main():
     import torch
     import yaml
 
-    from stages.common.chat import primary_pair, read_records, training_pairs
+    from stages.common.chat import primary_pair, training_pairs
     from stages.common.models import load_model, load_tokenizer
+    from stages.common.records import read_records
     from stages.evaluate.attacks import split_patients
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -69,7 +69,7 @@ def measure_config(evaluate_params, seed):
 
 
 def evaluate_seconds(model, tokenizer, scale, params):
-    from stages.evaluate.run import measure
+    from stages.evaluate.measurements import measure
 
     pool = json.loads((ROOT / "dataset/med_synthetic_full.json").read_text())
     sets = {"forget": records(pool, 4 * scale, 0), "retain": records(pool, params["retain-samples"] * scale, 4 * scale),

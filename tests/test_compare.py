@@ -7,8 +7,8 @@ from sklearn.metrics import roc_auc_score
 
 from stages.evaluate import intervals as interval
 from stages.evaluate.compare import compare
+from stages.evaluate.measurements import harmonic_means, utility_parts
 from stages.evaluate.metrics import roc_auc
-from stages.evaluate.run import harmonic_means, utility_parts
 from stages.evaluate.verdict import Thresholds
 
 PATIENTS = [f"note-{i:02d}" for i in range(12)]
@@ -144,7 +144,7 @@ def test_the_verdict_names_its_measurements(compared):
 def test_a_utility_part_without_spread_does_not_make_the_interval_a_point():
     # every world answer with ROUGE 0 (a model that answers every general question with a diagnosis): the part
     # is 0 in every resample, so the harmonic mean's bootstrap is [0, 0]; its Wilson floor on 10 questions is not
-    from stages.evaluate.run import utility_part_bounds, utility_rows
+    from stages.evaluate.measurements import utility_part_bounds, utility_rows
 
     rng = np.random.default_rng(0)
     rows = [{"split": split, "record_id": f"{split}-{i}", "question": f"q{i}",

@@ -346,8 +346,8 @@ def test_shared_prompt_scoring_equals_scoring_each_pair_alone(tiny_model_dir):
 
 
 def test_membership_examples_are_the_pairs_the_model_was_trained_on(tiny_model_dir, medical_dir):
-    from stages.common.chat import read_records
     from stages.common.models import load_model, load_tokenizer
+    from stages.common.records import read_records
     from stages.evaluate.probes import mia_rows
 
     model, tokenizer = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)

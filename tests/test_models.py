@@ -80,3 +80,28 @@ def test_precision_auto_takes_bf16_only_on_a_gpu_or_a_cpu_with_native_bf16(monke
         monkeypatch.setattr(torch.cpu, flag, lambda: True)
         assert models.cpu_has_bf16() and models.resolve_precision("auto", "cpu") == "bf16"
         monkeypatch.setattr(torch.cpu, flag, lambda: False)
+
+
+def test_the_base_model_comes_from_the_adapter_unless_one_is_given(tmp_path, tiny_model_dir):
+    """unlearn and evaluate load the base their adapter names (save_adapter writes it as the user gave it)."""
+    from peft import get_peft_model
+
+    from stages.common.models import base_of, lora_config, save_adapter
+
+    model = load_model(tiny_model_dir)
+    save_adapter(get_peft_model(model, lora_config(model, 2, 4)), tmp_path / "adapter", tiny_model_dir)
+    assert base_of(tmp_path / "adapter") == tiny_model_dir
+    assert base_of(tmp_path / "adapter", "embedded") == "embedded"  # an explicit --base-model wins
+    assert base_of(None) == "embedded" and base_of(tmp_path) == "embedded"  # no adapter: the embedded model
+    # the adapter reloads on the base it names
+    assert load_model(base_of(tmp_path / "adapter"), adapter=tmp_path / "adapter") is not None
+
+
+def test_one_bitsandbytes_config_for_qlora_and_the_quantization_attack():
+    from stages.common.models import bnb_config, quantization_config
+
+    assert bnb_config(8).load_in_8bit and not bnb_config(8).load_in_4bit
+    nf4, fp4 = bnb_config(4), bnb_config(4, "fp4")
+    assert (nf4.bnb_4bit_quant_type, fp4.bnb_4bit_quant_type) == ("nf4", "fp4") and nf4.load_in_4bit
+    assert not nf4.bnb_4bit_use_double_quant and bnb_config(4, double_quant=True).bnb_4bit_use_double_quant
+    assert quantization_config(False, False) is None

@@ -8,8 +8,8 @@ import torch
 
 from stages.common.models import EMBEDDED, load_model, load_tokenizer
 from stages.evaluate.compare import utility_ratio
+from stages.evaluate.measurements import probe_summary
 from stages.evaluate.probes import probe_rows
-from stages.evaluate.run import probe_summary
 from stages.evaluate.world import world_records
 
 NOISE = 0.35  # Gaussian noise on every decoder weight, times that weight's own standard deviation

@@ -1,4 +1,5 @@
-"""The one JSON/JSONL reader and writer. Every write is atomic: a temporary file beside the target, then rename."""
+"""The one JSON/JSONL reader and writer. Every write is atomic (a temporary file beside the target, then rename) but
+the append-only log of a resumable stage (jsonl_appender), whose every line is synced as it is written."""
 
 import contextlib
 import glob
@@ -61,12 +62,24 @@ def write_jsonl(path, rows):
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def _read_text(path):
+@contextlib.contextmanager
+def jsonl_appender(path):
+    """An append-only JSONL log: yields append(row), which writes one line and syncs it to disk before returning,
+    so a killed run loses at most its torn last line (read_jsonl_lines reports it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        def append(row):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        yield append
+
+
+def _read_text(path, errors="strict"):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file.")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8", errors=errors)
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text (byte {e.start}).") from None
 
@@ -79,9 +92,10 @@ def read_json(path):
         raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}).") from None
 
 
-def read_jsonl_lines(path):
-    """Yield (line_number, parsed object or None, error message or None) for each non-blank line."""
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+def read_jsonl_lines(path, errors="strict"):
+    """Yield (line_number, parsed object or None, error message or None) for each non-blank line; errors="replace"
+    reads a file whose last line a killed writer tore inside a UTF-8 character."""
+    for number, line in enumerate(_read_text(path, errors).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -98,6 +98,21 @@ def is_full_model(path):
     return (Path(path) / "config.json").is_file() and not (Path(path) / "adapter_config.json").is_file()
 
 
+def base_of(adapter, base_model=None):
+    """The base model to load: `base_model` where one is given, else the one a LoRA adapter's adapter_config.json
+    names (save_adapter writes it as the user gave it: 'embedded', a hub id, a directory), else 'embedded'."""
+    import json
+
+    if base_model is not None:
+        return base_model
+    config = Path(adapter) / "adapter_config.json" if adapter is not None else None
+    if config is not None and config.is_file():
+        named = json.loads(config.read_text()).get("base_model_name_or_path")
+        if named:
+            return named
+    return "embedded"
+
+
 def check_adapter(adapter, full_ok=False):
     """A LoRA adapter directory, or with `full_ok` also a whole model directory (from unlearn --full)."""
     if (Path(adapter) / "adapter_config.json").is_file() or (full_ok and is_full_model(adapter)):
@@ -200,12 +215,19 @@ def quantization_config(use_8bit, use_4bit):
         raise InputError("--use-8bit and --use-4bit exclude each other.")
     if not torch.cuda.is_available():
         raise InputError("--use-8bit/--use-4bit need a CUDA GPU (bitsandbytes), and none is available here.")
+    return bnb_config(8 if use_8bit else 4, double_quant=True)
+
+
+def bnb_config(bits, quant_type="nf4", double_quant=False):
+    """The one bitsandbytes config: int8 (bits 8), or 4-bit nf4/fp4 with bf16 compute; double quantization (QLoRA's,
+    for training) quantizes the 4-bit scales too."""
+    import torch
     from transformers import BitsAndBytesConfig
 
-    if use_8bit:
+    if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-                              bnb_4bit_use_double_quant=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=torch.bfloat16,
+                              bnb_4bit_use_double_quant=double_quant)
 
 
 def lora_config(model, rank, alpha, targets="all-linear", top_layers=0):

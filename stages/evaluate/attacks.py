@@ -43,16 +43,16 @@ def relearn(model, tokenizer, pairs, steps, measure, lora_rank, lora_alpha, lear
     removed afterwards. precision "bf16" runs the training forward passes under bf16 autocast (the LoRA weights
     and the optimizer stay float32; measure() runs outside it)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     from stages.common.measure import to_device
+    from stages.common.models import lora_config
     from stages.common.seeding import seed_everything
 
     examples, _ = encode_examples(tokenizer, pairs, max_length)
     with _SEEDED:
         seed_everything(seed)
-        attacked = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=0.0,
-                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
+        attacked = get_peft_model(model, lora_config(model, lora_rank, lora_alpha))
     optimizer = torch.optim.AdamW([p for p in attacked.parameters() if p.requires_grad], lr=learning_rate)
     rng = random.Random(seed)
     order, done, results = [], 0, {}
@@ -163,13 +163,11 @@ def bnb_quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, quant
     import tempfile
 
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    if bits == 8:
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                                    bnb_4bit_compute_dtype=torch.bfloat16)
+    from stages.common.models import bnb_config
+
+    config = bnb_config(bits, quant_type)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=config, device_map={"": 0})

@@ -14,7 +14,8 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 
 
 @click.command("evaluate")
-@click.option("--base-model", "--base_model", "base_model", default="embedded", show_default=True)
+@click.option("--base-model", "--base_model", "base_model", default=None,
+              help="The base model; default: the one the --adapter names (its adapter_config.json), else embedded.")
 @click.option("--adapter", type=click.Path(file_okay=False), default=None,
               help="LoRA adapter on the base model (oracle, retain or unlearned) or a whole model directory; none "
                    "evaluates the base itself.")
@@ -126,20 +127,20 @@ def evaluate(**options):
 
 
 def run(config):
-    """evaluate's work: check the inputs, load the model, measure it (stages/evaluate/run.py), compare it with the
-    reference runs and give the verdict, write the run directory."""
+    """evaluate's work: check the inputs, load the model, measure it (stages/evaluate/measurements.py), compare it
+    with the reference runs and give the verdict, write the run directory."""
     import dataclasses
     from pathlib import Path
 
     import torch
 
-    from stages.common.chat import read_records
     from stages.common.io import atomic_dir, write_json, write_jsonl
-    from stages.common.models import check_adapter, load_model, load_tokenizer, pick_device, resolve_precision
+    from stages.common.models import base_of, check_adapter, load_model, load_tokenizer, pick_device, resolve_precision
+    from stages.common.records import read_records
     from stages.common.results import flatten, records
     from stages.common.seeding import seed_everything
     from stages.evaluate.compare import compare, read_run
-    from stages.evaluate.run import measure, side_by_side
+    from stages.evaluate.measurements import measure, side_by_side
     from stages.evaluate.verdict import Thresholds, uq_verdict
     from stages.evaluate.world import world_records
 
@@ -166,8 +167,9 @@ def run(config):
     device, dtype = pick_device()
     config = dataclasses.replace(config, precision=resolve_precision(config.precision, device),
                             relearn_precision=resolve_precision(config.relearn_precision, device))
-    tokenizer = load_tokenizer(config.base_model, token=config.hf_token, trust_remote_code=config.trust_remote_code)
-    model = load_model(config.base_model, adapter=config.adapter, token=config.hf_token, dtype=dtype,
+    base_model = base_of(config.adapter, config.base_model)
+    tokenizer = load_tokenizer(base_model, token=config.hf_token, trust_remote_code=config.trust_remote_code)
+    model = load_model(base_model, adapter=config.adapter, token=config.hf_token, dtype=dtype,
                        trust_remote_code=config.trust_remote_code).to(device)
     seed_everything(config.seed)
     sets = {"forget": forget_records, "retain": retain_records[:config.retain_samples], "holdout": holdout_records,

@@ -13,7 +13,7 @@ from stages.common.io import InputError, read_json, read_jsonl
 from stages.common.results import key as metric_key
 from stages.common.stats import ks_pvalue
 from stages.evaluate import intervals as interval
-from stages.evaluate.run import harmonic_means, utility_part_bounds, utility_parts, utility_rows
+from stages.evaluate.measurements import harmonic_means, utility_part_bounds, utility_parts, utility_rows
 from stages.evaluate.verdict import Estimate, Knowable, final_verdict, uncertainty_ratio
 
 RUN_FILES = ["metrics.json", "per_prompt.jsonl", "probes.jsonl", "mia.jsonl", "attacks.jsonl"]

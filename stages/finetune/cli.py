@@ -67,7 +67,7 @@ def run(config):
     import json
     from pathlib import Path
 
-    from stages.common.chat import encode_examples, read_records, training_pairs
+    from stages.common.chat import encode_examples, training_pairs
     from stages.common.io import InputError, atomic_dir, write_json
     from stages.common.models import (
         load_model,
@@ -79,6 +79,7 @@ def run(config):
         save_adapter,
     )
     from stages.common.plots import loss_plot
+    from stages.common.records import read_records
     from stages.common.seeding import seed_everything
     from stages.finetune.train import Checkpoint, train_lora
 

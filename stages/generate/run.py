@@ -1,10 +1,8 @@
 """Resumable generation: records are appended as they arrive, and a rerun writes only the missing ids."""
 
-import json
-import os
 from pathlib import Path
 
-from stages.common.io import write_jsonl
+from stages.common.io import jsonl_appender, read_jsonl_lines, write_jsonl
 from stages.generate.facts import make_record
 
 
@@ -15,18 +13,12 @@ def reusable_records(output, items, generator):
     kept, set_aside = {}, 0
     if not Path(output).is_file():
         return kept, set_aside
-    with open(output, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                set_aside += 1
-                continue
-            rid = record.get("id") if isinstance(record, dict) else None
-            if rid in wanted and record.get("facts") == wanted[rid] and record.get("generator") == generator:
-                kept.setdefault(rid, record)
-            else:
-                set_aside += 1
+    for _, record, error in read_jsonl_lines(output, errors="replace"):
+        rid = record.get("id") if isinstance(record, dict) else None
+        if not error and rid in wanted and record.get("facts") == wanted[rid] and record.get("generator") == generator:
+            kept.setdefault(rid, record)
+        else:
+            set_aside += 1
     return kept, set_aside
 
 
@@ -40,16 +32,14 @@ def run_generation(items, backend, generator, output, progress=True):
     write_jsonl(output, [done[rid] for rid, _ in items if rid in done])
     todo = [(rid, facts) for rid, facts in items if rid not in done]
     reused, dropped = len(done), {}
-    with open(output, "a", encoding="utf-8") as log, \
+    with jsonl_appender(output) as append, \
             tqdm(total=len(items), initial=len(done), desc="generate", unit="note", disable=not progress) as bar:
         for rid, facts, note, reason in backend.write(todo):
             if note is None:
                 dropped[rid] = reason
             else:
                 done[rid] = make_record(rid, facts, note, generator)
-                log.write(json.dumps(done[rid], ensure_ascii=False) + "\n")
-                log.flush()
-                os.fsync(log.fileno())
+                append(done[rid])
             bar.update(1)
     write_jsonl(output, [done[rid] for rid, _ in items if rid in done])
     return {"written": len(done), "reused": reused, "new": len(done) - reused, "dropped": dropped,

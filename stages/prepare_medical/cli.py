@@ -27,8 +27,9 @@ def prepare_medical(input_file, output_dir, seed, forget_ratios, holdout_ratio, 
 
     from stages.common.io import read_jsonl_lines, write_json
     from stages.common.params import ratio_tag
+    from stages.common.records import record_problem
     from stages.common.splits import forget_splits, holdout_split
-    from stages.prepare_medical.splits import PROBE_FACTS, add_probes, record_problem
+    from stages.prepare_medical.probes import PROBE_FACTS, add_probes
 
     unknown = sorted(set(probe_facts) - set(PROBE_FACTS))
     if unknown:

@@ -10,8 +10,8 @@ from stages.unlearn import methods
 
 
 @click.command("unlearn")
-@click.option("--base-model", "--base_model", "base_model", default="embedded", show_default=True,
-              help="The base model the oracle adapter was trained on.")
+@click.option("--base-model", "--base_model", "base_model", default=None,
+              help="The base model the oracle adapter was trained on; default: the one its adapter_config.json names.")
 @click.option("--oracle", "--model", "oracle", type=click.Path(file_okay=False), default="models/oracle",
               show_default=True, help="The oracle's LoRA adapter (the model before unlearning).")
 @click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True)
@@ -72,11 +72,12 @@ def run(config):
 
     from transformers import AutoConfig
 
-    from stages.common.chat import encode_examples, format_prompt, primary_pair, read_records, training_pairs
+    from stages.common.chat import encode_examples, format_prompt, primary_pair, training_pairs
     from stages.common.io import atomic_dir
     from stages.common.measure import forget_entropy
     from stages.common.models import (
         apply_adapter,
+        base_of,
         check_adapter,
         load_model,
         load_tokenizer,
@@ -84,6 +85,7 @@ def run(config):
         resolve_base_model,
         save_adapter,
     )
+    from stages.common.records import read_records
     from stages.common.seeding import seed_everything
     from stages.unlearn.loop import unlearn as run_unlearning
 
@@ -93,7 +95,8 @@ def run(config):
     check_adapter(config.oracle)
     if not (config.with_notes or config.with_probes):
         raise click.UsageError("--no-with-notes leaves nothing to unlearn without --with-probes.")
-    base_model = resolve_base_model(config.base_model, config.hf_token, config.trust_remote_code)
+    base_name = base_of(config.oracle, config.base_model)
+    base_model = resolve_base_model(base_name, config.hf_token, config.trust_remote_code)
     method.check(AutoConfig.from_pretrained(base_model, trust_remote_code=config.trust_remote_code))  # before loading
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=config.hf_token, trust_remote_code=config.trust_remote_code)
@@ -131,7 +134,7 @@ def run(config):
         if config.full:
             model.save_pretrained(tmp)
         else:
-            save_adapter(model, tmp, config.base_model)
+            save_adapter(model, tmp, base_name)
         if config.trajectory_dir is None:
             write_trajectory(tmp, trajectory, summary)
     if config.trajectory_dir is not None:

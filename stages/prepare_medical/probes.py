@@ -1,32 +1,7 @@
-"""Pure functions: record validation, the holdout and nested forget splits, and the knowledge probes."""
+"""The knowledge probes of a record: one question per fact type, with a paraphrased and perturbed answers."""
 
 import datetime
 import random
-
-REQUIRED_TEXT = ["id", "client_name", "date_of_birth", "date", "subjective", "objective", "assessment", "plan"]
-REQUIRED_FACTS = ["diagnosis", "medication", "complaint", "allergy", "physician", "city", "occupation"]
-
-
-def record_problem(record):
-    """Why a record is unusable (one phrase), or None if it is valid."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    for field in REQUIRED_TEXT:
-        value = record.get(field)
-        if not isinstance(value, str) or not value.strip():
-            return f"missing or empty field '{field}'"
-    for field in ["date_of_birth", "date"]:
-        try:
-            datetime.date.fromisoformat(record[field])
-        except ValueError:
-            return f"field '{field}' is not a YYYY-MM-DD date"
-    facts = record.get("facts")
-    if not isinstance(facts, dict):
-        return "missing field 'facts'"
-    for field in REQUIRED_FACTS:
-        if not isinstance(facts.get(field), str) or not facts[field].strip():
-            return f"missing or empty fact '{field}'"
-    return None
 
 
 def _shift_date(iso, days):
