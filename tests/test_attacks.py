@@ -155,7 +155,7 @@ def test_the_relearning_attack_trains_on_what_finetune_trained_on(medical_dir, m
     """The relearning job fine-tunes on T's training pairs (finetune's --with-probes / --with-notes) and measures
     V and T; the benign job trains on the retain records' pairs and measures V."""
     from stages.common.chat import record_pairs
-    from stages.evaluate import run
+    from stages.evaluate import measurements
 
     forget = json.loads((medical_dir / "med_synthetic_forget20.json").read_text())
     retain = json.loads((medical_dir / "med_synthetic_full_minus_forget20.json").read_text())[:3]
@@ -171,10 +171,10 @@ def test_the_relearning_attack_trains_on_what_finetune_trained_on(medical_dir, m
         asked.append([p["question"] for p in probes])
         return [1] * len(probes)
 
-    monkeypatch.setattr(run.attack, "relearn_all", fake_relearn_all)
-    monkeypatch.setattr(run, "accuracy", fake_accuracy)
-    monkeypatch.setattr(run.attack, "quantized_accuracy", lambda m, t, probes, *a: [0] * len(probes))
-    monkeypatch.setattr(run.attack, "leak_counts", lambda m, t, probes, *a: [0] * len(probes))
+    monkeypatch.setattr(measurements.attack, "relearn_all", fake_relearn_all)
+    monkeypatch.setattr(measurements, "accuracy", fake_accuracy)
+    monkeypatch.setattr(measurements.attack, "quantized_accuracy", lambda m, t, probes, *a: [0] * len(probes))
+    monkeypatch.setattr(measurements.attack, "leak_counts", lambda m, t, probes, *a: [0] * len(probes))
     from types import SimpleNamespace
 
     from stages.cli import main
@@ -188,7 +188,7 @@ def test_the_relearning_attack_trains_on_what_finetune_trained_on(medical_dir, m
         "--relearn-steps", "0", "--relearn-steps", "5", "--bootstrap", "20", "--quant-bits", "4",
         "--leak-samples", "2"])
     model = SimpleNamespace(device=SimpleNamespace(type="cpu"))
-    metrics, rows = run._attacks(model, None, {"forget": forget, "retain": retain}, config, lambda line: None)
+    metrics, rows = measurements._attacks(model, None, {"forget": forget, "retain": retain}, config, lambda line: None)
     t_records = [r for r in forget if r["id"] in train_ids]
     assert seen["relearn"][0] == [pair for r in t_records for pair in record_pairs(r, with_probes, with_notes)]
     assert seen["benign"][0] == [pair for r in retain for pair in record_pairs(r, with_probes, with_notes)]
