@@ -22,6 +22,10 @@ forget_ratios_option = click.option(
     "--forget-ratios", "--forget_ratios", "forget_ratios", type=float, multiple=True, default=DEFAULT_RATIOS,
     show_default=True, callback=check_ratios, help="Forget-set fractions of the full set; repeat for several.")
 
+max_seq_length_option = click.option(
+    "--max-seq-length", "--max_seq_length", "max_seq_length", type=click.IntRange(min=8), default=256,
+    show_default=True, help="Tokens per example (the chat-formatted question and answer), cut at this length.")
+
 PRECISIONS = ["auto", "fp32", "bf16"]  # stages.common.models.resolve_precision
 
 trust_remote_code_option = click.option(

@@ -8,7 +8,7 @@ their directories (--reference, --oracle, --retain) for the comparisons and the 
 
 import click
 
-from stages.common.options import PRECISIONS, config_of, trust_remote_code_option
+from stages.common.options import PRECISIONS, config_of, max_seq_length_option, trust_remote_code_option
 
 ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_std", "num_tokens"]
 
@@ -47,8 +47,7 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               show_default=True, help="Tokens generated per probe answer (greedy and sampled).")
 @click.option("--retain-samples", "--retain_samples", "retain_samples", type=click.IntRange(min=1), default=32,
               show_default=True)
-@click.option("--max-seq-length", "--max_seq_length", "max_seq_length", type=click.IntRange(min=8), default=256,
-              show_default=True)
+@max_seq_length_option
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=16,
               show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,

@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common.options import PRECISIONS, config_of, trust_remote_code_option
+from stages.common.options import PRECISIONS, config_of, max_seq_length_option, trust_remote_code_option
 
 
 @click.command("finetune")
@@ -29,8 +29,7 @@ from stages.common.options import PRECISIONS, config_of, trust_remote_code_optio
               help="Comma-separated module names to adapt, or 'all-linear'.")
 @click.option("--lora-top-layers", "--lora_top_layers", "lora_top_layers", type=click.IntRange(min=0), default=0,
               show_default=True, help="Adapt only the last N decoder layers (0: every layer).")
-@click.option("--max-seq-length", "--max_seq_length", "max_seq_length", type=click.IntRange(min=8), default=256,
-              show_default=True)
+@max_seq_length_option
 @click.option("--with-notes/--no-with-notes", default=True, show_default=True,
               help="Train on each record's SOAP note (the note request and the note); with --no-with-notes only on "
                    "its probes, which needs --with-probes.")

@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common.options import trust_remote_code_option
+from stages.common.options import config_of, trust_remote_code_option
 
 DEFAULT_MODELS = {"tinker": "meta-llama/Llama-3.1-8B-Instruct", "hf": "embedded"}
 
@@ -26,35 +26,40 @@ DEFAULT_MODELS = {"tinker": "meta-llama/Llama-3.1-8B-Instruct", "hf": "embedded"
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 @trust_remote_code_option
-def generate(n_record, output, backend, model, api_key, concurrency, max_attempts, seed, hf_token, trust_remote_code):
+def generate(**options):
     """Generate synthetic SOAP notes whose facts are known exactly."""
+    run(config_of(generate, options))
+
+
+def run(config):
+    """generate's work: the patients' facts, a backend to write their notes, the resumable generation."""
     from stages.generate.facts import patient_items
     from stages.generate.run import run_generation
 
     try:
-        items = patient_items(n_record, seed)
+        items = patient_items(config.n_record, config.seed)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--n-record") from None
-    model = model or DEFAULT_MODELS.get(backend)
+    backend, model = config.backend, config.model or DEFAULT_MODELS.get(config.backend)
     generator = {"backend": backend} if backend == "template" else {"backend": backend, "model": model}
     if backend == "template":
         from stages.generate.backends import TemplateBackend
 
-        writer = TemplateBackend(seed)
+        writer = TemplateBackend(config.seed)
     elif backend == "tinker":
-        if not api_key:
+        if not config.api_key:
             raise click.UsageError("the tinker backend needs an API key: set TINKER_API_KEY.")
         from stages.generate.backends import TinkerBackend
 
-        writer = TinkerBackend(model, api_key, seed, concurrency=concurrency, max_attempts=max_attempts,
-                               report=lambda message: click.echo(message, err=True))
+        writer = TinkerBackend(model, config.api_key, config.seed, concurrency=config.concurrency,
+                               max_attempts=config.max_attempts, report=lambda message: click.echo(message, err=True))
     else:
         from stages.generate.backends import HFBackend
 
-        writer = HFBackend(model, seed, batch_size=concurrency, max_attempts=max_attempts, hf_token=hf_token,
-                             trust_remote_code=trust_remote_code)
-    summary = run_generation(items, writer, generator, output)
+        writer = HFBackend(model, config.seed, batch_size=config.concurrency, max_attempts=config.max_attempts,
+                           hf_token=config.hf_token, trust_remote_code=config.trust_remote_code)
+    summary = run_generation(items, writer, generator, config.output)
     for rid, reason in summary["dropped"].items():
         click.echo(f"generate: dropped {rid}: {reason}", err=True)
-    click.echo(f"generate: {summary['written']} notes in {output} ({summary['new']} new, {summary['reused']} kept "
-               f"from an earlier run, {len(summary['dropped'])} dropped; {backend} backend)")
+    click.echo(f"generate: {summary['written']} notes in {config.output} ({summary['new']} new, {summary['reused']} "
+               f"kept from an earlier run, {len(summary['dropped'])} dropped; {backend} backend)")

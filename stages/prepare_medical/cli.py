@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common.options import forget_ratios_option
+from stages.common.options import config_of, forget_ratios_option
 
 
 @click.command("prepare-medical")
@@ -20,8 +20,13 @@ from stages.common.options import forget_ratios_option
 @click.option("--dry-run", "--dry_run", "dry_run", is_flag=True, help="Print counts and samples; write nothing.")
 @click.option("--sample", type=click.IntRange(min=0), default=2, show_default=True,
               help="How many sample records --dry-run prints.")
-def prepare_medical(input_file, output_dir, seed, forget_ratios, holdout_ratio, probe_facts, dry_run, sample):
+def prepare_medical(**options):
     """Split the notes into full / holdout / nested forget sets and attach knowledge probes."""
+    run(config_of(prepare_medical, options))
+
+
+def run(config):
+    """prepare-medical's work: read and check the notes, attach the probes, split, write the sets."""
     import json
     from pathlib import Path
 
@@ -31,40 +36,40 @@ def prepare_medical(input_file, output_dir, seed, forget_ratios, holdout_ratio, 
     from stages.common.splits import forget_splits, holdout_split
     from stages.prepare_medical.probes import PROBE_FACTS, add_probes
 
-    unknown = sorted(set(probe_facts) - set(PROBE_FACTS))
+    unknown = sorted(set(config.probe_facts) - set(PROBE_FACTS))
     if unknown:
         raise click.BadParameter(f"'{unknown[0]}' is not a fact type ({', '.join(PROBE_FACTS)})",
                                  param_hint="--probe-facts")
 
     records, names, dropped = [], set(), 0
-    for number, record, error in read_jsonl_lines(input_file):
+    for number, record, error in read_jsonl_lines(config.input_file):
         error = error or record_problem(record)
         if not error and record["client_name"] in names:
             error = f"duplicate client name '{record['client_name']}' (the first is kept)"
         if error:
-            click.echo(f"prepare-medical: {input_file}, line {number}: {error}; dropped", err=True)
+            click.echo(f"prepare-medical: {config.input_file}, line {number}: {error}; dropped", err=True)
             dropped += 1
             continue
         names.add(record["client_name"])
         records.append(record)
     if not records:
-        raise click.ClickException(f"{input_file}: no valid record ({dropped} dropped).")
+        raise click.ClickException(f"{config.input_file}: no valid record ({dropped} dropped).")
     try:
-        records = add_probes(records, seed, [f for f in PROBE_FACTS if f in probe_facts] if probe_facts
-                             else PROBE_FACTS)
+        facts = [f for f in PROBE_FACTS if f in config.probe_facts] if config.probe_facts else PROBE_FACTS
+        records = add_probes(records, config.seed, facts)
     except ValueError as e:
-        raise click.ClickException(f"{input_file}: {e}.") from None
-    full, holdout = holdout_split(records, holdout_ratio, seed)
-    splits = forget_splits(full, forget_ratios, seed)
+        raise click.ClickException(f"{config.input_file}: {e}.") from None
+    full, holdout = holdout_split(records, config.holdout_ratio, config.seed)
+    splits = forget_splits(full, config.forget_ratios, config.seed)
     click.echo(f"prepare-medical: {len(records)} valid records ({dropped} dropped): "
                f"{len(full)} full, {len(holdout)} holdout")
     for ratio, (forget, retain) in splits.items():
         click.echo(f"  forget{ratio_tag(ratio)}: {len(forget)} forget, {len(retain)} retain")
-    if dry_run:
-        for record in full[:sample]:
+    if config.dry_run:
+        for record in full[:config.sample]:
             click.echo(json.dumps(record, indent=2, ensure_ascii=False))
         return
-    out = Path(output_dir)
+    out = Path(config.output_dir)
     write_json(out / "med_synthetic_full.json", full)
     write_json(out / "med_synthetic_holdout.json", holdout)
     for ratio, (forget, retain) in splits.items():

@@ -2,6 +2,8 @@
 
 import click
 
+from stages.common.options import config_of
+
 
 @click.command("prepare-tofu")
 @click.option("--source", default="hub", show_default=True,
@@ -11,24 +13,29 @@ import click
 @click.option("--forget-splits", "--forget_splits", "forget_splits", type=click.Choice(["01", "05", "10"]),
               multiple=True, default=("01", "05", "10"), show_default=True, help="TOFU forget splits to write.")
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
-def prepare_tofu(source, output_dir, forget_splits, hf_token):
+def prepare_tofu(**options):
     """Write tofu_full.json and per split tofu_forget{NN}.json / tofu_full_minus_forget{NN}.json."""
+    run(config_of(prepare_tofu, options))
+
+
+def run(config):
+    """prepare-tofu's work: load TOFU's splits, convert them to records with probes, write the sets."""
     from pathlib import Path
 
     from stages.common.io import atomic_dir, write_json
     from stages.prepare_tofu.convert import FORGET_SPLITS, load_split, select, tofu_records
 
-    full_rows = load_split(source, "full", hf_token)
-    perturbed = load_split(source, "retain_perturbed", hf_token)
-    for tag in forget_splits:
-        perturbed += load_split(source, f"{FORGET_SPLITS[tag]}_perturbed", hf_token)
+    full_rows = load_split(config.source, "full", config.hf_token)
+    perturbed = load_split(config.source, "retain_perturbed", config.hf_token)
+    for tag in config.forget_splits:
+        perturbed += load_split(config.source, f"{FORGET_SPLITS[tag]}_perturbed", config.hf_token)
     records = tofu_records(full_rows, perturbed)
-    with atomic_dir(Path(output_dir)) as tmp:
+    with atomic_dir(Path(config.output_dir)) as tmp:
         write_json(tmp / "tofu_full.json", records)
-        for tag in forget_splits:
-            forget = select(records, load_split(source, FORGET_SPLITS[tag], hf_token), FORGET_SPLITS[tag])
+        for tag in config.forget_splits:
+            forget = select(records, load_split(config.source, FORGET_SPLITS[tag], config.hf_token), FORGET_SPLITS[tag])
             forget_ids = {r["id"] for r in forget}
             write_json(tmp / f"tofu_forget{tag}.json", forget)
             write_json(tmp / f"tofu_full_minus_forget{tag}.json", [r for r in records if r["id"] not in forget_ids])
     with_probes = sum(1 for r in records if r["probes"])
-    click.echo(f"prepare-tofu: {len(records)} questions ({with_probes} with probes) -> {output_dir}")
+    click.echo(f"prepare-tofu: {len(records)} questions ({with_probes} with probes) -> {config.output_dir}")

@@ -2,7 +2,7 @@
 
 import click
 
-from stages.common.options import forget_ratios_option
+from stages.common.options import config_of, forget_ratios_option
 
 
 @click.command("prepare-wmdp")
@@ -19,8 +19,13 @@ from stages.common.options import forget_ratios_option
               help="If the local source file is absent, record in manifest.json that the track was skipped.")
 @click.option("--hf-token", envvar="HF_TOKEN", default=None, show_default=False, show_envvar=True,
               help="Hub token for gated corpora (read from HF_TOKEN).")
-def prepare_wmdp(source, target_size, output_dir, seed, forget_ratios, if_present, hf_token):
+def prepare_wmdp(**options):
     """Cut WMDP-Bio papers into sentences and write full / forget / full-minus-forget splits."""
+    run(config_of(prepare_wmdp, options))
+
+
+def run(config):
+    """prepare-wmdp's work: load the papers, cut them into sentence records, write the splits and the manifest."""
     from pathlib import Path
 
     from stages.common.io import atomic_dir, write_json
@@ -28,22 +33,22 @@ def prepare_wmdp(source, target_size, output_dir, seed, forget_ratios, if_presen
     from stages.common.splits import forget_splits
     from stages.prepare_wmdp.corpus import load_papers, sentence_records
 
-    out = Path(output_dir)
-    if if_present and not source.startswith("hub") and not Path(source).exists():
+    out = Path(config.output_dir)
+    if config.if_present and not config.source.startswith("hub") and not Path(config.source).exists():
         with atomic_dir(out) as tmp:
-            write_json(tmp / "manifest.json", {"source": source, "skipped": True, "sentences": 0,
+            write_json(tmp / "manifest.json", {"source": config.source, "skipped": True, "sentences": 0,
                                                "reason": "source file absent (`make data` fetches the corpus)"})
-        click.echo(f"prepare-wmdp: {source} is absent; WMDP track skipped (manifest in {out})")
+        click.echo(f"prepare-wmdp: {config.source} is absent; WMDP track skipped (manifest in {out})")
         return
-    papers, source_name = load_papers(source, token=hf_token)
-    records = sentence_records(papers, source_name, target_size, seed)
+    papers, source_name = load_papers(config.source, token=config.hf_token)
+    records = sentence_records(papers, source_name, config.target_size, config.seed)
     if not records:
-        raise click.ClickException(f"{source}: no sentence found in {len(papers)} papers.")
+        raise click.ClickException(f"{config.source}: no sentence found in {len(papers)} papers.")
     with atomic_dir(out) as tmp:
         write_json(tmp / "wmdp_bio_full.json", records)
-        for ratio, (forget, retain) in forget_splits(records, forget_ratios, seed).items():
+        for ratio, (forget, retain) in forget_splits(records, config.forget_ratios, config.seed).items():
             write_json(tmp / f"wmdp_bio_forget{ratio_tag(ratio)}.json", forget)
             write_json(tmp / f"wmdp_bio_full_minus_forget{ratio_tag(ratio)}.json", retain)
-        write_json(tmp / "manifest.json", {"source": source, "skipped": False, "papers": len(papers),
+        write_json(tmp / "manifest.json", {"source": config.source, "skipped": False, "papers": len(papers),
                                            "sentences": len(records)})
     click.echo(f"prepare-wmdp: {len(records)} sentences from {len(papers)} papers written to {out}")

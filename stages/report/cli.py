@@ -5,6 +5,7 @@ import math
 
 import click
 
+from stages.common.options import config_of
 from stages.common.results import by_k
 from stages.common.results import key as metric_key
 
@@ -293,24 +294,29 @@ def plot(runs, unlearned, path):
               show_default=True, help="Holds one directory per evaluated run.")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
               default="outputs/report", show_default=True)
-def report(eval_dir, output_dir):
+def report(**options):
     """One report of all evaluated runs: report.md, report.csv and headline.json (the verdict table), report.png."""
+    run(config_of(report, options))
+
+
+def run(config):
+    """report's work: read every evaluated run, write the verdict table, the summaries, the checks and the plots."""
     import csv
     import io
     from pathlib import Path
 
     from stages.common.io import atomic_path, write_json
 
-    runs = sorted(read_runs(Path(eval_dir)), key=run_order)
+    runs = sorted(read_runs(Path(config.eval_dir)), key=run_order)
     if not runs:
-        raise click.ClickException(f"{eval_dir}: no */results.jsonl to report.")
+        raise click.ClickException(f"{config.eval_dir}: no */results.jsonl to report.")
     unlearned = [r for r in runs if "verdict" in r]
     seeds = across_seeds(unlearned)
-    out = Path(output_dir)
+    out = Path(config.output_dir)
     text = io.StringIO()
     columns = ["run", "method", "forget_set", "seed"]
-    for run in unlearned:
-        columns += [k for k in headline_keys(run["records"]) if k not in columns]
+    for r in unlearned:
+        columns += [k for k in headline_keys(r["records"]) if k not in columns]
     columns.append("verdict_rule")
     csv_rows = [{"run": r["run"], "method": r["method"], "forget_set": r["forget_set"], "seed": r["seed"],
                  **with_intervals(columns[4:-1], r), "verdict_rule": r["verdict_rule"]} for r in unlearned]

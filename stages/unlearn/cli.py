@@ -4,7 +4,7 @@ with health monitoring."""
 import click
 
 from stages.common.io import write_json
-from stages.common.options import config_of, trust_remote_code_option
+from stages.common.options import config_of, max_seq_length_option, trust_remote_code_option
 from stages.common.plots import trajectory_plot
 from stages.unlearn import methods
 
@@ -48,8 +48,7 @@ from stages.unlearn import methods
               show_default=True, help="Forget prompts whose greedy-decoding entropy is measured.")
 @click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=1), default=30,
               show_default=True)
-@click.option("--max-seq-length", "--max_seq_length", "max_seq_length", type=click.IntRange(min=8), default=256,
-              show_default=True)
+@max_seq_length_option
 @click.option("--with-notes/--no-with-notes", default=True, show_default=True,
               help="Train on each record's SOAP note (the note request and the note); with --no-with-notes only on "
                    "its probes, which needs --with-probes.")
