@@ -79,7 +79,7 @@ check-methods: setup
 	@for m in $$($(BIN)/python -m stages.unlearn.methods); do \
 	  $(BIN)/unforgotten unlearn --model $(CHECK_ORACLE) --forget-file dataset/med_synthetic_forget$(CHECK_FORGET).json \
 	    --retain-file dataset/med_synthetic_full_minus_forget$(CHECK_FORGET).json --method $$m --steps 3 --samples-per-step 4 \
-	    --monitor-samples 8 --entropy-prompts 4 --max-seq-length 192 --learning-rate 2e-4 \
+	    --monitor-samples 8 --entropy-prompts 4 $$($(BIN)/python -m stages.profiles training-args) --learning-rate 2e-4 \
 	    --output-dir outputs/check-methods/$$m || exit 1; \
 	done
 

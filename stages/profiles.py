@@ -5,6 +5,7 @@ default profile's results stay in the cache and `dvc exp show` puts the two side
     python -m stages.profiles run paper      # what `make run PROFILE=paper` does (extra args go to dvc)
     python -m stages.profiles show paper     # the -S overrides it would pass
     python -m stages.profiles check          # params.yaml's keys against the stages' options (make run does it)
+    python -m stages.profiles training-args  # the shared training settings as options (make check-methods)
 """
 
 import difflib
@@ -117,7 +118,18 @@ def check_params(params_path="params.yaml"):
                                  f"forget-ratios ({', '.join(sorted(tags))}).")
 
 
+def training_args(params_path="params.yaml"):
+    """params.yaml's shared training settings as the options dvc.yaml passes finetune and unlearn: the `training`
+    section's flags (--with-x / --no-with-x) and --max-seq-length."""
+    params = yaml.safe_load(Path(params_path).read_text()) or {}
+    flags = [f"--{key}" if value else f"--no-{key}" for key, value in (params.get("training") or {}).items()]
+    return [*flags, "--max-seq-length", str(params["max_seq_length"])]
+
+
 def main(argv):
+    if argv[:1] == ["training-args"]:
+        print(" ".join(training_args(*argv[1:2])))
+        return
     if argv[:1] == ["check"]:
         path = argv[1] if len(argv) > 1 else "params.yaml"
         try:

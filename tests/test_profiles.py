@@ -137,3 +137,9 @@ def test_models_and_everything_after_them_fan_out_per_seed(tmp_path, tiny_model_
         assert "--no-with-notes --with-probes" in commands[stage], stage  # the one training section, everywhere
     for stage in ("finetune-oracle@1", "finetune-retain@10-1", "unlearn@grad_ascent-10-1"):
         assert commands[stage].count("--max-seq-length 96") == 1, stage
+    # make check-methods passes unlearn the same shared settings as dvc.yaml does
+    from stages.profiles import training_args
+
+    shared = training_args(repo / "params.yaml")
+    assert shared == ["--no-with-notes", "--with-probes", "--max-seq-length", "96"]
+    assert all(arg in commands["unlearn@grad_ascent-10-1"].split() for arg in shared)
