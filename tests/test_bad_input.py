@@ -164,10 +164,8 @@ CASES = {
                                   "{w}/remote-code-model", "--output-dir", "{w}/out/ft"], 1,
                                  r"remote-code-model: runs its own code \('auto_map' in config\.json\); pass "
                                  r"--trust-remote-code"),
-    "8bit-without-cuda": (["finetune", "--data-file", "{w}/forget.json", "--base-model", "{model}", "--output-dir",
-                           "{w}/out/ft", "--use-8bit"], 1, r"--use-8bit/--use-4bit need a CUDA GPU"),
-    "4bit-without-cuda": (["finetune", "--data-file", "{w}/forget.json", "--base-model", "{model}", "--output-dir",
-                           "{w}/out/ft", "--use-4bit"], 1, r"--use-8bit/--use-4bit need a CUDA GPU"),
+    "8bit-and-4bit": (["finetune", "--data-file", "{w}/forget.json", "--base-model", "{model}", "--output-dir",
+                       "{w}/out/ft", "--use-8bit", "--use-4bit"], 1, r"--use-8bit and --use-4bit exclude each other\."),
     "corpus-without-text": (["prepare-wmdp", "--source", "{w}/corpus-no-text.jsonl", "--output-dir", "{w}/out"], 1,
                             r"corpus-no-text\.jsonl, row 1: no 'text' string\."),
     "oracle-without-retain": (["evaluate", "--forget-file", "{w}/forget.json", "--retain-file", "{w}/retain.json",

@@ -312,3 +312,25 @@ def test_the_readme_describes_every_method_of_the_registry():
     table = readme[readme.index("| `--method` |"):]
     table = table[:table.index("\n\n")]
     assert sorted(re.findall(r"^\| `([a-z_0-9]+)` \|", table, flags=re.M)) == methods.available()
+
+
+@pytest.mark.parametrize("flag", ["--use-4bit", "--use-8bit"])
+def test_unlearning_on_a_quantized_base_trains_the_oracles_adapter_here(flag, tmp_path, tiny_model_dir, medical_dir,
+                                                                        oracle):
+    """unlearn --use-4bit / --use-8bit: the base quantized through bitsandbytes (on this CPU as on a GPU), the oracle's
+    adapter trained on top; the result is an adapter that differs from the oracle's and loads on a full-precision
+    base. --full cannot train quantized weights: a usage error."""
+    from stages.common.models import load_model
+
+    result = run_unlearn(tmp_path, tiny_model_dir, medical_dir, oracle, "--steps", "2", "--learning-rate", "1e-2",
+                         "--method", "npo", flag)
+    assert result.exit_code == 0, result.output
+    before, after = load_file(oracle / "adapter_model.safetensors"), load_file(tmp_path / "model" /
+                                                                               "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.isfinite(t).all() for t in after.values())
+    summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
+    assert summary["steps_run"] == 2 and summary["method"] == "npo"
+    assert load_model(tiny_model_dir, adapter=tmp_path / "model") is not None
+    full = run_unlearn(tmp_path / "full", tiny_model_dir, medical_dir, oracle, "--steps", "1", "--full", flag)
+    assert full.exit_code == 2 and "a quantized base does not hold" in full.output

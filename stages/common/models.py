@@ -139,7 +139,9 @@ def load_model(base_model, adapter=None, trainable=False, token=None, dtype=None
     import torch
     from transformers import AutoModelForCausalLM
 
-    extra = {"quantization_config": quantization, "device_map": {"": 0}} if quantization else {}
+    # bitsandbytes quantizes the weights as they are placed: on the GPU, or on the CPU (bitsandbytes >= 0.48)
+    place = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    extra = {"quantization_config": quantization, "device_map": place} if quantization else {}
     if adapter is not None and is_full_model(adapter):
         source = adapter
         check_remote_code(adapter, adapter, trust_remote_code)
@@ -206,15 +208,15 @@ def frozen_in_bf16(model, enabled=True):
 
 
 def quantization_config(use_8bit, use_4bit):
-    """bitsandbytes settings for QLoRA-style loading; CUDA only."""
+    """bitsandbytes settings for QLoRA-style loading (--use-8bit, --use-4bit), on a GPU or a CPU."""
     if not (use_8bit or use_4bit):
         return None
-    import torch
-
     if use_8bit and use_4bit:
         raise InputError("--use-8bit and --use-4bit exclude each other.")
-    if not torch.cuda.is_available():
-        raise InputError("--use-8bit/--use-4bit need a CUDA GPU (bitsandbytes), and none is available here.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # not installed, or its native library does not load on this machine
+        raise InputError(f"--use-8bit/--use-4bit need bitsandbytes, which does not load here ({e}).") from None
     return bnb_config(8 if use_8bit else 4, double_quant=True)
 
 

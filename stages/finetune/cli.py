@@ -2,7 +2,13 @@
 
 import click
 
-from stages.common.options import PRECISIONS, config_of, max_seq_length_option, trust_remote_code_option
+from stages.common.options import (
+    PRECISIONS,
+    config_of,
+    max_seq_length_option,
+    quantization_options,
+    trust_remote_code_option,
+)
 
 
 @click.command("finetune")
@@ -43,8 +49,7 @@ from stages.common.options import PRECISIONS, config_of, max_seq_length_option, 
               help="bf16: forward passes under bf16 autocast (LoRA weights and optimizer stay fp32); on a GPU the "
                    "base model loads in bf16 either way. auto: bf16 on a GPU or a CPU with native bf16 (AVX512-BF16, "
                    "AMX), else fp32 (emulated bf16 is several times slower); train_log.json says which ran.")
-@click.option("--use-8bit", "--use_8bit", "use_8bit", is_flag=True, help="Load the base in 8 bits (CUDA only).")
-@click.option("--use-4bit", "--use_4bit", "use_4bit", is_flag=True, help="Load the base in 4-bit nf4 (CUDA only).")
+@quantization_options
 @click.option("--checkpoint-every", "--checkpoint_every", "checkpoint_every", type=click.IntRange(min=1), default=25,
               show_default=True, help="Save a resumable checkpoint every N optimizer steps.")
 @click.option("--checkpoint-dir", "--checkpoint_dir", "checkpoint_dir", type=click.Path(file_okay=False),
@@ -96,7 +101,7 @@ def run(config):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantization:
-        model = prepare_model_for_kbit_training(model)
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     # Seeded after loading: a first-time conversion of the embedded model draws random numbers too.
     seed_everything(config.seed)
     targets = (config.lora_targets if config.lora_targets == "all-linear"

@@ -4,7 +4,7 @@ with health monitoring."""
 import click
 
 from stages.common.io import write_json
-from stages.common.options import config_of, max_seq_length_option, trust_remote_code_option
+from stages.common.options import config_of, max_seq_length_option, quantization_options, trust_remote_code_option
 from stages.common.plots import trajectory_plot
 from stages.unlearn import methods
 
@@ -57,6 +57,7 @@ from stages.unlearn import methods
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 @trust_remote_code_option
+@quantization_options
 @methods.hyperparameter_options
 def unlearn(**options):
     """Unlearn the forget set from the oracle, with retain perplexity after every step and early stop on collapse."""
@@ -81,6 +82,7 @@ def run(config):
         load_model,
         load_tokenizer,
         pick_device,
+        quantization_config,
         resolve_base_model,
         save_adapter,
     )
@@ -94,14 +96,25 @@ def run(config):
     check_adapter(config.oracle)
     if not (config.with_notes or config.with_probes):
         raise click.UsageError("--no-with-notes leaves nothing to unlearn without --with-probes.")
+    quantization = quantization_config(config.use_8bit, config.use_4bit)
+    if quantization and config.full:
+        raise click.UsageError("--full trains the merged weights, which a quantized base does not hold; use the "
+                               "adapter (no --full) with --use-4bit / --use-8bit.")
     base_name = base_of(config.oracle, config.base_model)
     base_model = resolve_base_model(base_name, config.hf_token, config.trust_remote_code)
     method.check(AutoConfig.from_pretrained(base_model, trust_remote_code=config.trust_remote_code))  # before loading
     device, dtype = pick_device()
     tokenizer = load_tokenizer(base_model, token=config.hf_token, trust_remote_code=config.trust_remote_code)
     prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:config.entropy_prompts]]
-    model = load_model(base_model, trainable=True, token=config.hf_token, dtype=dtype,
-                       trust_remote_code=config.trust_remote_code).to(device).eval()
+    model = load_model(base_model, trainable=True, token=config.hf_token, dtype=dtype, quantization=quantization,
+                       trust_remote_code=config.trust_remote_code)
+    if quantization:  # QLoRA, as finetune trains: placed by bitsandbytes as it loads
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model = model.to(device)
+    model.eval()
     # The base model's forget entropy: the uncertainty ratio's denominator and the trajectory plot's base line.
     base_entropy = forget_entropy(model, tokenizer, prompts, config.max_new_tokens)
     model = apply_adapter(model, config.oracle, trainable=True, merge=config.full)
