@@ -51,6 +51,36 @@ def test_quantized_accuracy_restores_the_weights(tiny, medical_dir):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("bits, quant_type", [(8, "nf4"), (4, "nf4"), (4, "fp4")])
+def test_bitsandbytes_quantization_in_memory_is_what_a_quantized_checkpoint_loads(bits, quant_type, tiny,
+                                                                                 tiny_model_dir, medical_dir):
+    """The attack swaps in bitsandbytes' layers in memory (nothing written, nothing reloaded): its logits equal those
+    of the model loaded with from_pretrained(quantization_config) (LLM.int8, nf4, fp4), on this CPU; the original
+    layers and weights are back afterwards."""
+    import bitsandbytes as bnb
+
+    from stages.common.models import bnb_config, load_model
+    from stages.evaluate.attacks import bnb_quantized, bnb_quantized_accuracy
+
+    model, tokenizer = tiny
+    batch = tokenizer(["What is the date of birth of patient Ana?", "Which doctor follows Bo Li up?"],
+                      return_tensors="pt", padding=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kinds = {type(m) for m in model.modules()}
+    checkpoint = load_model(tiny_model_dir, quantization=bnb_config(bits, quant_type))
+    with torch.no_grad():
+        plain, loaded = model(**batch).logits, checkpoint(**batch).logits
+        with bnb_quantized(model, bits, quant_type):
+            assert (bnb.nn.Linear8bitLt if bits == 8 else bnb.nn.Linear4bit) in {type(m) for m in model.modules()}
+            ours = model(**batch).logits
+    assert torch.equal(ours, loaded) and not torch.equal(ours, plain)
+    assert {type(m) for m in model.modules()} == kinds
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    probes = json.loads((medical_dir / "med_synthetic_forget10.json").read_text())[0]["probes"]
+    correct = bnb_quantized_accuracy(model, tokenizer, probes, bits, 3, quant_type)
+    assert len(correct) == len(probes) and set(correct) <= {0, 1}
+
+
 def test_relearning_fits_its_pairs_and_leaves_the_model_unchanged(tiny, medical_dir):
     from stages.common.chat import primary_pair
     from stages.common.measure import perplexity
@@ -174,6 +204,7 @@ def test_the_relearning_attack_trains_on_what_finetune_trained_on(medical_dir, m
     monkeypatch.setattr(measurements.attack, "relearn_all", fake_relearn_all)
     monkeypatch.setattr(measurements, "accuracy", fake_accuracy)
     monkeypatch.setattr(measurements.attack, "quantized_accuracy", lambda m, t, probes, *a: [0] * len(probes))
+    monkeypatch.setattr(measurements.attack, "bnb_quantized_accuracy", lambda m, t, probes, *a: [0] * len(probes))
     monkeypatch.setattr(measurements.attack, "leak_counts", lambda m, t, probes, *a: [0] * len(probes))
     from types import SimpleNamespace
 

@@ -222,18 +222,20 @@ def test_recovery_ratios_follow_verify_section_d_over_knowable_facts(evaluated):
             expected = np.mean([attack(run, "relearn_train", k)[q] for q in t]) if t else None
             assert m[key] == (pytest.approx(expected) if t else None)
     f = sorted(knowable)
-    for bits in (8, 4):
-        quantized = attack(attacked, "quant", bits)
+    for name, bits, key in (("quant", 8, "quant_recovery@8"), ("quant", 4, "quant_recovery@4"),
+                            ("quant_fp4", 4, "quant_recovery@4_fp4")):  # bitsandbytes: int8, nf4 and fp4
+        quantized = attack(attacked, name, bits)
+        assert len(quantized) == len(unlearned)
         gap = np.mean([oracle[q] - unlearned[q] for q in f]) if f else 0
         expected = np.mean([quantized[q] - unlearned[q] for q in f]) / gap if gap > 0 else None
-        assert m[f"quant_recovery@{bits}"] == (pytest.approx(expected) if expected is not None else None)
+        assert m[key] == (pytest.approx(expected) if expected is not None else None)
     leak = attack(attacked, "leak", LEAK)
     assert m[f"leak@{LEAK}"] == pytest.approx(np.mean([row["hits"] > 0 for row in attacked if row["attack"] == "leak"]))
     assert m[f"leak@{LEAK}_control"] == r[f"leak@{LEAK}"]
     control_leak = attack(controls, "leak", LEAK)
     assert m[f"leak@{LEAK}_excess"] == pytest.approx(np.mean([leak[q] - control_leak[q] for q in leak]))
     assert m["forget_accuracy_gap"] == pytest.approx(np.mean([unlearned[q] - retain[q] for q in unlearned]))
-    assert "CPU" in m["quant_method"]
+    assert m["quant_method"].startswith("bitsandbytes in memory")
 
 
 def test_utility_is_on_retain_and_world_facts_and_uq_verdict_on_the_retain_model(evaluated):

@@ -158,24 +158,50 @@ def quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, group_siz
         return accuracy(model, tokenizer, probes, max_new_tokens, batch_size)
 
 
-def bnb_quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, quant_type="nf4", batch_size=16):
-    """Probe accuracy of the model reloaded through bitsandbytes (CUDA): int8, or 4-bit nf4/fp4."""
-    import tempfile
-
+@contextmanager
+def bnb_quantized(model, bits, quant_type="nf4"):
+    """Inside: every linear layer of the model (but the output head, which bitsandbytes loading keeps too) swapped
+    for bitsandbytes' own layer holding its weight quantized in memory, as `from_pretrained(quantization_config=...)`
+    would load it: LLM.int8 (Linear8bitLt, outlier threshold 6) at 8 bits, Linear4bit (nf4 or fp4, bf16 compute) at
+    4; on a GPU or a CPU alike, with nothing written to disk. The original layers are put back after."""
+    import bitsandbytes as bnb
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from stages.common.models import bnb_config
-
-    config = bnb_config(bits, quant_type)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        quantized = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=config, device_map={"": 0})
+    swapped = []
     try:
-        return accuracy(quantized.eval(), tokenizer, probes, max_new_tokens, batch_size)
+        for name, module in _linear_layers(model):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            weight = module.weight.detach().clone()
+            if bits == 8:
+                layer = bnb.nn.Linear8bitLt(module.in_features, module.out_features, bias=module.bias is not None,
+                                            has_fp16_weights=False, threshold=6.0)
+                layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+            else:
+                layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                          compute_dtype=torch.bfloat16, quant_type=quant_type,
+                                          compress_statistics=False)
+                layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
+                                                compress_statistics=False)
+            if module.bias is not None:
+                layer.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+            layer.train(module.training)
+            setattr(parent, child, layer.to(module.weight.device))  # placing it quantizes the weight
+            swapped.append((parent, child, module))
+        yield model
     finally:
-        del quantized
-        torch.cuda.empty_cache()
+        for parent, child, module in swapped:
+            setattr(parent, child, module)
+
+
+def bnb_quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, quant_type="nf4", batch_size=16):
+    """Probe accuracy of the model quantized in memory through bitsandbytes (bnb_quantized); layers restored."""
+    import warnings
+
+    with bnb_quantized(model, bits, quant_type), warnings.catch_warnings():
+        # LLM.int8 casts its inputs to float16 by design and says so on every layer call
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+        return accuracy(model, tokenizer, probes, max_new_tokens, batch_size)
 
 
 def leak_counts(model, tokenizer, probes, num_samples, max_new_tokens, seed, temperature=1.0):

@@ -80,8 +80,12 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               show_default=True)
 @click.option("--quant-bits", "--quant_bits", "quant_bits", type=click.Choice(["8", "4"]), multiple=True,
               default=("8", "4"), show_default=True)
+@click.option("--quant-method", "--quant_method", "quant_method", type=click.Choice(["bitsandbytes", "rtn"]),
+              default="bitsandbytes", show_default=True,
+              help="The quantization attack: bitsandbytes' own layers in memory (LLM.int8 at 8 bits; nf4 and fp4 at 4; "
+                   "as a quantized checkpoint loads, on a GPU or a CPU), or rtn: round-to-nearest group-wise weights.")
 @click.option("--quant-group-size", "--quant_group_size", "quant_group_size", type=click.IntRange(min=1), default=64,
-              show_default=True, help="Group size of the CPU round-to-nearest quantization.")
+              show_default=True, help="Group size of the round-to-nearest quantization (--quant-method rtn).")
 @click.option("--leak-samples", "--leak_samples", "leak_samples", type=click.IntRange(min=1), default=16,
               show_default=True, help="k of leak@k: samples per forget probe at temperature 1.")
 @click.option("--wmdp-bio", "--wmdp_bio", "wmdp_bio", default=None,

@@ -205,31 +205,25 @@ def _attacks(model, tokenizer, sets, config, progress):
                      for (rid, p), c in zip(items, correct, strict=True)]
         progress(f"  {what}: " + ", ".join(f"k={k}: {np.mean(c[cut]):.3f}" for k, c in results.items()))
     progress(f"  relearning attacks: {time.perf_counter() - start:.0f} s")
-    cuda = model.device.type == "cuda"
-    metrics["quant_method"] = ("bitsandbytes int8 / nf4 (CUDA)" if cuda else
-                               f"round-to-nearest symmetric absmax, group {config.quant_group_size}, merged weights "
-                               "(CPU)")
-    for bits in (int(b) for b in config.quant_bits):
+    bnb = config.quant_method == "bitsandbytes"
+    metrics["quant_method"] = ("bitsandbytes in memory: LLM.int8 at 8 bits, nf4 and fp4 at 4 (bf16 compute)" if bnb
+                               else f"round-to-nearest symmetric absmax, group {config.quant_group_size}, merged "
+                                    "weights")
+    # docs/metrics.md §D: with bitsandbytes both of its 4-bit formats; every format measured counts
+    formats = [(int(b), None) for b in config.quant_bits] + ([(4, "fp4")] if bnb and "4" in config.quant_bits else [])
+    for bits, variant in formats:
         start = time.perf_counter()
-        if cuda:
+        if bnb:
             correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, bits, config.answer_tokens,
-                                                    batch_size=config.batch_size)
+                                                    variant or "nf4", config.batch_size)
         else:
             correct = attack.quantized_accuracy(model, tokenizer, f_probes, bits, config.answer_tokens,
                                                 config.quant_group_size, config.batch_size)
-        name = metric_key("quant_accuracy", bits)
+        name = metric_key("quant_accuracy", bits, variant)
         metrics[name], metrics[f"{name}_ci95"] = interval.proportion(correct, f_weights)
-        rows += [{"attack": "quant", "k": bits, "record_id": rid, "question": p["question"], "correct": c}
-                 for (rid, p), c in zip(f_items, correct, strict=True)]
-        progress(f"  quantization {bits}-bit: accuracy on F {np.mean(correct):.3f} "
-                 f"({time.perf_counter() - start:.0f} s)")
-    if cuda:  # docs/metrics.md §D names both 4-bit formats for bitsandbytes; every format measured counts
-        correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, 4, config.answer_tokens, "fp4",
-                                                config.batch_size)
-        name = metric_key("quant_accuracy", 4, "fp4")
-        metrics[name], metrics[f"{name}_ci95"] = interval.proportion(correct, f_weights)
-        rows += [{"attack": "quant_fp4", "k": 4, "record_id": rid, "question": p["question"], "correct": c}
-                 for (rid, p), c in zip(f_items, correct, strict=True)]
+        rows += [{"attack": "quant" + (f"_{variant}" if variant else ""), "k": bits, "record_id": rid,
+                  "question": p["question"], "correct": c} for (rid, p), c in zip(f_items, correct, strict=True)]
+        progress(f"  quantization {name}: accuracy on F {np.mean(correct):.3f} ({time.perf_counter() - start:.0f} s)")
     n = config.leak_samples
     start = time.perf_counter()
     hits = attack.leak_counts(model, tokenizer, f_probes, n, config.answer_tokens, config.seed)
