@@ -110,8 +110,11 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     batches = batch_schedule([len(e["input_ids"]) for e in examples], batch_size, num_epochs, seed)
-    # Each process takes every n-th batch; an optimizer step is grad_accum micro-batches on every process.
-    batches = batches[accelerator.process_index::accelerator.num_processes]
+    # Each process takes every n-th batch; an optimizer step is grad_accum micro-batches on every process. Every
+    # process needs as many micro-batches as the others (a gradient all-reduce waits for all): the last
+    # len % n batches of the last epoch are left out (at most n - 1; none with one process).
+    processes = accelerator.num_processes
+    batches = batches[:len(batches) - len(batches) % processes][accelerator.process_index::processes]
     total_steps = math.ceil(len(batches) / grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(schedule, round(warmup_ratio * total_steps), total_steps))
@@ -136,6 +139,10 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
             window_tokens += int(batch["attention_mask"].sum())
             if (micro + 1) % grad_accum and micro + 1 < len(batches):
                 continue
+            if processes > 1:  # the global batch's loss and tokens, as one process would log them
+                totals = accelerator.reduce(torch.tensor([window_loss, window_tokens], dtype=torch.float64,
+                                                         device=accelerator.device), reduction="sum")
+                window_loss, window_tokens = float(totals[0]) / processes, int(totals[1])
             accelerator.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
