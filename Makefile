@@ -92,7 +92,7 @@ IMAGE_PREFIX ?= unforgotten-
 BUILDER ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif command -v buildah >/dev/null; then echo buildah; else echo none; fi)
 BUILDAH ?= buildah --storage-driver vfs
 BASE_IMAGE ?=
-TORCH_SPEC ?=
+TORCH_SPEC ?= $(TORCH)
 BUILD_FLAGS ?=
 BUILD_ARGS = --build-arg VERSION=$(VERSION) \
 	--build-arg SOURCE_URL=$(shell git remote get-url origin 2>/dev/null || echo unknown) \

@@ -137,3 +137,18 @@ def test_an_unknown_runner_is_one_sentence_and_runs_nothing(engine):
 def test_dockerignore_keeps_data_models_venv_and_the_dvc_cache_out_of_the_build_context():
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {"data", "dataset", "models", "outputs", ".venv", ".dvc/cache", ".git"} <= ignored
+
+
+def test_the_images_install_the_torch_version_the_tests_run():
+    """One torch version everywhere: the Dockerfile's default TORCH_SPEC and the Makefile's TORCH (the .venv the tests
+    run in) name the same release, and the base image brings no torch of its own."""
+    import re
+
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    image = re.search(r"^ARG TORCH_SPEC=torch==(\S+)$", dockerfile, flags=re.M).group(1)
+    tests = re.search(r"^TORCH \?= torch==(\S+)$", makefile, flags=re.M).group(1)
+    assert image == tests
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, flags=re.M).group(1)
+    assert "pytorch" not in base and "torch" not in base
+    assert re.search(r"^TORCH_SPEC \?= \$\(TORCH\)$", makefile, flags=re.M)
