@@ -14,14 +14,14 @@ from tests.fake_hub import FakeHub
 BIN = Path(sys.executable).parent
 
 
-def finetune(tmp_path, hub, model, data, **env):
+def finetune(tmp_path, hub, model, data, extra=(), **env):
     """`unforgotten finetune` on the hub's model (one short epoch), online, with a fresh hub cache."""
     environment = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     environment.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), UNFORGOTTEN_HUB_TIMEOUT="1",
                        UNFORGOTTEN_RETRY_DELAY="0.05", HF_HUB_DISABLE_TELEMETRY="1", **env)
     command = [str(BIN / "unforgotten"), "finetune", "--data-file", str(data), "--base-model", model,
                "--output-dir", str(tmp_path / "adapter"), "--num-epochs", "1", "--batch-size", "8",
-               "--max-seq-length", "192", "--no-with-probes"]
+               "--max-seq-length", "192", "--no-with-probes", *extra]
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
 
 
@@ -126,3 +126,42 @@ def test_a_hub_corpus_is_loaded_through_rate_limits_server_errors_and_timeouts(t
     full = json.loads((tmp_path / "wmdp/wmdp_bio_full.json").read_text())
     assert len(full) == 3 and {r["source"] for r in full} == {"wmdp-bio-retain"}
     assert all(any(r["text"] in paper for paper in papers) for r in full)
+
+
+def test_a_model_with_only_bin_weights_or_its_own_code_downloads_and_trains(tmp_path, tiny_model_dir, data):
+    """The download takes a repository's *.safetensors where it has them and its *.bin (older checkpoints) where it
+    has not, never both, and the model's own *.py, which then runs only with --trust-remote-code."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    bin_only = tmp_path / "bin-only"  # an older checkpoint: config, tokenizer and pytorch_model.bin
+    shutil.copytree(tiny_model_dir, bin_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    state = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    torch.save({k: v for k, v in state.items() if k != "lm_head.weight"}, bin_only / "pytorch_model.bin")  # tied
+    assert not list(bin_only.glob("*.safetensors")) and list(bin_only.glob("*.bin"))
+    both = tmp_path / "both"
+    shutil.copytree(tiny_model_dir, both)
+    shutil.copy(next(bin_only.glob("*.bin")), both)
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, custom)
+    (custom / "custom_llama.py").write_text(
+        "from transformers import LlamaForCausalLM\n\n\nclass CustomLlama(LlamaForCausalLM):\n    custom = True\n")
+    config = json.loads((custom / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "custom_llama.CustomLlama"}
+    (custom / "config.json").write_text(json.dumps(config))
+    with FakeHub({"org/bin-only": bin_only, "org/both": both, "org/custom": custom}) as hub:
+        trained = finetune(tmp_path / "a", hub, "org/bin-only", data)
+        assert trained.returncode == 0, trained.stderr
+        assert any(path.endswith(".bin") for _, path, _ in hub.requests)
+        hub.requests.clear()
+        trained = finetune(tmp_path / "b", hub, "org/both", data)
+        assert trained.returncode == 0, trained.stderr
+        fetched = [path for _, path, _ in hub.requests if "/resolve/" in path]
+        assert any(p.endswith(".safetensors") for p in fetched) and not any(p.endswith(".bin") for p in fetched)
+        refused = finetune(tmp_path / "c", hub, "org/custom", data)
+        assert refused.returncode == 1 and "pass --trust-remote-code" in refused.stderr
+        trusted = finetune(tmp_path / "d", hub, "org/custom", data, extra=["--trust-remote-code"])
+        assert trusted.returncode == 0, trusted.stderr
+    assert (tmp_path / "d" / "adapter" / "adapter_model.safetensors").is_file()

@@ -86,8 +86,17 @@ def hub_call(call, *, name, what):
 def download_model(name, token=None):
     """A hub model's files (weights, config, tokenizer) in the local hub cache; returns the snapshot directory.
     Once per process: the tokenizer, the config check and the model all ask for it."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-    return hub_call(lambda: snapshot_download(name, allow_patterns=patterns, token=token),
-                    name=name, what=f"downloading {name} from the hub")
+    def fetch():
+        # the weights as safetensors where the repository has them, else its *.bin (older checkpoints), never both;
+        # a model's own *.py comes along (it runs only with --trust-remote-code: models.check_remote_code)
+        if constants.HF_HUB_OFFLINE:  # the cached snapshot, whichever it holds
+            weights = ["*.safetensors", "*.bin"]
+        else:
+            files = [f.rfilename for f in HfApi().model_info(name, token=token).siblings or []]
+            weights = ["*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"]
+        patterns = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja", "*.py", *weights]
+        return snapshot_download(name, allow_patterns=patterns, token=token)
+
+    return hub_call(fetch, name=name, what=f"downloading {name} from the hub")
