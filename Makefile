@@ -11,13 +11,14 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run remote pull data exp-show plots test test-fast test-images images image push base-image buildah-base lint bench check-methods clean help
+.PHONY: gpu-check setup run remote pull data exp-show plots test test-fast test-images images image push base-image buildah-base lint bench check-methods clean help
 
 help:
 	@echo "make run    - set up .venv and run the default pipeline (dvc repro)"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks, results in bench/results/"
+	@echo "make gpu-check - on one CUDA GPU: the micro pipeline in bf16, QLoRA, LoRA MFU at 1B/8B shapes (bench/results/gpu.json)"
 	@echo "make check-methods - every unlearning method for 3 steps on the pipeline's oracle"
 	@echo "make images - one image per stage (docker, or buildah without a daemon); make image STAGE=<stage>"
 	@echo "make push REGISTRY=<registry/namespace> - tag and push the stage images"
@@ -73,6 +74,10 @@ bench: run
 	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/table.py
+
+# What no CPU shows, on one CUDA GPU in at most 10 minutes (bench/gpu_check.py): bench/results/gpu.json.
+gpu-check: setup
+	$(BIN)/python bench/gpu_check.py
 
 # Every unlearning method (the registry's list) for 3 steps on the pipeline's oracle (after `make run`).
 CHECK_ORACLE ?= models/oracle-s42

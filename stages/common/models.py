@@ -220,6 +220,28 @@ def quantization_config(use_8bit, use_4bit):
     return bnb_config(8 if use_8bit else 4, double_quant=True)
 
 
+def bnb_layer(module, bits, quant_type="nf4"):
+    """bitsandbytes' own layer for a torch Linear, its weight quantized as from_pretrained(bnb_config(bits,
+    quant_type)) quantizes it (LLM.int8 with outlier threshold 6; nf4/fp4 with bf16 compute), on the module's device;
+    the module itself is left as it was."""
+    import bitsandbytes as bnb
+    import torch
+
+    weight = module.weight.detach().clone()
+    if bits == 8:
+        layer = bnb.nn.Linear8bitLt(module.in_features, module.out_features, bias=module.bias is not None,
+                                    has_fp16_weights=False, threshold=6.0)
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    else:
+        layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                  compute_dtype=torch.bfloat16, quant_type=quant_type, compress_statistics=False)
+        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type, compress_statistics=False)
+    if module.bias is not None:
+        layer.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+    layer.train(module.training)
+    return layer.to(module.weight.device)  # placing it quantizes the weight
+
+
 def bnb_config(bits, quant_type="nf4", double_quant=False):
     """The one bitsandbytes config: int8 (bits 8), or 4-bit nf4/fp4 with bf16 compute; double quantization (QLoRA's,
     for training) quantizes the 4-bit scales too."""

@@ -164,29 +164,14 @@ def bnb_quantized(model, bits, quant_type="nf4"):
     for bitsandbytes' own layer holding its weight quantized in memory, as `from_pretrained(quantization_config=...)`
     would load it: LLM.int8 (Linear8bitLt, outlier threshold 6) at 8 bits, Linear4bit (nf4 or fp4, bf16 compute) at
     4; on a GPU or a CPU alike, with nothing written to disk. The original layers are put back after."""
-    import bitsandbytes as bnb
-    import torch
+    from stages.common.models import bnb_layer
 
     swapped = []
     try:
         for name, module in _linear_layers(model):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
-            weight = module.weight.detach().clone()
-            if bits == 8:
-                layer = bnb.nn.Linear8bitLt(module.in_features, module.out_features, bias=module.bias is not None,
-                                            has_fp16_weights=False, threshold=6.0)
-                layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-            else:
-                layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
-                                          compute_dtype=torch.bfloat16, quant_type=quant_type,
-                                          compress_statistics=False)
-                layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
-                                                compress_statistics=False)
-            if module.bias is not None:
-                layer.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=False)
-            layer.train(module.training)
-            setattr(parent, child, layer.to(module.weight.device))  # placing it quantizes the weight
+            setattr(parent, child, bnb_layer(module, bits, quant_type))
             swapped.append((parent, child, module))
         yield model
     finally:
