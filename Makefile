@@ -71,6 +71,7 @@ bench: run
 	$(BIN)/python bench/relearn_strength.py
 	$(BIN)/python bench/quant_methods.py
 	$(BIN)/python bench/qlora.py
+	$(BIN)/python bench/unlearn_precision.py
 	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/table.py

@@ -334,3 +334,20 @@ def test_unlearning_on_a_quantized_base_trains_the_oracles_adapter_here(flag, tm
     assert load_model(tiny_model_dir, adapter=tmp_path / "model") is not None
     full = run_unlearn(tmp_path / "full", tiny_model_dir, medical_dir, oracle, "--steps", "1", "--full", flag)
     assert full.exit_code == 2 and "a quantized base does not hold" in full.output
+
+
+def test_bf16_unlearning_follows_the_float32_losses(tmp_path, tiny_model_dir, medical_dir, oracle):
+    """--precision bf16 runs the training forward passes under bf16 autocast: the same steps, losses within bf16's
+    rounding of float32's, and summary.json says which ran."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        result = run_unlearn(out, tiny_model_dir, medical_dir, oracle, "--steps", "3", "--learning-rate", "1e-3",
+                             "--method", "npo", "--precision", precision, "--no-early-stop")
+        assert result.exit_code == 0, result.output
+        trajectory = json.loads((out / "traj" / "trajectory.json").read_text())
+        losses[precision] = [entry["loss"] for entry in trajectory[1:]]
+        assert json.loads((out / "traj" / "summary.json").read_text())["precision"] == precision
+    assert len(losses["bf16"]) == len(losses["fp32"]) == 3
+    assert losses["bf16"] != losses["fp32"]  # autocast did run
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)

@@ -4,7 +4,13 @@ with health monitoring."""
 import click
 
 from stages.common.io import write_json
-from stages.common.options import config_of, max_seq_length_option, quantization_options, trust_remote_code_option
+from stages.common.options import (
+    PRECISIONS,
+    config_of,
+    max_seq_length_option,
+    quantization_options,
+    trust_remote_code_option,
+)
 from stages.common.plots import trajectory_plot
 from stages.unlearn import methods
 
@@ -57,6 +63,10 @@ from stages.unlearn import methods
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
 @trust_remote_code_option
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="bf16: the training forward passes under bf16 autocast (the weights, the optimizer and the health "
+                   "monitor stay float32; on a GPU the model loads in bf16 either way); auto: bf16 on a GPU or a CPU "
+                   "with native bf16. bench/unlearn_precision.py measures both; summary.json says which ran.")
 @quantization_options
 @methods.hyperparameter_options
 def unlearn(**options):
@@ -84,6 +94,7 @@ def run(config):
         pick_device,
         quantization_config,
         resolve_base_model,
+        resolve_precision,
         save_adapter,
     )
     from stages.common.records import read_records
@@ -104,6 +115,7 @@ def run(config):
     base_model = resolve_base_model(base_name, config.hf_token, config.trust_remote_code)
     method.check(AutoConfig.from_pretrained(base_model, trust_remote_code=config.trust_remote_code))  # before loading
     device, dtype = pick_device()
+    precision = resolve_precision(config.precision, device)
     tokenizer = load_tokenizer(base_model, token=config.hf_token, trust_remote_code=config.trust_remote_code)
     prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:config.entropy_prompts]]
     model = load_model(base_model, trainable=True, token=config.hf_token, dtype=dtype, quantization=quantization,
@@ -140,7 +152,7 @@ def run(config):
         batch_size=config.batch_size, learning_rate=config.learning_rate, measure_every=config.measure_every,
         stop_perplexity_ratio=config.stop_perplexity_ratio, max_new_tokens=config.max_new_tokens,
         max_length=config.max_seq_length, seed=config.seed, device=device, early_stop=config.early_stop,
-        stop_at_ur=config.stop_at_ur)
+        stop_at_ur=config.stop_at_ur, precision=precision)
     summary = {"method": config.method, "forget_file": config.forget_file, "full": config.full, **summary}
     with atomic_dir(Path(config.output_dir)) as tmp:
         if config.full:

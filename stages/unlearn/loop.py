@@ -35,13 +35,15 @@ class Reference:
 
 def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_pairs, entropy_prompts, *,
             base_entropy, steps, samples_per_step, batch_size, learning_rate, measure_every, stop_perplexity_ratio,
-            max_new_tokens, max_length, seed, device, early_stop=True, stop_at_ur=None, progress=True):
+            max_new_tokens, max_length, seed, device, early_stop=True, stop_at_ur=None, precision="fp32",
+            progress=True):
     """Run up to `steps` unlearning steps of `method` (a methods.Method); returns (trajectory, summary).
 
     Early stop: when retain perplexity exceeds stop_perplexity_ratio x its starting value, the step is undone and
     unlearning ends (off with early_stop=False, the prototype's v1). With stop_at_ur, unlearning ends as soon as the
     forget-set uncertainty ratio reaches it with perplexity within bounds (the prototype's phase 2). The summary's
-    steps_run counts the steps kept: an undone step has its trajectory entry but is not counted.
+    steps_run counts the steps kept: an undone step has its trajectory entry but is not counted. precision "bf16"
+    runs the training forward passes under bf16 autocast; the weights, the optimizer and the monitor stay float32.
     """
     import torch
     from tqdm.auto import tqdm
@@ -78,7 +80,8 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
             part = chosen[start:start + batch_size]
             retain = (batch_of([retain_examples[rng.randrange(len(retain_examples))] for _ in part])
                       if method.uses_retain else None)
-            loss = method.loss(model, Batch(batch_of([forget_examples[i] for i in part]), part, retain))
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = method.loss(model, Batch(batch_of([forget_examples[i] for i in part]), part, retain))
             (loss * len(part) / samples_per_step).backward()
             step_loss += loss.item() * len(part) / samples_per_step
         optimizer.step()
@@ -109,5 +112,6 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
                "stop_reason": stop_reason, "start_perplexity": start_perplexity,
                "perplexity_threshold": threshold, "final_perplexity": kept["perplexity"],
                "base_entropy": base_entropy, "early_stop": early_stop, "stop_at_ur": stop_at_ur,
+               "precision": precision,
                **prepared}
     return trajectory, summary
