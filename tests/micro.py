@@ -77,6 +77,21 @@ def write_tiny_model(path):
     return str(path)
 
 
+def write_custom_code_model(path, model_dir):
+    """A copy of the model in `model_dir` that ships its own Python code (custom_llama.py, named by config.json's
+    auto_map), as hub models with trust_remote_code do. Returns path."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, path)
+    (path / "custom_llama.py").write_text(
+        "from transformers import LlamaForCausalLM\n\n\nclass CustomLlama(LlamaForCausalLM):\n    custom = True\n")
+    config = json.loads((path / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "custom_llama.CustomLlama"}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
 def make_micro_repo(repo, model_dir):
     for name in PIPELINE_FILES:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_hub import FakeHub
+from tests.micro import write_custom_code_model
 
 BIN = Path(sys.executable).parent
 
@@ -144,13 +145,7 @@ def test_a_model_with_only_bin_weights_or_its_own_code_downloads_and_trains(tmp_
     both = tmp_path / "both"
     shutil.copytree(tiny_model_dir, both)
     shutil.copy(next(bin_only.glob("*.bin")), both)
-    custom = tmp_path / "custom"
-    shutil.copytree(tiny_model_dir, custom)
-    (custom / "custom_llama.py").write_text(
-        "from transformers import LlamaForCausalLM\n\n\nclass CustomLlama(LlamaForCausalLM):\n    custom = True\n")
-    config = json.loads((custom / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": "custom_llama.CustomLlama"}
-    (custom / "config.json").write_text(json.dumps(config))
+    custom = write_custom_code_model(tmp_path / "custom", tiny_model_dir)
     with FakeHub({"org/bin-only": bin_only, "org/both": both, "org/custom": custom}) as hub:
         trained = finetune(tmp_path / "a", hub, "org/bin-only", data)
         assert trained.returncode == 0, trained.stderr

@@ -50,16 +50,9 @@ def test_unknown_hub_id_fails_fast_offline():
 
 
 def test_a_model_with_its_own_code_loads_only_with_trust_remote_code(tmp_path, tiny_model_dir):
-    import json
-    import shutil
+    from tests.micro import write_custom_code_model
 
-    model_dir = tmp_path / "custom"
-    shutil.copytree(tiny_model_dir, model_dir)
-    (model_dir / "custom_llama.py").write_text(
-        "from transformers import LlamaForCausalLM\n\n\nclass CustomLlama(LlamaForCausalLM):\n    custom = True\n")
-    config = json.loads((model_dir / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": "custom_llama.CustomLlama"}
-    (model_dir / "config.json").write_text(json.dumps(config))
+    model_dir = write_custom_code_model(tmp_path / "custom", tiny_model_dir)
     with pytest.raises(InputError, match=r"runs its own code \('auto_map' in config.json\); pass --trust-remote-code"):
         load_model(str(model_dir))
     model = load_model(str(model_dir), trust_remote_code=True)
