@@ -53,7 +53,7 @@ def test_quantized_accuracy_restores_the_weights(tiny, medical_dir):
 
 @pytest.mark.parametrize("bits, quant_type", [(8, "nf4"), (4, "nf4"), (4, "fp4")])
 def test_bitsandbytes_quantization_in_memory_is_what_a_quantized_checkpoint_loads(bits, quant_type, tiny,
-                                                                                 tiny_model_dir, medical_dir):
+                                                                                 tiny_model_dir, medical_dir, caplog):
     """The attack swaps in bitsandbytes' layers in memory (nothing written, nothing reloaded): its logits equal those
     of the model loaded with from_pretrained(quantization_config) (LLM.int8, nf4, fp4), on this CPU; the original
     layers and weights are back afterwards."""
@@ -77,8 +77,17 @@ def test_bitsandbytes_quantization_in_memory_is_what_a_quantized_checkpoint_load
     assert {type(m) for m in model.modules()} == kinds
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     probes = json.loads((medical_dir / "med_synthetic_forget10.json").read_text())[0]["probes"]
-    correct = bnb_quantized_accuracy(model, tokenizer, probes, bits, 3, quant_type)
+    import logging
+    import warnings
+
+    caplog.clear()  # the direct forward passes above logged it
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        correct = bnb_quantized_accuracy(model, tokenizer, probes, bits, 3, quant_type)
     assert len(correct) == len(probes) and set(correct) <= {0, 1}
+    # LLM.int8's note on every layer call stays out of the stage's log
+    assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
+    assert not [w for w in warned if "MatMul8bitLt" in str(w.message)]
 
 
 def test_relearning_fits_its_pairs_and_leaves_the_model_unchanged(tiny, medical_dir):

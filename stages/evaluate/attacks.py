@@ -181,12 +181,19 @@ def bnb_quantized(model, bits, quant_type="nf4"):
 
 def bnb_quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, quant_type="nf4", batch_size=16):
     """Probe accuracy of the model quantized in memory through bitsandbytes (bnb_quantized); layers restored."""
+    import logging
     import warnings
 
-    with bnb_quantized(model, bits, quant_type), warnings.catch_warnings():
-        # LLM.int8 casts its inputs to float16 by design and says so on every layer call
-        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-        return accuracy(model, tokenizer, probes, max_new_tokens, batch_size)
+    # LLM.int8 casts its inputs to float16 by design and says so on every layer call (a warning, and a log record)
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with bnb_quantized(model, bits, quant_type), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+            return accuracy(model, tokenizer, probes, max_new_tokens, batch_size)
+    finally:
+        log.setLevel(level)
 
 
 def leak_counts(model, tokenizer, probes, num_samples, max_new_tokens, seed, temperature=1.0):
