@@ -2,6 +2,7 @@
 is the stated formula, checked by hand."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 def test_every_part_runs_at_toy_sizes_on_this_machine(tmp_path):
     out = tmp_path / "gpu.json"
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--smoke", "--output", str(out)],
-                            capture_output=True, text=True, timeout=600, env={"HF_HUB_OFFLINE": "1",
-                                                                            "PATH": str(Path(sys.executable).parent)})
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(out.read_text())
     toy = found["lora_throughput"]["toy"]
