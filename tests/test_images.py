@@ -92,7 +92,7 @@ def test_each_image_holds_only_its_stage_extras(containers):
     assert has("prepare-wmdp", "datasets") and not has("finetune", "datasets")
     assert has("evaluate", "lm_eval") and has("evaluate", "scipy") and not has("unlearn", "lm_eval")
     assert not any(has(stage, "dvc") for stage in STAGES)
-    assert all(has(stage, "torch") for stage in STAGES)
+    assert all(has(stage, "torch") and has(stage, "bitsandbytes") for stage in STAGES)  # the core install
 
 
 def test_generate_and_prepare_medical_run_in_their_images_as_a_non_root_user_on_a_mounted_directory(
