@@ -58,20 +58,6 @@ def random_llama(shape, device):
     return model
 
 
-def to_4bit(model):
-    """Every linear layer but the output head turned into bitsandbytes' nf4 layer, in place (the bf16 copy freed)."""
-    import torch
-
-    from stages.common.models import bnb_layer
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, bnb_layer(module, 4, "nf4"))
-            del module
-    return model
-
-
 def lora_steps(model, steps, batch, seq, device, kbit=False):
     """`steps` LoRA r16 training steps on random tokens, the first one a warm-up; returns (tokens/s of the rest,
     the last loss, peak memory in GB, n_frozen, n_lora)."""
@@ -140,7 +126,10 @@ def qlora(shape, device, batch, seq):
     import bitsandbytes as bnb
     import torch
 
-    model = to_4bit(random_llama(shape, device))
+    from stages.common.models import to_bnb
+
+    model = random_llama(shape, device)
+    to_bnb(model, 4, "nf4")  # the bf16 originals it returns are dropped, so their memory is freed
     layers_4bit = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -220,6 +220,27 @@ def quantization_config(use_8bit, use_4bit):
     return bnb_config(8 if use_8bit else 4, double_quant=True)
 
 
+def linear_layers(model):
+    """(name, module) of every linear layer but the output head: what a quantization touches (bitsandbytes loading
+    keeps the head in full precision too)."""
+    import torch
+
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")]
+
+
+def to_bnb(model, bits, quant_type="nf4", swapped=None):
+    """Every linear_layers() layer replaced in place by its bnb_layer(); each (parent, name, original) is appended to
+    `swapped` as it goes, so a caller can put the originals back (or drop them, freeing their weights)."""
+    swapped = [] if swapped is None else swapped
+    for name, module in linear_layers(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, bnb_layer(module, bits, quant_type))
+        swapped.append((parent, child, module))
+    return swapped
+
+
 def bnb_layer(module, bits, quant_type="nf4"):
     """bitsandbytes' own layer for a torch Linear, its weight quantized as from_pretrained(bnb_config(bits,
     quant_type)) quantizes it (LLM.int8 with outlier threshold 6; nf4/fp4 with bf16 compute), on the module's device;

@@ -115,13 +115,6 @@ def relearn_all(model, tokenizer, jobs, steps, **settings):
         torch.set_num_threads(threads)
 
 
-def _linear_layers(model):
-    import torch
-
-    return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")]
-
-
 def fake_quantize_(weight, bits, group_size=64):
     """Round-to-nearest, symmetric absmax quantization of each group of `group_size` input weights of every row,
     in place (dequantized back to the weight's dtype)."""
@@ -139,7 +132,9 @@ def fake_quantize_(weight, bits, group_size=64):
 @contextmanager
 def quantized(model, bits, group_size=64):
     """Inside: every linear weight of the model (but the output head) fake-quantized to `bits`; restored after."""
-    layers = _linear_layers(model)
+    from stages.common.models import linear_layers
+
+    layers = linear_layers(model)
     saved = [module.weight.data.clone() for _, module in layers]
     try:
         for _, module in layers:
@@ -164,15 +159,11 @@ def bnb_quantized(model, bits, quant_type="nf4"):
     for bitsandbytes' own layer holding its weight quantized in memory, as `from_pretrained(quantization_config=...)`
     would load it: LLM.int8 (Linear8bitLt, outlier threshold 6) at 8 bits, Linear4bit (nf4 or fp4, bf16 compute) at
     4; on a GPU or a CPU alike, with nothing written to disk. The original layers are put back after."""
-    from stages.common.models import bnb_layer
+    from stages.common.models import to_bnb
 
     swapped = []
     try:
-        for name, module in _linear_layers(model):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            setattr(parent, child, bnb_layer(module, bits, quant_type))
-            swapped.append((parent, child, module))
+        to_bnb(model, bits, quant_type, swapped)
         yield model
     finally:
         for parent, child, module in swapped:
