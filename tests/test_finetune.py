@@ -203,6 +203,59 @@ def test_frozen_weights_stored_in_bf16_train_exactly_as_autocast_casts_them_and_
     assert tied  # the output head is the embedding: left float32 and still tied
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_frozen_prefix_run_once_trains_as_the_whole_model_and_leaves_it_whole(tiny_model_dir, precision, capsys):
+    """LoRA on the top layer only: train_lora runs the layers below it once per example (FrozenPrefix), and the
+    per-step losses and trained LoRA weights match training the whole model every step; afterwards the model has
+    all its layers again. A prefix that is not what the model computes (here: its states negated) fails the
+    first-batch check, and the run trains the whole model instead, with the whole model's losses."""
+    from peft import get_peft_model
+
+    from stages.common.chat import encode_examples
+    from stages.common.models import load_model, load_tokenizer, lora_config
+    from stages.finetune import train
+    from stages.finetune.train import train_lora
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    pairs = [(f"What is patient {i}'s allergy?", f"Patient {i} is allergic to {'penicillin ' * (i % 3 + 1)}.")
+             for i in range(6)]
+    examples, _ = encode_examples(tokenizer, pairs, 64)
+    layers = load_model(tiny_model_dir).config.num_hidden_layers
+    assert layers >= 2
+
+    def trained(**flags):
+        torch.manual_seed(0)
+        base = load_model(tiny_model_dir)
+        model = get_peft_model(base, lora_config(base, 4, 8, top_layers=1))
+        model, log, _ = train_lora(model, tokenizer, examples, num_epochs=3, batch_size=2, grad_accum=1,
+                                   learning_rate=1e-2, schedule="constant", warmup_ratio=0.0, seed=0,
+                                   precision=precision, progress=False, **flags)
+        assert len(model.get_base_model().model.layers) == layers
+        return [e["loss"] for e in log], {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    whole_losses, whole = trained(frozen_prefix=False)
+    capsys.readouterr()
+    cut_losses, cut = trained()
+    assert f"layers 0-{layers - 2} are frozen" in capsys.readouterr().out
+    tolerance = 2e-2 if precision == "bf16" else 1e-4
+    assert cut_losses == pytest.approx(whole_losses, rel=tolerance)
+    assert all(torch.allclose(cut[n], whole[n], rtol=tolerance, atol=tolerance) for n in whole)
+
+    original = train.FrozenPrefix.__init__
+
+    def doubled(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.hidden = [-h for h in self.hidden]
+
+    train.FrozenPrefix.__init__ = doubled
+    try:
+        wrong_losses, _ = trained()
+    finally:
+        train.FrozenPrefix.__init__ = original
+    assert "training the whole model" in capsys.readouterr().out
+    assert wrong_losses == whole_losses
+
+
 @pytest.mark.parametrize("flag", ["--use-4bit", "--use-8bit"])
 def test_qlora_finetunes_on_this_machine_and_the_saved_adapter_answers_as_in_memory(
         flag, tmp_path, tiny_model_dir, medical_dir, monkeypatch):

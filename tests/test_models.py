@@ -90,6 +90,21 @@ def test_the_base_model_comes_from_the_adapter_unless_one_is_given(tmp_path, tin
     assert load_model(base_of(tmp_path / "adapter"), adapter=tmp_path / "adapter") is not None
 
 
+def test_bitsandbytes_4bit_computes_in_bf16_only_where_bf16_is_native(monkeypatch):
+    """A 4-bit layer (the attack's and QLoRA's loading) computes in bf16 on a GPU or a CPU with native bf16 and in
+    float32 on a CPU without it, where bf16 matmuls are emulated."""
+    import torch
+
+    from stages.common import models
+
+    for native in (True, False):
+        monkeypatch.setattr(models, "cpu_has_bf16", lambda native=native: native)
+        expected = torch.bfloat16 if native else torch.float32
+        assert models.bnb_compute_dtype("cpu") == expected and models.bnb_compute_dtype("cuda") == torch.bfloat16
+        assert models.bnb_layer(torch.nn.Linear(64, 32), 4).compute_dtype == expected
+        assert models.bnb_config(4).bnb_4bit_compute_dtype == expected  # this machine loads on the CPU
+
+
 def test_one_bitsandbytes_config_for_qlora_and_the_quantization_attack():
     from stages.common.models import bnb_config, quantization_config
 

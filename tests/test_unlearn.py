@@ -39,20 +39,20 @@ def test_registry_finds_methods_by_name():
     assert (npo.beta, npo.retain_weight) == (0.3, 2.0)
 
 
-def constant_loss_model(value):
-    class Model:
-        def __call__(self, **batch):
-            return type("Out", (), {"loss": torch.tensor(value)})()
-
-    return Model()
-
-
-def test_grad_ascent_loss_is_the_negative_nll_and_grad_diff_adds_the_weighted_retain_nll():
+def test_grad_ascent_loss_is_the_negative_nll_and_grad_diff_adds_the_weighted_retain_nll(tiny_model_dir):
+    """On a real model: grad_ascent's loss is minus the model's own mean answer NLL (model(**batch).loss, which
+    projects every position), grad_diff's adds 3 x the retain batch's."""
     from stages.unlearn.methods import Batch
 
-    assert float(methods.build("grad_ascent", {}).loss(constant_loss_model(2.5), Batch({}, [0], None))) == -2.5
-    grad_diff = methods.build("grad_diff", {"retain_weight": 3.0})
-    assert float(grad_diff.loss(constant_loss_model(2.5), Batch({}, [0], {}))) == -2.5 + 3.0 * 2.5
+    model, forget, _ = tiny_batch(tiny_model_dir)
+    retain = {k: v[:1] for k, v in forget.items()}  # the first example alone: another mean NLL
+    with torch.no_grad():
+        nll, retain_nll = float(model(**forget).loss), float(model(**retain).loss)
+        ascent = float(methods.build("grad_ascent", {}).loss(model, Batch(forget, [0, 1], None)))
+        diff = float(methods.build("grad_diff", {"retain_weight": 3.0}).loss(model, Batch(forget, [0, 1], retain)))
+    assert nll > 0 and retain_nll > 0 and abs(nll - retain_nll) > 1e-3
+    assert ascent == pytest.approx(-nll, rel=1e-5)
+    assert diff == pytest.approx(-nll + 3.0 * retain_nll, rel=1e-5)
 
 
 def test_unlearning_raises_forget_loss_and_records_the_trajectory(tmp_path, tiny_model_dir, medical_dir, oracle):

@@ -91,7 +91,10 @@ def answer_loss(model, batch):
 
     targets = batch["labels"][:, 1:]
     keep = (targets != -100).any(0).nonzero()[:, 0]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    # a batch of a frozen prefix's outputs (stages/finetune/train.py FrozenPrefix) enters where the prefix ends
+    inputs = ({"inputs_embeds": batch["inputs_embeds"]} if "inputs_embeds" in batch
+              else {"input_ids": batch["input_ids"]})
+    logits = model(**inputs, attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[:, keep].flatten(),
                                              ignore_index=-100)
 

@@ -138,12 +138,15 @@ def to_device(batch, device):
 
 
 def sequence_nll(model, batch):
-    """Per row of a collated batch: summed NLL (nats) of the labelled tokens and their count (keeps gradients)."""
+    """Per row of a collated batch: summed NLL (nats) of the labelled tokens and their count (keeps gradients).
+    The vocabulary is projected only at the positions that predict a labelled token (as chat.answer_loss)."""
     import torch
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    keep = (labels != -100).any(0).nonzero()[:, 0]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    labels = labels[:, keep]
+    logp = torch.log_softmax(logits.float(), dim=-1)
     mask = labels != -100
     token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
     return -token_logp.sum(dim=1), mask.sum(dim=1)
@@ -156,17 +159,10 @@ def forget_entropy(model, tokenizer, prompts, max_new_tokens=30):
 
 
 def answer_nll(model, tokenizer, pairs, max_length=256, batch_size=8):
-    """Summed NLL (nats) and token count of each answer given its question, teacher-forced: two lists."""
-
-    encoded = [encode_example(tokenizer, q, a, max_length) for q, a in pairs]
-    totals, counts = [], []
-    for start in range(0, len(encoded), batch_size):
-        batch = to_device(collate(encoded[start:start + batch_size], tokenizer.pad_token_id), model.device)
-        with measuring(model):
-            nll, count = sequence_nll(model, batch)
-        totals += nll.tolist()
-        counts += count.tolist()
-    return totals, counts
+    """Summed NLL (nats) and token count of each answer given its question, teacher-forced (token_logprobs: the
+    shared system prompt run once, the vocabulary projected only where answer tokens are predicted): two lists."""
+    scored = token_logprobs(model, tokenizer, pairs, max_length, batch_size)
+    return [-sum(s["logprobs"]) for s in scored], [len(s["logprobs"]) for s in scored]
 
 
 def perplexity(model, tokenizer, pairs, max_length=256, batch_size=8):

@@ -174,6 +174,15 @@ def cpu_has_bf16():
                                                                         "_is_amx_tile_supported"))
 
 
+def bnb_compute_dtype(device):
+    """bitsandbytes' 4-bit compute dtype on `device` ('cuda' or 'cpu'): bf16 where it is native (a GPU, a CPU with
+    AVX512-BF16 or AMX), else float32: on a CPU without it a 4-bit layer's bf16 matmul is emulated, 7.9x slower
+    than float32 (bench/results/bnb_compute.json). The weights are quantized alike either way."""
+    import torch
+
+    return torch.bfloat16 if resolve_precision("auto", device) == "bf16" else torch.float32
+
+
 def resolve_precision(precision, device):
     """A stage's --precision: 'auto' is 'bf16' on a GPU and on a CPU with native bf16, else 'fp32'."""
     if precision != "auto":
@@ -243,8 +252,8 @@ def to_bnb(model, bits, quant_type="nf4", swapped=None):
 
 def bnb_layer(module, bits, quant_type="nf4"):
     """bitsandbytes' own layer for a torch Linear, its weight quantized as from_pretrained(bnb_config(bits,
-    quant_type)) quantizes it (LLM.int8 with outlier threshold 6; nf4/fp4 with bf16 compute), on the module's device;
-    the module itself is left as it was."""
+    quant_type)) quantizes it (LLM.int8 with outlier threshold 6; nf4/fp4 computing in bnb_compute_dtype()), on the
+    module's device; the module itself is left as it was."""
     import bitsandbytes as bnb
     import torch
 
@@ -255,7 +264,8 @@ def bnb_layer(module, bits, quant_type="nf4"):
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     else:
         layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
-                                  compute_dtype=torch.bfloat16, quant_type=quant_type, compress_statistics=False)
+                                  compute_dtype=bnb_compute_dtype(module.weight.device.type), quant_type=quant_type,
+                                  compress_statistics=False)
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type, compress_statistics=False)
     if module.bias is not None:
         layer.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=False)
@@ -264,14 +274,14 @@ def bnb_layer(module, bits, quant_type="nf4"):
 
 
 def bnb_config(bits, quant_type="nf4", double_quant=False):
-    """The one bitsandbytes config: int8 (bits 8), or 4-bit nf4/fp4 with bf16 compute; double quantization (QLoRA's,
-    for training) quantizes the 4-bit scales too."""
-    import torch
+    """The one bitsandbytes config: int8 (bits 8), or 4-bit nf4/fp4 computing in bnb_compute_dtype() of the device
+    pick_device() loads on; double quantization (QLoRA's, for training) quantizes the 4-bit scales too."""
     from transformers import BitsAndBytesConfig
 
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=torch.bfloat16,
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                              bnb_4bit_compute_dtype=bnb_compute_dtype(pick_device()[0]),
                               bnb_4bit_use_double_quant=double_quant)
 
 

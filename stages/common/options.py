@@ -27,8 +27,8 @@ max_seq_length_option = click.option(
     show_default=True, help="Tokens per example (the chat-formatted question and answer), cut at this length.")
 
 def quantization_options(command):
-    """--use-8bit / --use-4bit: the base model loaded through bitsandbytes (QLoRA: nf4 with bf16 compute, double
-    quantization), on a GPU or a CPU alike (models.quantization_config)."""
+    """--use-8bit / --use-4bit: the base model loaded through bitsandbytes (QLoRA: nf4 with bf16 compute where
+    native, double quantization), on a GPU or a CPU alike (models.quantization_config)."""
     command = click.option("--use-4bit", "--use_4bit", "use_4bit", is_flag=True,
                            help="Load the base in 4-bit nf4 through bitsandbytes (QLoRA), on a GPU or a CPU.")(command)
     return click.option("--use-8bit", "--use_8bit", "use_8bit", is_flag=True,

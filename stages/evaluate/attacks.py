@@ -9,7 +9,7 @@ import random
 import threading
 from contextlib import contextmanager
 
-from stages.common.chat import collate, encode_examples, format_prompt
+from stages.common.chat import answer_loss, collate, encode_examples, format_prompt
 from stages.evaluate.metrics import contains_answer
 from stages.evaluate.probes import accuracy
 
@@ -65,7 +65,7 @@ def relearn(model, tokenizer, pairs, steps, measure, lora_rank, lora_alpha, lear
                                   model.device)
                 del order[:batch_size]
                 with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    loss = attacked(**batch).loss
+                    loss = answer_loss(attacked, batch)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -157,8 +157,8 @@ def quantized_accuracy(model, tokenizer, probes, bits, max_new_tokens, group_siz
 def bnb_quantized(model, bits, quant_type="nf4"):
     """Inside: every linear layer of the model (but the output head, which bitsandbytes loading keeps too) swapped
     for bitsandbytes' own layer holding its weight quantized in memory, as `from_pretrained(quantization_config=...)`
-    would load it: LLM.int8 (Linear8bitLt, outlier threshold 6) at 8 bits, Linear4bit (nf4 or fp4, bf16 compute) at
-    4; on a GPU or a CPU alike, with nothing written to disk. The original layers are put back after."""
+    would load it: LLM.int8 (Linear8bitLt, outlier threshold 6) at 8 bits, Linear4bit (nf4 or fp4, bf16 compute where
+    native) at 4; on a GPU or a CPU alike, with nothing written to disk. The original layers are put back after."""
     from stages.common.models import to_bnb
 
     swapped = []

@@ -11,6 +11,7 @@ import random
 import resource
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -94,10 +95,124 @@ class Checkpoint:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class _Captured(Exception):
+    """Raised by FrozenPrefix's hook to stop a forward pass where the trained layers begin."""
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.hidden = hidden
+
+
+class FrozenPrefix:
+    """When LoRA trains only the top layers (--lora-top-layers), the layers below the first trained one give an
+    example the same hidden states at every epoch: they are run once per example before training, and each batch
+    enters the model where they end (the stack's layer list cut to the trained layers, the cached states as
+    inputs_embeds). The same arithmetic on every real token (a causal model's token sees only those before it, and
+    padding is masked), checked on the first batch against the whole model's loss. Not used with more than one
+    process, with dropout in the prefix, or where the check fails (an architecture that rescales inputs_embeds, say):
+    then the model trains whole."""
+
+    def __init__(self, model, examples, pad_id, precision, batch_size=16):
+        import torch
+
+        self.stack, self.first, self.hidden, self.precision = None, 0, None, precision
+        stack = next((m for m in model.modules() if isinstance(getattr(m, "layers", None), torch.nn.ModuleList)
+                      and hasattr(m, "embed_tokens")), None)
+        if stack is None:
+            return
+        first = next((i for i, layer in enumerate(stack.layers) if any(p.requires_grad for p in layer.parameters())),
+                     0)
+        prefix = [stack.embed_tokens, *stack.layers[:first]]
+        if (not first or getattr(model.config, "attention_dropout", 0) or any(
+                isinstance(m, torch.nn.Dropout) and m.p > 0 for part in prefix for m in part.modules())):
+            return
+        from stages.common.chat import collate
+
+        def stop(module, args, kwargs):
+            raise _Captured(args[0] if args else kwargs["hidden_states"])
+
+        hook = stack.layers[first].register_forward_pre_hook(stop, with_kwargs=True)
+        hidden = []
+        try:
+            with torch.no_grad(), self.autocast(model):
+                for start in range(0, len(examples), batch_size):
+                    chunk = examples[start:start + batch_size]
+                    batch = {k: v.to(model.device) for k, v in collate(chunk, pad_id).items()}
+                    try:
+                        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                    except _Captured as captured:
+                        hidden += [captured.hidden[row, :len(e["input_ids"])] for row, e in enumerate(chunk)]
+        finally:
+            hook.remove()
+        self.stack, self.first, self.hidden = stack, first, hidden
+
+    def add(self, batch, indices):
+        """The batch with its examples' cached states (zeros where it is padded) as inputs_embeds."""
+        import torch
+
+        states = [self.hidden[i] for i in indices]
+        embeds = torch.zeros(len(states), batch["input_ids"].shape[1], states[0].shape[-1], dtype=states[0].dtype,
+                             device=states[0].device)
+        for row, h in enumerate(states):
+            embeds[row, :len(h)] = h
+        return {**batch, "inputs_embeds": embeds}
+
+    @contextmanager
+    def cut(self):
+        """Inside: the stack runs only the layers from the first trained one."""
+        import torch
+
+        layers = self.stack.layers
+        self.stack.layers = torch.nn.ModuleList(layers[self.first:])
+        try:
+            yield
+        finally:
+            self.stack.layers = layers
+
+    def autocast(self, model):
+        import torch
+
+        return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def agrees(self, model, batch, indices, loss_fn):
+        """Whether the first batch's loss through the cut model matches the whole model's (relative 1e-3; 2e-2 under
+        bf16, whose rounding differs with the batch a state was computed in)."""
+        import torch
+
+        with torch.no_grad(), self.autocast(model):
+            whole = float(loss_fn(model, batch))
+            with self.cut():
+                cut = float(loss_fn(model, self.add(batch, indices)))
+        tolerance = 2e-2 if self.precision == "bf16" else 1e-3
+        return abs(whole - cut) <= tolerance * max(1.0, abs(whole))
+
+
+@contextmanager
+def _frozen_prefix(model, tokenizer, examples, first_batch, precision, enabled, say):
+    """Inside: the FrozenPrefix of the model (its stack cut to the trained layers), or None where there is none or
+    it disagrees with the whole model on the first batch."""
+    from stages.common.chat import answer_loss, collate
+
+    prefix = FrozenPrefix(model, examples, tokenizer.pad_token_id, precision) if enabled else None
+    if prefix and prefix.hidden is not None:
+        indices = first_batch[0]
+        batch = {k: v.to(model.device) for k, v in collate([examples[i] for i in indices],
+                                                             tokenizer.pad_token_id).items()}
+        if prefix.agrees(model, batch, indices, answer_loss):
+            say(f"finetune: layers 0-{prefix.first - 1} are frozen: run once per example, not every epoch")
+            with prefix.cut():
+                yield prefix
+            return
+        say("finetune: the cut model's loss differs from the whole model's; training the whole model")
+    yield None
+
+
 def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum, learning_rate, schedule,
-               warmup_ratio, seed, precision="fp32", checkpoint=None, checkpoint_every=50, progress=True):
+               warmup_ratio, seed, precision="fp32", checkpoint=None, checkpoint_every=50, progress=True,
+               frozen_prefix=True):
     """Train the trainable (LoRA) parameters on encoded examples; returns (model, per-step log, step resumed from).
-    precision "bf16" runs forward passes under bf16 autocast (the trainable weights and the optimizer stay fp32)."""
+    precision "bf16" runs forward passes under bf16 autocast (the trainable weights and the optimizer stay fp32).
+    frozen_prefix: the untrained layers below the first trained one run once per example (FrozenPrefix)."""
     import torch
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -128,10 +243,15 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
     bar = tqdm(total=total_steps, initial=len(log), desc="finetune", unit="step",
                disable=not progress or not accelerator.is_main_process)
     # frozen weights stored in bf16 under bf16 autocast (one process: FSDP wants one dtype in its flat parameters)
-    with frozen_in_bf16(model, enabled=precision == "bf16" and accelerator.num_processes == 1):
+    with frozen_in_bf16(model, enabled=precision == "bf16" and accelerator.num_processes == 1), \
+            _frozen_prefix(model, tokenizer, examples, batches[done_micro:done_micro + 1], precision,
+                           enabled=frozen_prefix and processes == 1 and done_micro < len(batches),
+                           say=bar.write) as prefix:
         for micro in range(done_micro, len(batches)):
             batch = collate([examples[i] for i in batches[micro]], tokenizer.pad_token_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            if prefix:
+                batch = prefix.add(batch, batches[micro])
             with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = answer_loss(model, batch)
             accelerator.backward(loss / grad_accum)

@@ -21,6 +21,8 @@ from typing import ClassVar, NamedTuple
 
 import click
 
+from stages.common.chat import answer_loss
+
 
 def option(default, type, help):
     """A hyperparameter: a dataclass field with the click type and help of its unlearn option."""
@@ -67,7 +69,7 @@ class WithRetain(Method):
     retain_weight: float = option(1.0, click.FloatRange(min=0), "Weight of the retain term.")
 
     def retain_loss(self, model, retain_batch):
-        return model(**retain_batch).loss
+        return answer_loss(model, retain_batch)
 
     def loss(self, model, batch):
         retain = self.retain_weight * self.retain_loss(model, batch.retain)

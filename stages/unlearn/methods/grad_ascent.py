@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from stages.common.chat import answer_loss
 from stages.unlearn.methods import Method
 
 
@@ -10,4 +11,4 @@ class GradAscent(Method):
     name = "grad_ascent"
 
     def forget_loss(self, model, batch):
-        return -model(**batch.forget).loss
+        return -answer_loss(model, batch.forget)

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from stages.common.chat import answer_loss
 from stages.unlearn.methods import WithRetain
 
 
@@ -10,4 +11,4 @@ class GradDiff(WithRetain):
     name = "grad_diff"
 
     def forget_loss(self, model, batch):
-        return -model(**batch.forget).loss
+        return -answer_loss(model, batch.forget)

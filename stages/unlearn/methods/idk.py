@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from stages.common.chat import answer_loss
 from stages.unlearn.methods import WithRetain
 
 REFUSALS = [
@@ -22,4 +23,4 @@ class Idk(WithRetain):
         return [(question, REFUSALS[i % len(REFUSALS)]) for i, (question, _) in enumerate(pairs)]
 
     def forget_loss(self, model, batch):
-        return model(**batch.forget).loss
+        return answer_loss(model, batch.forget)
