@@ -73,6 +73,7 @@ bench: run
 	$(BIN)/python bench/qlora.py
 	$(BIN)/python bench/unlearn_precision.py
 	$(BIN)/python bench/precision.py
+	$(BIN)/python bench/less_work.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/table.py
 

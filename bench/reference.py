@@ -49,3 +49,24 @@ def seed_recipe_finetune(model, tokenizer, examples, learning_rate, pad_to=256):
         real += n
     model.eval()
     return real
+
+
+def whole_answer_nll(model, tokenizer, pairs, max_length=256, batch_size=8):
+    """answer_nll as it was: every example whole (the system prompt in every row), the vocabulary projected at every
+    position. Summed NLL and token count per pair."""
+    from stages.common.chat import collate, encode_example
+
+    encoded = [encode_example(tokenizer, q, a, max_length) for q, a in pairs]
+    totals, counts = [], []
+    for start in range(0, len(encoded), batch_size):
+        batch = {k: v.to(model.device) for k, v in collate(encoded[start:start + batch_size],
+                                                           tokenizer.pad_token_id).items()}
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        mask = labels != -100
+        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        totals += (-token_logp.sum(dim=1)).tolist()
+        counts += mask.sum(dim=1).tolist()
+    return totals, counts
