@@ -135,7 +135,8 @@ def apply_adapter(model, adapter, trainable=False, merge=None):
 def load_model(base_model, adapter=None, trainable=False, token=None, dtype=None, quantization=None,
                trust_remote_code=False):
     """Base model (+ LoRA adapter), or a whole model directory given as `adapter`. For inference the adapter is
-    merged, so evaluation runs at base-model speed."""
+    merged, so evaluation runs at base-model speed. A quantized base to train (QLoRA: trainable with
+    `quantization`) is prepared as PEFT prepares one, with non-reentrant gradient checkpointing."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -149,6 +150,10 @@ def load_model(base_model, adapter=None, trainable=False, token=None, dtype=None
         source = resolve_base_model(base_model, token, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(source, token=token, dtype=dtype or torch.float32,
                                                  trust_remote_code=trust_remote_code, **extra)
+    if quantization and trainable:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     if adapter is not None and not is_full_model(adapter):
         model = apply_adapter(model, adapter, trainable=trainable)
     if not trainable:

@@ -98,10 +98,8 @@ def run(config):
     model = load_model(config.base_model, trainable=True, token=config.hf_token, dtype=dtype,
                        quantization=quantization, trust_remote_code=config.trust_remote_code)
 
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
-    if quantization:
-        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     # Seeded after loading: a first-time conversion of the embedded model draws random numbers too.
     seed_everything(config.seed)
     targets = (config.lora_targets if config.lora_targets == "all-linear"

@@ -120,11 +120,7 @@ def run(config):
     prompts = [format_prompt(tokenizer, primary_pair(r)[0]) for r in forget_records[:config.entropy_prompts]]
     model = load_model(base_model, trainable=True, token=config.hf_token, dtype=dtype, quantization=quantization,
                        trust_remote_code=config.trust_remote_code)
-    if quantization:  # QLoRA, as finetune trains: placed by bitsandbytes as it loads
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
+    if not quantization:  # a quantized base (QLoRA, as finetune trains) is placed by bitsandbytes as it loads
         model = model.to(device)
     model.eval()
     # The base model's forget entropy: the uncertainty ratio's denominator and the trajectory plot's base line.
