@@ -181,8 +181,9 @@ def cpu_has_bf16():
 
 def bnb_compute_dtype(device):
     """bitsandbytes' 4-bit compute dtype on `device` ('cuda' or 'cpu'): bf16 where it is native (a GPU, a CPU with
-    AVX512-BF16 or AMX), else float32: on a CPU without it a 4-bit layer's bf16 matmul is emulated, 7.9x slower
-    than float32 (bench/results/bnb_compute.json). The weights are quantized alike either way."""
+    AVX512-BF16 or AMX), else float32: on a CPU without it a 4-bit layer's bf16 matmul is emulated, and the nf4
+    attack's 100 greedy answers take 2.67x as long (bench/results/less_work.json). The weights are quantized alike
+    either way."""
     import torch
 
     return torch.bfloat16 if resolve_precision("auto", device) == "bf16" else torch.float32

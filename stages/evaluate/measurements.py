@@ -160,8 +160,6 @@ def _attacks(model, tokenizer, sets, config, progress):
     """Section D on this model: relearning on T's training pairs and on retain text (accuracy on V; the relearning
     job also on T itself, its positive control), quantization and sampling leakage (accuracy on all forget probes).
     Returns (metrics, rows)."""
-    import torch
-
     from stages.common.models import bnb_compute_dtype
 
     forget = sets["forget"]
@@ -210,7 +208,7 @@ def _attacks(model, tokenizer, sets, config, progress):
         progress(f"  {what}: " + ", ".join(f"k={k}: {np.mean(c[cut]):.3f}" for k, c in results.items()))
     progress(f"  relearning attacks: {time.perf_counter() - start:.0f} s")
     bnb = config.quant_method == "bitsandbytes"
-    compute = "bf16" if bnb_compute_dtype(model.device.type) == torch.bfloat16 else "float32"
+    compute = str(bnb_compute_dtype(model.device.type)).removeprefix("torch.")  # bfloat16 or float32
     metrics["quant_method"] = (f"bitsandbytes in memory: LLM.int8 at 8 bits, nf4 and fp4 at 4 ({compute} compute)"
                                if bnb
                                else f"round-to-nearest symmetric absmax, group {config.quant_group_size}, merged "

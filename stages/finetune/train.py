@@ -112,21 +112,27 @@ class FrozenPrefix:
     process, with dropout in the prefix, or where the check fails (an architecture that rescales inputs_embeds, say):
     then the model trains whole."""
 
-    def __init__(self, model, examples, pad_id, precision, batch_size=16):
+    def __init__(self, stack, first, hidden, precision):
+        self.stack, self.first, self.hidden, self.precision = stack, first, hidden, precision
+
+    @classmethod
+    def of(cls, model, examples, pad_id, precision, batch_size=16):
+        """The model's frozen prefix with every example's states computed, or None where it has none."""
         import torch
 
-        self.stack, self.first, self.hidden, self.precision = None, 0, None, precision
+        from stages.common.chat import collate
+        from stages.common.measure import to_device
+
         stack = next((m for m in model.modules() if isinstance(getattr(m, "layers", None), torch.nn.ModuleList)
                       and hasattr(m, "embed_tokens")), None)
         if stack is None:
-            return
+            return None
         first = next((i for i, layer in enumerate(stack.layers) if any(p.requires_grad for p in layer.parameters())),
                      0)
         prefix = [stack.embed_tokens, *stack.layers[:first]]
         if (not first or getattr(model.config, "attention_dropout", 0) or any(
                 isinstance(m, torch.nn.Dropout) and m.p > 0 for part in prefix for m in part.modules())):
-            return
-        from stages.common.chat import collate
+            return None
 
         def stop(module, args, kwargs):
             raise _Captured(args[0] if args else kwargs["hidden_states"])
@@ -134,17 +140,17 @@ class FrozenPrefix:
         hook = stack.layers[first].register_forward_pre_hook(stop, with_kwargs=True)
         hidden = []
         try:
-            with torch.no_grad(), self.autocast(model):
+            with torch.no_grad(), _autocast(model.device.type, precision):
                 for start in range(0, len(examples), batch_size):
                     chunk = examples[start:start + batch_size]
-                    batch = {k: v.to(model.device) for k, v in collate(chunk, pad_id).items()}
+                    batch = to_device(collate(chunk, pad_id), model.device)
                     try:
                         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
                     except _Captured as captured:
                         hidden += [captured.hidden[row, :len(e["input_ids"])] for row, e in enumerate(chunk)]
         finally:
             hook.remove()
-        self.stack, self.first, self.hidden = stack, first, hidden
+        return cls(stack, first, hidden, precision)
 
     def add(self, batch, indices):
         """The batch with its examples' cached states (zeros where it is padded) as inputs_embeds."""
@@ -169,42 +175,45 @@ class FrozenPrefix:
         finally:
             self.stack.layers = layers
 
-    def autocast(self, model):
+    def agrees(self, model, batch, indices):
+        """Whether a batch's loss through the cut model matches the whole model's (relative 1e-3; 2e-2 under bf16,
+        whose rounding differs with the batch a state was computed in)."""
         import torch
 
-        return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        from stages.common.chat import answer_loss
 
-    def agrees(self, model, batch, indices, loss_fn):
-        """Whether the first batch's loss through the cut model matches the whole model's (relative 1e-3; 2e-2 under
-        bf16, whose rounding differs with the batch a state was computed in)."""
-        import torch
-
-        with torch.no_grad(), self.autocast(model):
-            whole = float(loss_fn(model, batch))
+        with torch.no_grad(), _autocast(model.device.type, self.precision):
+            whole = float(answer_loss(model, batch))
             with self.cut():
-                cut = float(loss_fn(model, self.add(batch, indices)))
+                cut = float(answer_loss(model, self.add(batch, indices)))
         tolerance = 2e-2 if self.precision == "bf16" else 1e-3
         return abs(whole - cut) <= tolerance * max(1.0, abs(whole))
 
 
-@contextmanager
-def _frozen_prefix(model, tokenizer, examples, first_batch, precision, enabled, say):
-    """Inside: the FrozenPrefix of the model (its stack cut to the trained layers), or None where there is none or
-    it disagrees with the whole model on the first batch."""
-    from stages.common.chat import answer_loss, collate
+def _autocast(device, precision):
+    import torch
 
-    prefix = FrozenPrefix(model, examples, tokenizer.pad_token_id, precision) if enabled else None
-    if prefix and prefix.hidden is not None:
-        indices = first_batch[0]
-        batch = {k: v.to(model.device) for k, v in collate([examples[i] for i in indices],
-                                                             tokenizer.pad_token_id).items()}
-        if prefix.agrees(model, batch, indices, answer_loss):
-            say(f"finetune: layers 0-{prefix.first - 1} are frozen: run once per example, not every epoch")
-            with prefix.cut():
-                yield prefix
-            return
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@contextmanager
+def _frozen_prefix(model, tokenizer, examples, indices, precision, enabled, say):
+    """Inside: the model's FrozenPrefix (its stack cut to the trained layers), checked on the batch of `indices`;
+    None where there is none or it disagrees with the whole model."""
+    from stages.common.chat import collate
+    from stages.common.measure import to_device
+
+    prefix = FrozenPrefix.of(model, examples, tokenizer.pad_token_id, precision) if enabled else None
+    batch = to_device(collate([examples[i] for i in indices], tokenizer.pad_token_id), model.device) if prefix else None
+    if prefix and not prefix.agrees(model, batch, indices):
         say("finetune: the cut model's loss differs from the whole model's; training the whole model")
-    yield None
+        prefix = None
+    if prefix is None:
+        yield None
+        return
+    say(f"finetune: layers 0-{prefix.first - 1} are frozen: run once per example, not every epoch")
+    with prefix.cut():
+        yield prefix
 
 
 def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum, learning_rate, schedule,
@@ -244,7 +253,7 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
                disable=not progress or not accelerator.is_main_process)
     # frozen weights stored in bf16 under bf16 autocast (one process: FSDP wants one dtype in its flat parameters)
     with frozen_in_bf16(model, enabled=precision == "bf16" and accelerator.num_processes == 1), \
-            _frozen_prefix(model, tokenizer, examples, batches[done_micro:done_micro + 1], precision,
+            _frozen_prefix(model, tokenizer, examples, batches[min(done_micro, len(batches) - 1)], precision,
                            enabled=frozen_prefix and processes == 1 and done_micro < len(batches),
                            say=bar.write) as prefix:
         for micro in range(done_micro, len(batches)):
@@ -252,7 +261,7 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             if prefix:
                 batch = prefix.add(batch, batches[micro])
-            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with _autocast(device, precision):
                 loss = answer_loss(model, batch)
             accelerator.backward(loss / grad_accum)
             window_loss += loss.item() / grad_accum
