@@ -116,6 +116,28 @@ def test_paired_difference_is_joint_and_floored():
     assert ci[0] < -0.05 and ci[1] > 0.05  # 0 of n against 0 of n is not "exactly no difference"
 
 
+def test_perplexity_and_its_ratio_are_bootstrapped_over_patients_like_a_hand_loop():
+    # one retain text per patient: summed answer NLL and its token count, for a model and the oracle on the same texts
+    rng = np.random.default_rng(3)
+    patients = [f"patient-{p}" for p in range(9)]
+    tokens = rng.integers(40, 200, len(patients)).astype(float)
+    nll, reference = tokens * rng.uniform(2, 4, len(patients)), tokens * rng.uniform(1, 3, len(patients))
+    weights = interval.resample_weights(patients, 400, 7)
+    loop_ppl, loop_ratio = [], []
+    for rows in plain_resamples(patients, 400, 7):
+        ppl = math.exp(sum(nll[rows]) / sum(tokens[rows]))
+        loop_ppl.append(ppl)
+        loop_ratio.append(ppl / math.exp(sum(reference[rows]) / sum(tokens[rows])))
+    value, ci = interval.perplexity(nll, tokens, weights)
+    assert value == pytest.approx(math.exp(nll.sum() / tokens.sum()))
+    assert ci == pytest.approx([np.percentile(loop_ppl, 2.5), np.percentile(loop_ppl, 97.5)])
+    value, ci = interval.perplexity_ratio(nll, tokens, reference, tokens, weights)
+    assert value == pytest.approx(math.exp(nll.sum() / tokens.sum()) / math.exp(reference.sum() / tokens.sum()))
+    assert ci == pytest.approx([np.percentile(loop_ratio, 2.5), np.percentile(loop_ratio, 97.5)])
+    assert ci[0] < value < ci[1]
+    assert interval.perplexity([], [], weights[:, :0]) == (None, [None, None])
+
+
 def test_the_paired_floor_keeps_the_pairing():
     # two models that answer 200 independent probes alike (10 % right): no disagreement, a narrow interval; the
     # same accuracies unpaired (Newcombe on the two proportions) would be about three times as wide

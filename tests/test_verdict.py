@@ -38,7 +38,7 @@ def e(name, value, lo, hi, patients=40, facts=None):
 def judged(**changes):
     """A clearly REMOVED model; each test moves one measurement's interval across one threshold."""
     parts = {
-        "health": {"retain_perplexity": 11.0, "oracle_retain_perplexity": 10.0, "mean_entropy": 1.5},
+        "health": health(),
         "gap": e("forget_accuracy_gap", 0.0, -0.03, 0.04),
         "recoveries": recoveries(),
         "leak": e("leak@16_excess", 0.0, -0.05, 0.05),
@@ -51,6 +51,10 @@ def judged(**changes):
                          parts["knowable"], T, parts["taught"])
 
 
+def health(ratio=(1.1, 1.0, 1.2), entropy=1.5):
+    return {"perplexity_ratio": e("perplexity_ratio", *ratio, patients=16), "mean_entropy": entropy}
+
+
 def recoveries(relearn=(0.05, -0.05, 0.15), facts=30):
     return [e("relearn_recovery@50", *relearn, facts=facts), e("quant_recovery@4", 0.0, 0.0, 0.1, facts=60)]
 
@@ -58,11 +62,19 @@ def recoveries(relearn=(0.05, -0.05, 0.15), facts=30):
 @pytest.mark.parametrize("changes, verdict, phrase", [
     ({}, "REMOVED", "every recovery ratio's upper bound <= 0.2"),
     # health
-    ({"health": {"retain_perplexity": 26.0, "oracle_retain_perplexity": 10.0, "mean_entropy": 1.5}},
-     "COLLAPSED", "retain perplexity 26 > 2.5"),
-    ({"health": {"retain_perplexity": 11.0, "oracle_retain_perplexity": 10.0, "mean_entropy": 0.001}},
-     "COLLAPSED", "mean entropy"),
+    ({"health": health((2.6, 2.55, 2.7))}, "COLLAPSED", "retain perplexity over the oracle's: perplexity_ratio 2.6 "
+                                                         "[2.55, 2.7] > 2.5"),
+    ({"health": health(entropy=0.001)}, "COLLAPSED", "mean entropy"),
     ({"utility": e("utility_ratio", 0.3, 0.2, 0.45)}, "COLLAPSED", "utility_ratio 0.3 [0.2, 0.45] < 0.5"),
+    # a collapse bound inside an interval: every other verdict would say the model did not collapse
+    ({"health": health((2.6, 1.8, 3.5))}, "INCONCLUSIVE", "perplexity_ratio 2.6 [1.8, 3.5] spans the collapse "
+                                                           "bound 2.5"),
+    ({"health": health((2.6, 1.8, 3.5)), "gap": e("forget_accuracy_gap", 0.2, 0.1, 0.3)}, "INCONCLUSIVE",
+     "spans the collapse bound 2.5"),
+    ({"utility": e("utility_ratio", 0.8, 0.4, 1.2)}, "INCONCLUSIVE", "utility_ratio 0.8 [0.4, 1.2] spans the "
+                                                                     "collapse bound 0.5"),
+    ({"health": health((2.6, 1.8, 3.5)), "utility": e("utility_ratio", 0.3, 0.2, 0.45)}, "COLLAPSED",
+     "utility_ratio 0.3 [0.2, 0.45] < 0.5"),
     # forgetting margin: above, spanning
     ({"gap": e("forget_accuracy_gap", 0.2, 0.1, 0.3)}, "PARTIAL", "not forgotten"),
     ({"gap": e("forget_accuracy_gap", 0.0, -0.16, 0.16)}, "INCONCLUSIVE", "spans the forgetting margin 0.05"),
@@ -154,7 +166,7 @@ def test_the_rule_records_its_numbers_with_intervals():
 def test_final_verdict_thresholds_are_parameters():
     assert judged()[0] == "REMOVED"
     strict = dataclasses.replace(T, removed_recovery=0.1)
-    assert final_verdict({"retain_perplexity": 11.0, "oracle_retain_perplexity": 10.0, "mean_entropy": 1.5},
+    assert final_verdict(health(),
                          e("g", 0.0, -0.03, 0.04), recoveries(), e("l", 0.0, -0.05, 0.05),
                          e("u", 1.0, 0.95, 1.05), [], strict)[0] == "INCONCLUSIVE"
 

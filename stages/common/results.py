@@ -20,8 +20,8 @@ FAMILIES = [("n_", "sample"), ("run", "run"), ("precision", "run"), ("relearn_pr
             ("relearn_", "relearn"), ("benign_", "benign"), ("quant_", "quant"), ("leak", "leak"),
             ("mia_", "membership"), ("privleak", "membership"), ("model_utility", "utility"),
             ("utility_ratio", "utility"), ("verdict", "verdict"), ("uq_verdict", "uncertainty"),
-            ("retain_perplexity", "health"), ("forget_", "probes"), ("retain_", "probes"), ("holdout_", "probes"),
-            ("world_", "probes"), ("oracle_forget_", "probes")]
+            ("retain_perplexity", "health"), ("perplexity_ratio", "health"), ("forget_", "probes"),
+            ("retain_", "probes"), ("holdout_", "probes"), ("world_", "probes"), ("oracle_forget_", "probes")]
 # The patients behind a number: the run's count keys, by the number's name (first match on its beginning).
 SAMPLES = [("relearn_precision", []), ("relearn_recovery", ["n_knowable_relearn_patients"]),
            ("benign_recovery", ["n_knowable_relearn_patients"]),
@@ -31,7 +31,8 @@ SAMPLES = [("relearn_precision", []), ("relearn_recovery", ["n_knowable_relearn_
            ("relearn_", ["n_relearn_patients"]), ("benign_", ["n_relearn_patients"]),
            ("quant_accuracy", ["n_forget_patients"]), ("leak", ["n_forget_patients"]),
            ("oracle_forget_", ["n_forget_patients"]), ("forget_", ["n_forget_patients"]),
-           ("retain_perplexity", []), ("retain_", ["n_retain_patients"]), ("holdout_", ["n_holdout_patients"]),
+           ("retain_perplexity", ["n_retain_patients"]), ("perplexity_ratio", ["n_retain_patients"]),
+           ("retain_", ["n_retain_patients"]), ("holdout_", ["n_holdout_patients"]),
            ("world_", ["n_world_patients"]), ("mia_", ["n_mia_forget_patients", "n_mia_holdout_patients"]),
            ("privleak", ["n_mia_forget_patients", "n_mia_holdout_patients"]),
            ("model_utility", ["n_retain_patients", "n_world_patients"]),

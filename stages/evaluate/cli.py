@@ -198,6 +198,7 @@ def run(config):
         write_jsonl(tmp / "probes.jsonl", measured["probes"])
         write_jsonl(tmp / "mia.jsonl", measured["mia"])
         write_jsonl(tmp / "attacks.jsonl", measured["attacks"])
+        write_jsonl(tmp / "perplexity.jsonl", measured["perplexity"])
         write_jsonl(tmp / "samples.jsonl", samples)
         results = records(metrics)
         write_jsonl(tmp / "results.jsonl", results)

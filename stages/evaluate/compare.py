@@ -16,11 +16,11 @@ from stages.evaluate import intervals as interval
 from stages.evaluate.measurements import harmonic_means, utility_part_bounds, utility_parts, utility_rows
 from stages.evaluate.verdict import Estimate, Knowable, final_verdict, uncertainty_ratio
 
-RUN_FILES = ["metrics.json", "per_prompt.jsonl", "probes.jsonl", "mia.jsonl", "attacks.jsonl"]
+RUN_FILES = ["metrics.json", "per_prompt.jsonl", "probes.jsonl", "mia.jsonl", "attacks.jsonl", "perplexity.jsonl"]
 
 
 def read_run(directory, what):
-    """An evaluation directory as {"metrics", "per_prompt", "probes", "mia", "attacks"}."""
+    """An evaluation directory as {"metrics", "per_prompt", "probes", "mia", "attacks", "perplexity"}."""
     directory = Path(directory)
     missing = [name for name in RUN_FILES if not (directory / name).is_file()]
     if missing:
@@ -215,8 +215,24 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     _put(out, "utility_ratio", utility_ratio_of(chosen, oracle_rows,
                                                 interval.resample_weights(units, resamples, seed, strata)))
 
-    health = {"retain_perplexity": m["retain_perplexity"], "mean_entropy": m["mean_entropy"],
-              "oracle_retain_perplexity": oracle["metrics"]["retain_perplexity"]}
+    # docs/metrics.md §E: retain perplexity over the oracle's on the same retain texts, jointly over their patients
+    theirs = {r["record_id"]: r for r in oracle["perplexity"]}
+    texts = run["perplexity"]
+    if {r["record_id"] for r in texts} != set(theirs):
+        raise InputError("the oracle's retain perplexity was measured on other retain texts than this model's; give "
+                         "both the same --retain-file and --retain-samples.")
+    nll, tokens = (np.array([r[c] for r in texts], dtype=np.float64) for c in ("nll", "tokens"))
+    o_nll, o_tokens = (np.array([theirs[r["record_id"]][c] for r in texts], dtype=np.float64)
+                       for c in ("nll", "tokens"))
+    text_units = [r["record_id"] for r in texts]
+    _put(out, "perplexity_ratio", interval.perplexity_ratio(nll, tokens, o_nll, o_tokens,
+                                                            interval.resample_weights(text_units, resamples, seed)))
+    ratio = Estimate("perplexity_ratio", out["perplexity_ratio"], out["perplexity_ratio_ci95"], len(text_units),
+                     "retain patients",
+                     settle=_settle(lambda rows, w: interval.perplexity_ratio(nll[rows], tokens[rows], o_nll[rows],
+                                                                              o_tokens[rows], w),
+                                    text_units, resamples, seed))
+    health = {"perplexity_ratio": ratio, "mean_entropy": m["mean_entropy"]}
     forget_units = [rid for rid, _ in keys]
     gap = Estimate("forget_accuracy_gap", out["forget_accuracy_gap"], out["forget_accuracy_gap_ci95"], patients,
                    settle=_settle(lambda rows, w: interval.paired_difference(unlearned[rows], control[rows], w),

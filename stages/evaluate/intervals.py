@@ -114,6 +114,32 @@ def mean(values, weights):
     return float(values.mean()), percentile_interval(weighted_means(weights, values))
 
 
+def perplexity(nll, tokens, weights):
+    """exp(token-weighted mean NLL) of texts (one per patient: summed NLL and token count each) and its
+    cluster-bootstrap interval."""
+    nll, tokens = (np.asarray(x, dtype=np.float64) for x in (nll, tokens))
+    if tokens.sum() <= 0:
+        return None, [None, None]
+    w = np.asarray(weights, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        resampled = np.exp((w @ nll) / (w @ tokens))
+    return math.exp(nll.sum() / tokens.sum()), percentile_interval(resampled)
+
+
+def perplexity_ratio(nll, tokens, reference_nll, reference_tokens, weights):
+    """One model's perplexity over a reference model's on the same texts, bootstrapped jointly (each resample draws
+    one set of patients for both)."""
+    nll, tokens, reference_nll, reference_tokens = (np.asarray(x, dtype=np.float64) for x in
+                                                    (nll, tokens, reference_nll, reference_tokens))
+    if tokens.sum() <= 0 or reference_tokens.sum() <= 0:
+        return None, [None, None]
+    w = np.asarray(weights, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        resampled = np.exp((w @ nll) / (w @ tokens) - (w @ reference_nll) / (w @ reference_tokens))
+    value = math.exp(nll.sum() / tokens.sum() - reference_nll.sum() / reference_tokens.sum())
+    return value, percentile_interval(resampled)
+
+
 def newcombe(pa, ia, pb, ib):
     """Newcombe's hybrid score interval of pa - pb from the two proportions' own intervals."""
     d = pa - pb

@@ -6,7 +6,7 @@ import numpy as np
 
 from stages.common.chat import format_prompt, primary_pair, training_pairs
 from stages.common.io import InputError
-from stages.common.measure import greedy_entropy, perplexity
+from stages.common.measure import answer_nll, greedy_entropy
 from stages.common.results import key as metric_key
 from stages.evaluate import attacks as attack
 from stages.evaluate import intervals as interval
@@ -241,7 +241,8 @@ def _attacks(model, tokenizer, sets, config, progress):
 
 def measure(model, tokenizer, sets, base, config, progress=print):
     """All of one model's measurements, as evaluate's `config` says (its recovery attacks with config.attacks):
-    {"metrics", "per_prompt", "probes", "mia", "attacks"}."""
+    {"metrics", "per_prompt", "probes", "mia", "attacks", "perplexity"} ("perplexity": each retain text's summed
+    answer NLL and token count, the rows behind retain_perplexity)."""
     clock = time.perf_counter()
 
     def done(what):
@@ -249,7 +250,10 @@ def measure(model, tokenizer, sets, base, config, progress=print):
 
     per_prompt, metrics = _entropy(model, tokenizer, sets["forget"], base, config)
     monitor = [primary_pair(r) for r in sets["retain"]]
-    metrics["retain_perplexity"] = perplexity(model, tokenizer, monitor, config.max_seq_length, config.batch_size)
+    nll, tokens = answer_nll(model, tokenizer, monitor, config.max_seq_length, config.batch_size)
+    texts = [{"record_id": r["id"], "nll": n, "tokens": t} for r, n, t in zip(sets["retain"], nll, tokens, strict=True)]
+    metrics["retain_perplexity"], metrics["retain_perplexity_ci95"] = interval.perplexity(
+        nll, tokens, interval.resample_weights([r["id"] for r in sets["retain"]], config.bootstrap, config.seed))
     done("uncertainty and retain perplexity")
     probes = probe_rows(model, tokenizer, sets, config.answer_tokens, config.max_seq_length, config.batch_size)
     metrics.update(probe_summary(probes, config.bootstrap, config.seed))
@@ -272,7 +276,8 @@ def measure(model, tokenizer, sets, base, config, progress=print):
         attack_metrics, attack_rows = _attacks(model, tokenizer, sets, config, progress)
         metrics.update(attack_metrics)
         done("recovery attacks")
-    return {"metrics": metrics, "per_prompt": per_prompt, "probes": probes, "mia": mia, "attacks": attack_rows}
+    return {"metrics": metrics, "per_prompt": per_prompt, "probes": probes, "mia": mia, "attacks": attack_rows,
+            "perplexity": texts}
 
 
 def side_by_side(probes, base, references):

@@ -107,7 +107,8 @@ def _spans(estimate, threshold, what):
 
 
 def final_verdict(health, gap, recoveries, leak, utility, knowable, t, taught=None):
-    """docs/metrics.md §E. `health`: retain_perplexity, oracle_retain_perplexity, mean_entropy; `gap`: forget accuracy
+    """docs/metrics.md §E. `health`: perplexity_ratio (an Estimate: retain perplexity over the oracle's on the same
+    texts) and mean_entropy; `gap`: forget accuracy
     minus the retain model's (same probes); `recoveries`: the attacks' recovery ratios (k > 0); `leak`: leak excess
     over the control; `utility`: model utility over the oracle's; `knowable`: the recovery families' fact counts;
     `t`: thresholds; `taught`: the relearning attack's positive control, the fraction of T's knowable facts (the
@@ -129,10 +130,10 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t, taught=No
                             for k in others)
         return verdict, rule, evidence
 
-    ppl, oracle_ppl = health["retain_perplexity"], health["oracle_retain_perplexity"]
-    if ppl > t.max_perplexity_ratio * oracle_ppl:
-        return result("COLLAPSED", f"retain perplexity {ppl:.3g} > {t.max_perplexity_ratio} x oracle's "
-                                   f"{oracle_ppl:.3g}", [])
+    ratio = health["perplexity_ratio"]
+    if ratio.above(t.max_perplexity_ratio):
+        return result("COLLAPSED", f"retain perplexity over the oracle's: {ratio.text()} > {t.max_perplexity_ratio}",
+                      [ratio])
     if health["mean_entropy"] < t.collapse_entropy:
         return result("COLLAPSED", f"forget-set mean entropy {health['mean_entropy']:.3g} < {t.collapse_entropy}",
                       [])
@@ -140,6 +141,11 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t, taught=No
         return result("COLLAPSED", f"{utility.text()} < {t.utility_collapse_ratio}", [utility])
     if utility.value is None:
         return result("INCONCLUSIVE", "utility_ratio cannot be measured: the oracle's model utility is 0", [utility])
+    # every verdict below says the model did not collapse: a collapse bound inside an interval leaves that open
+    if not ratio.below(t.max_perplexity_ratio):
+        return result("INCONCLUSIVE", *_spans(ratio, t.max_perplexity_ratio, "the collapse bound"))
+    if utility.ci95[0] is None or utility.ci95[0] < t.utility_collapse_ratio:
+        return result("INCONCLUSIVE", *_spans(utility, t.utility_collapse_ratio, "the collapse bound"))
     if gap.above(t.accuracy_margin):
         return result("PARTIAL", f"not forgotten: {gap.text()} > {t.accuracy_margin} (forget accuracy above "
                                  "the retain model's)", [gap])

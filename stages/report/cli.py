@@ -13,7 +13,8 @@ from stages.common.results import key as metric_key
 # table fits any profile's attack settings.
 HEADLINE = ["verdict", "forget_qa_accuracy", "forget_accuracy_gap", "n_knowable_forget", "n_knowable_relearn",
             "forget_quality", "model_utility", "utility_ratio", "privleak", "relearn_recovery", "relearn_taught",
-            "benign_recovery", "quant_recovery", "leak", "uncertainty_ratio_retain", "retain_perplexity"]
+            "benign_recovery", "quant_recovery", "leak", "uncertainty_ratio_retain", "retain_perplexity",
+            "perplexity_ratio"]
 # An attack's strongest setting (most relearning steps, fewest bits, most samples) and the variants shown beside it.
 STRONGEST = {"relearn_recovery": (max, [None]), "relearn_taught": (max, [None]), "benign_recovery": (max, [None]),
              "quant_recovery": (min, [None, "fp4"]), "leak": (max, [None, "control", "excess"])}
@@ -23,7 +24,7 @@ COMPARISON = ["run", "mean_entropy", "uncertainty_ratio", "uncertainty_ratio_ret
 REFERENCES = ["base", "oracle", "retain"]  # the reference runs' methods (run.json), first in every table
 # Numbers summarized across training seeds (mean, sample standard deviation, range) per method and forget set.
 ACROSS_SEEDS = ["forget_qa_accuracy", "forget_accuracy_gap", "forget_quality", "model_utility", "utility_ratio",
-                "privleak", "uncertainty_ratio_retain", "retain_perplexity"]
+                "privleak", "uncertainty_ratio_retain", "retain_perplexity", "perplexity_ratio"]
 SAMPLES_PER_RUN = 3
 HOW_TO_READ = """How to read it. Every number carries its 95 % interval in brackets: a patient-level bootstrap
 (a patient's facts are correlated, so patients, not probes, are resampled; comparisons of two models resample the
@@ -36,7 +37,10 @@ only when the intervals support it:
   above the threshold: the knowledge comes back;
 - PARTIAL: the intervals place the model between the two (a recovery ratio clearly between the thresholds, utility
   clearly damaged, or forget accuracy clearly above the retain model's);
-- COLLAPSED: the model broke (retain perplexity, near-zero entropy, or utility far below the oracle's);
+- COLLAPSED: the model broke (retain perplexity above `max-perplexity-ratio` x the oracle's, near-zero entropy, or
+  utility far below the oracle's), with the ratio's interval clear of the bound; where a collapse bound lies inside
+  the interval of the perplexity or utility ratio, every other verdict would claim the model did not collapse, so
+  the verdict is INCONCLUSIVE;
 - INCONCLUSIVE: the data cannot tell: an interval spans a threshold, or the oracle knew too few of the forget facts
   (knowable facts: the oracle answers them, the retain model does not; only they can be "recovered"). The rule
   names the measurement and about how many more patients would settle it.
