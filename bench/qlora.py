@@ -42,7 +42,9 @@ def main():
                        *recipe, *training_args(ROOT / "params.yaml"), *flags]
             subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                            stdout=subprocess.DEVNULL)
-            steps = json.loads((out / "train_log.json").read_text())["steps"]
+            steps = [{**s, **t} for s, t in zip(json.loads((out / "train_log.json").read_text())["steps"],
+                                                 json.loads(Path(f"{out}.timings.json").read_text())["steps"],
+                                                 strict=True)]
             found[way] = {"tokens_per_s": round(statistics.fmean(s["tokens_per_s"] for s in steps[1:] or steps), 1),
                           "peak_memory_gb": round(max(s["peak_memory_gb"] for s in steps), 3),
                           "steps": len(steps), "last_loss": round(steps[-1]["loss"], 4),

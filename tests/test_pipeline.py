@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.micro import FAKE_SECRETS, dvc
+from tests.micro import FAKE_SECRETS, dvc, git
 from tests.verify_keys import verify_keys
 
 RUNS = ["base", "oracle-s42", "retain-f10-s42", "grad_ascent-f10-s42"]
@@ -73,6 +73,24 @@ def test_second_repro_does_nothing_and_status_is_clean(repo):
     again = dvc(repo, "repro")
     assert "Running stage" not in again
     assert "Data and pipelines are up to date." in dvc(repo, "status")
+
+
+@pytest.mark.pipeline
+def test_a_fresh_clone_reproduces_the_committed_lock_and_leaves_git_status_clean(repo, tmp_path):
+    """What a teammate gets: the lock committed after one run, a clone without DVC's cache or outputs, `dvc repro`
+    there recomputes every stage and writes the same dvc.lock byte for byte (no timing in a tracked output)."""
+    repo, _ = repo
+    git(repo, "add", "dvc.lock")
+    git(repo, "commit", "-qm", "the lock of the first run")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    (clone / "data").mkdir()
+    assert not (clone / "models").exists() and not (clone / ".dvc/cache").exists()
+    output = dvc(clone, "repro")
+    assert "Running stage 'finetune-oracle@42'" in output and "Running stage 'report'" in output
+    assert (clone / "dvc.lock").read_bytes() == (repo / "dvc.lock").read_bytes()
+    assert git(clone, "status", "--porcelain") == ""
+    assert (clone / "models/oracle-s42.timings.json").is_file()  # the timings are there, untracked
 
 
 @pytest.mark.pipeline

@@ -313,11 +313,15 @@ def lora_config(model, rank, alpha, targets="all-linear", top_layers=0):
 
 def save_adapter(model, directory, base_model):
     """The one adapter writer: names the base as the user did ('embedded', a hub id) rather than a machine's cache
-    path, and writes adapter_config.json with sorted keys and module lists, so equal weights give equal files."""
+    path (in adapter_config.json and in PEFT's model card), and writes adapter_config.json with sorted keys and
+    module lists, so equal weights give equal files on every machine."""
     import json
 
     model.peft_config["default"].base_model_name_or_path = base_model
     model.save_pretrained(directory, save_embedding_layers=False)
+    card, local = Path(directory) / "README.md", model.get_base_model().config._name_or_path
+    if card.is_file() and local and local != base_model:
+        card.write_text(card.read_text().replace(local, base_model))
     path = Path(directory) / "adapter_config.json"
     config = json.loads(path.read_text())
     for key, value in config.items():

