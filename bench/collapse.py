@@ -3,16 +3,17 @@ retain-perplexity monitor it stops before collapse. Needs the default pipeline's
 Writes bench/results/collapse.json and the two trajectory plots."""
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 from machine import machine  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from stages.common.plots import trajectories_plot  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 SETTINGS = {"method": "grad_ascent", "steps": 15, "learning-rate": 2e-3, "samples-per-step": 8, "batch-size": 8,
             "measure-every": 3, "monitor-samples": 16, "entropy-prompts": 9, "max-seq-length": 192,
@@ -29,7 +30,7 @@ def run(name, extra, tmp):
     subprocess.run(args, check=True)
     trajectory = json.loads((tmp / name / "trajectory.json").read_text())
     summary = json.loads((tmp / name / "summary.json").read_text())
-    shutil.copy(tmp / name / "trajectory.png", RESULTS / f"collapse_{name}.png")
+    trajectories_plot({name: (trajectory, summary)}, RESULTS / f"collapse_{name}.png")
     final = trajectory[-2] if summary["stopped_early"] else trajectory[-1]
     entropies = [t["entropy"] for t in trajectory if t["entropy"] is not None]
     return {"steps_run": summary["steps_run"], "stop_reason": summary["stop_reason"],

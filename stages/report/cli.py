@@ -298,8 +298,14 @@ def plot(runs, unlearned, path):
               show_default=True, help="Holds one directory per evaluated run.")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
               default="outputs/report", show_default=True)
+@click.option("--models-dir", "--models_dir", "models_dir", type=click.Path(file_okay=False), default="models",
+              show_default=True, help="Fine-tuned models (*/train_log.json): their loss curves go to training.png.")
+@click.option("--unlearn-dir", "--unlearn_dir", "unlearn_dir", type=click.Path(file_okay=False),
+              default="outputs/unlearn", show_default=True,
+              help="Unlearning runs (*/trajectory.json, summary.json): their trajectories go to trajectories.png.")
 def report(**options):
-    """One report of all evaluated runs: report.md, report.csv and headline.json (the verdict table), report.png."""
+    """One report of all evaluated runs: report.md, report.csv and headline.json (the verdict table), report.png;
+    the fine-tuning losses (training.png) and the unlearning trajectories (trajectories.png)."""
     run(config_of(report, options))
 
 
@@ -353,7 +359,22 @@ def run(config):
         samples_section(unlearned) or "No unlearned run evaluated yet.\n",
         "![report](report.png)\n",
     ]
+    from stages.common.io import read_json
+    from stages.common.plots import loss_curves, trajectories_plot
+
+    logs = sorted(Path(config.models_dir).glob("*/train_log.json"))
+    trajectories = sorted(Path(config.unlearn_dir).glob("*/trajectory.json"))
+    if logs:
+        sections.append("![fine-tuning loss](training.png)\n")
+    if trajectories:
+        sections.append("![unlearning trajectories](trajectories.png)\n")
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(sections), encoding="utf-8")
     plot(runs, unlearned, out / "report.png")
+    if logs:
+        loss_curves({p.parent.name: ([s["step"] for s in steps], [s["loss"] for s in steps])
+                     for p in logs for steps in [read_json(p)["steps"]]}, out / "training.png")
+    if trajectories:
+        trajectories_plot({p.parent.name: (read_json(p), read_json(p.with_name("summary.json")))
+                           for p in trajectories}, out / "trajectories.png")
     click.echo(f"report: {len(runs)} runs ({len(unlearned)} unlearned) -> {out / 'report.md'}")

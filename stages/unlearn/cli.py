@@ -11,7 +11,6 @@ from stages.common.options import (
     quantization_options,
     trust_remote_code_option,
 )
-from stages.common.plots import trajectory_plot
 from stages.unlearn import methods
 
 
@@ -27,7 +26,8 @@ from stages.unlearn import methods
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True,
               help="Where the unlearned adapter (or, with --full, the whole model) goes.")
 @click.option("--trajectory-dir", "--trajectory_dir", "trajectory_dir", type=click.Path(file_okay=False),
-              default=None, help="Where trajectory.json, trajectory.png and summary.json go [default: --output-dir].")
+              default=None,
+              help="Where trajectory.json and summary.json go [default: --output-dir]; `report` plots them.")
 @click.option("--full", is_flag=True,
               help="Train the oracle's merged weights instead of its LoRA adapter (all; rmu: its down_proj ones).")
 @click.option("--steps", type=click.IntRange(min=1), default=15, show_default=True)
@@ -165,9 +165,5 @@ def run(config):
 
 
 def write_trajectory(directory, trajectory, summary):
-    from pathlib import Path
-
     write_json(directory / "trajectory.json", trajectory)
     write_json(directory / "summary.json", summary)
-    trajectory_plot(trajectory, summary["perplexity_threshold"], summary["base_entropy"],
-                    directory / "trajectory.png", f"unlearn {summary['method']}: {Path(summary['forget_file']).name}")

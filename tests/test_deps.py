@@ -1,0 +1,74 @@
+"""dvc.yaml's code dependencies are the code each stage runs: its package and every module outside it that the
+package imports, directly or through other modules (tests/test_deps.py derives them from the imports). A change to
+a module reruns only the stages that import it: a plot's code reruns the report, not the fine-tunes."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_file(name):
+    """stages.common.io -> stages/common/io.py (a package: its directory); None outside the project."""
+    path = ROOT.joinpath(*name.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return path if path.is_dir() else None
+
+
+def imported_files(path):
+    """The project's modules one file imports, at the top or inside a function (the stages import lazily)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] == "stages" and (target := module_file(name)) is not None:
+                if target.is_file():
+                    found.add(target)
+    return found
+
+
+def code_deps(package):
+    """A stage's package directory and the project's modules outside it that it reaches, as dvc.yaml paths."""
+    package = ROOT / package
+    todo, seen = list(package.rglob("*.py")), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo += imported_files(path)
+    outside = {p for p in seen if package not in p.parents and p.name != "__init__.py"}
+    return {str(package.relative_to(ROOT))} | {str(p.relative_to(ROOT)) for p in outside}
+
+
+def stage_code(stage):
+    """The stage's `stages/...` dependencies in dvc.yaml, and the package its command runs."""
+    command = " ".join(stage["cmd"].split()).split()
+    assert command[0] == "unforgotten", stage["cmd"]
+    return {d for d in stage["deps"] if d.startswith("stages/")}, "stages/" + command[1].replace("-", "_")
+
+
+def test_every_stage_depends_on_exactly_the_code_it_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        listed, package = stage_code(stage)
+        expected = code_deps(package)
+        assert listed == expected, (f"dvc.yaml stage {name}: code deps should be {sorted(expected)} (from the "
+                                    f"imports of {package}), not {sorted(listed)}")
+
+
+def test_the_import_closure_follows_lazy_imports_through_other_modules():
+    deps = code_deps("stages/finetune")
+    # finetune/cli.py imports stages.common.models inside its function; models imports io at the top
+    assert {"stages/finetune", "stages/common/models.py", "stages/common/io.py"} <= deps
+    assert "stages/common/plots.py" not in deps and "stages/evaluate" not in deps
+    assert "stages/common/plots.py" in code_deps("stages/report")
