@@ -1,7 +1,7 @@
 """Benchmark 4: `make run` on a fresh clone of this commit (set-up, every stage of the default profile on the
 embedded model), then `make run` again, which must find everything cached. Baseline = the first run, ours = the
 no-op rerun, both wall-clock seconds. Also records that the clone's headline metrics equal this checkout's and that
-`dvc status` is clean afterwards, and each stage's seconds (from its outputs' modification times).
+`dvc status` and `git status` are clean afterwards, and each stage's seconds (from its outputs' modification times).
 Writes bench/results/pipeline.json.
 
     python bench/pipeline.py [--keep DIR]    (about 45 min on 2 cores; --keep leaves the clone in DIR)
@@ -63,6 +63,9 @@ def main(keep=None):
         again = timed(["make", "run"], clone, log)
         status = subprocess.run([str(clone / ".venv/bin/dvc"), "status", "--quiet"], cwd=clone,
                                 env={**os.environ, "PATH": f"{clone / '.venv/bin'}:{os.environ['PATH']}"})
+        # the committed lock reproduced: nothing for git to see (False when this run records a new lock)
+        git_clean = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True,
+                                   check=True).stdout == ""
         ours_headline = (ROOT / HEADLINE).read_bytes() if (ROOT / HEADLINE).exists() else None
         same = None if ours_headline is None else ours_headline == (clone / HEADLINE).read_bytes()  # None: none here
     except subprocess.CalledProcessError:
@@ -74,6 +77,7 @@ def main(keep=None):
         shutil.rmtree(tmp, ignore_errors=True)
     write_result("pipeline", first, again, "s", {"commit": commit, "command": "make run", "profile": "default"},
                  fresh_run_s=round(first, 1), noop_rerun_s=round(again, 2), dvc_status_clean=status.returncode == 0,
+                 git_status_clean=git_clean,
                  headline_equals_checkout=same, stage_s=stages,
                  setup_s=round(first - sum(stages.values()), 1),
                  stage_s_source="each stage's last output's modification time (bench/pipeline.py stage_seconds)")
