@@ -24,7 +24,7 @@ help:
 	@echo "make push REGISTRY=<registry/namespace> - tag and push the stage images"
 	@echo "make test-images - build the images on a local Debian base (no registry) and test them (root, buildah)"
 	@echo "make run PROFILE=paper - the paper profile (profiles/paper.yaml) as a DVC experiment"
-	@echo "make remote URL=s3://bucket/prefix [ENDPOINT=http://host:port] - the DVC remote, in .dvc/config.local"
+	@echo "make remote URL=s3://bucket/prefix [ENDPOINT=http://host:port] - the team's DVC remote, in .dvc/config (commit it)"
 	@echo "make push / make pull - pipeline outputs and run-cache to / from the remote"
 	@echo "make data   - snapshot the WMDP-Bio retain corpus into data/ (when the hub is reachable) and dvc add it"
 	@echo "make exp-show / make plots - headline metrics of every experiment / the plots as HTML"
@@ -177,14 +177,17 @@ test-images: setup base-image
 	UNFORGOTTEN_TEST_IMAGES=1 UNFORGOTTEN_TEST_BUILD_SECRET=$(TEST_SECRET) $(BIN)/python -m pytest -q tests/test_images.py
 
 # --- Remote cache (DVC) ------------------------------------------------------------------------------------------
-# The remote goes in .dvc/config.local (git-ignored); credentials only from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
-# or the AWS profile. `verify` makes every pull re-hash what it downloads, so a corrupted object is an error.
+# The remote goes in the committed .dvc/config, so a teammate's clone pulls with no set-up once it is committed;
+# credentials never do: they come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the AWS profile, or
+# `dvc remote modify --local storage access_key_id ...` (.dvc/config.local, git-ignored). `verify` makes every pull
+# re-hash what it downloads, so a corrupted object is an error.
 DVC = $(BIN)/dvc
 remote:
 	@test -n "$(URL)" || { echo "make remote needs URL=s3://bucket/prefix (and ENDPOINT=http://host:port off AWS)" >&2; exit 1; }
-	$(DVC) remote add --local --default --force storage $(URL)
-	$(DVC) remote modify --local storage verify true
-	$(if $(ENDPOINT),$(DVC) remote modify --local storage endpointurl $(ENDPOINT),$(DVC) remote modify --local --unset storage endpointurl)
+	$(DVC) remote add --default --force storage $(URL)
+	$(DVC) remote modify storage verify true
+	$(if $(ENDPOINT),$(DVC) remote modify storage endpointurl $(ENDPOINT),$(DVC) remote modify --unset storage endpointurl)
+	@echo "make remote: 'storage' is the default remote in .dvc/config; commit it (git add .dvc/config) so every clone uses it"
 
 pull:
 	$(DVC) pull --run-cache

@@ -189,10 +189,13 @@ def test_a_collapse_is_called_only_when_the_perplexity_ratio_interval_clears_the
     assert low < 2.5 < high
     assert got["verdict"] == "INCONCLUSIVE" and "spans the collapse bound 2.5" in got["verdict_rule"]
     assert got["verdict_evidence"]["measurement"] == "perplexity_ratio"
-    other = {**runs["unlearned"], "perplexity": runs["unlearned"]["perplexity"][1:]}
     from stages.common.io import InputError
-    with pytest.raises(InputError, match="other retain texts"):
-        compare(runs["unlearned"]["metrics"], other, oracle, runs["retain"], THRESHOLDS, 50, 0)
+
+    texts = runs["unlearned"]["perplexity"]
+    for other in (texts[1:], [{**texts[0], "tokens": texts[0]["tokens"] + 1}, *texts[1:]], [*texts, texts[0]]):
+        with pytest.raises(InputError, match="other retain texts"):
+            compare(runs["unlearned"]["metrics"], {**runs["unlearned"], "perplexity": other}, oracle, runs["retain"],
+                    THRESHOLDS, 50, 0)
 
 
 def test_a_retain_run_without_the_positive_control_is_a_clear_error(runs):

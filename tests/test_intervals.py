@@ -123,19 +123,37 @@ def test_perplexity_and_its_ratio_are_bootstrapped_over_patients_like_a_hand_loo
     tokens = rng.integers(40, 200, len(patients)).astype(float)
     nll, reference = tokens * rng.uniform(2, 4, len(patients)), tokens * rng.uniform(1, 3, len(patients))
     weights = interval.resample_weights(patients, 400, 7)
-    loop_ppl, loop_ratio = [], []
+    loop_ppl, loop_ratio = [], []  # the mean NLL per resample, and its difference to the oracle's (log scale)
     for rows in plain_resamples(patients, 400, 7):
-        ppl = math.exp(sum(nll[rows]) / sum(tokens[rows]))
-        loop_ppl.append(ppl)
-        loop_ratio.append(ppl / math.exp(sum(reference[rows]) / sum(tokens[rows])))
+        loop_ppl.append(sum(nll[rows]) / sum(tokens[rows]))
+        loop_ratio.append(loop_ppl[-1] - sum(reference[rows]) / sum(tokens[rows]))
+
+    def exp_percentiles(values):
+        return [math.exp(np.percentile(values, 2.5)), math.exp(np.percentile(values, 97.5))]
+
     value, ci = interval.perplexity(nll, tokens, weights)
     assert value == pytest.approx(math.exp(nll.sum() / tokens.sum()))
-    assert ci == pytest.approx([np.percentile(loop_ppl, 2.5), np.percentile(loop_ppl, 97.5)])
+    assert ci == pytest.approx(exp_percentiles(loop_ppl))
     value, ci = interval.perplexity_ratio(nll, tokens, reference, tokens, weights)
     assert value == pytest.approx(math.exp(nll.sum() / tokens.sum()) / math.exp(reference.sum() / tokens.sum()))
-    assert ci == pytest.approx([np.percentile(loop_ratio, 2.5), np.percentile(loop_ratio, 97.5)])
+    assert ci == pytest.approx(exp_percentiles(loop_ratio))
     assert ci[0] < value < ci[1]
     assert interval.perplexity([], [], weights[:, :0]) == (None, [None, None])
+
+
+def test_a_broken_models_infinite_perplexity_is_a_collapse_not_a_crash_or_a_dropped_resample():
+    # one text with an infinite (or NaN) NLL: the ratio is infinite, and so is every resample that draws it, which
+    # puts the upper bound at infinity; far past float range, no OverflowError
+    patients = [f"patient-{p}" for p in range(6)]
+    tokens = np.full(6, 100.0)
+    reference = np.full(6, 200.0)
+    weights = interval.resample_weights(patients, 300, 1)
+    for broken in (np.inf, np.nan):
+        nll = np.array([300.0] * 5 + [broken])
+        value, ci = interval.perplexity_ratio(nll, tokens, reference, tokens, weights)
+        assert value == math.inf and ci[1] == math.inf and ci[0] == pytest.approx(math.e)
+    value, ci = interval.perplexity_ratio(np.full(6, 1e6), tokens, reference, tokens, weights)  # exp(9998)
+    assert value == math.inf and ci == [math.inf, math.inf]
 
 
 def test_the_paired_floor_keeps_the_pairing():

@@ -85,28 +85,35 @@ def s3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pushed(micro_repo, s3):
-    """The micro pipeline's repository with dvc.lock committed and everything pushed to the server."""
+    """The micro pipeline's repository with dvc.lock and the team's remote (`make remote`) committed, and everything
+    pushed to the server (the credentials only in the environment)."""
     repo, _ = micro_repo
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "micro results")
     make(repo, "remote", f"URL={s3['url']}", f"ENDPOINT={s3['endpoint']}")
+    git(repo, "add", ".dvc/config")
+    git(repo, "commit", "-qm", "the team's remote")
     make(repo, "push")
     return repo
 
 
 def clone(repo, path, s3):
+    """A teammate's clone: no set-up, the committed remote is the default."""
     git(repo.parent, "clone", "-q", str(repo), str(path))
-    make(path, "remote", f"URL={s3['url']}", f"ENDPOINT={s3['endpoint']}")
     return path
 
 
-def test_make_remote_writes_the_local_config_only_and_never_a_credential(pushed, s3):
-    local = (pushed / ".dvc/config.local").read_text()
-    assert s3["url"] in local and s3["endpoint"] in local and "verify = true" in local
-    assert s3["url"] not in (pushed / ".dvc/config").read_text()
+def test_make_remote_commits_the_remote_and_never_a_credential(pushed, s3, tmp_path):
+    config = (pushed / ".dvc/config").read_text()
+    assert s3["url"] in config and s3["endpoint"] in config and "verify = true" in config
+    assert "remote = storage" in config
     assert "config.local" in (pushed / ".dvc/.gitignore").read_text()
-    for path in [pushed / ".dvc/config", pushed / ".dvc/config.local", pushed / "dvc.lock"]:
-        assert SECRET not in path.read_text() and KEY not in path.read_text()
+    copy = clone(pushed, tmp_path / "teammate", s3)
+    assert dvc(copy, "remote", "list").split() == ["storage", s3["url"], "(default)"]
+    for secret in (SECRET, KEY):
+        grep = subprocess.run(["git", "grep", "-I", "-F", secret, "HEAD"], cwd=copy, capture_output=True, text=True)
+        assert grep.returncode == 1 and not grep.stdout, grep.stdout  # 1: found nowhere in the commit
+        assert secret not in (pushed / "dvc.lock").read_text()
 
 
 def test_push_then_pull_into_a_fresh_clone_restores_everything_and_recomputes_nothing(pushed, s3, tmp_path):
@@ -161,6 +168,34 @@ def test_a_profile_runs_as_an_experiment_and_exp_show_lists_the_headline_metrics
     make(pushed, "plots")
     html = (pushed / "outputs/plots/index.html").read_text()
     assert "trajectory" in html and "report.png" in html
+
+
+def test_an_experiment_travels_to_a_teammate_through_git_and_the_remote(pushed, s3, tmp_path):
+    """`dvc exp push` sends an experiment's git ref to a (bare, local) git remote and its outputs to the DVC remote;
+    a teammate's clone of that git remote gets both with `dvc exp pull`, and `dvc exp apply` restores its params
+    and outputs."""
+    names = dvc(pushed, "exp", "list", "--name-only").split()
+    if not names:  # run on its own: make the experiment the test above makes
+        (pushed / "profiles/fast.yaml").write_text("unlearn:\n  steps: 1\n")
+        make(pushed, "run", "PROFILE=fast")
+        names = dvc(pushed, "exp", "list", "--name-only").split()
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(pushed, "remote", "add", "origin", str(origin))
+    branch = git(pushed, "rev-parse", "--abbrev-ref", "HEAD").strip()
+    git(pushed, "push", "-q", "origin", f"{branch}:{branch}")
+    git(origin, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+    dvc(pushed, "exp", "push", "origin", names[0])
+    copy = clone(origin, tmp_path / "teammate", s3)
+    assert names[0] not in dvc(copy, "exp", "list", "--name-only")
+    dvc(copy, "exp", "pull", "origin", names[0])
+    assert names[0] in dvc(copy, "exp", "list", "--name-only").split()
+    dvc(copy, "exp", "apply", names[0])
+    assert yaml.safe_load((copy / "params.yaml").read_text())["unlearn"]["steps"] == 1
+    # the experiment's outputs, from the DVC remote: the same bytes the experiment left in the workspace it ran in
+    for path in ["outputs/eval/grad_ascent-f10-s42/metrics.json",
+                 "models/unlearn/grad_ascent-f10-s42/adapter_model.safetensors"]:
+        assert (copy / path).read_bytes() == (pushed / path).read_bytes(), path
 
 
 def test_the_paper_profile_expands_to_every_method_and_ratio_on_the_8b_model(tmp_path, tiny_model_dir):

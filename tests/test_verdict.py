@@ -73,6 +73,9 @@ def recoveries(relearn=(0.05, -0.05, 0.15), facts=30):
      "spans the collapse bound 2.5"),
     ({"utility": e("utility_ratio", 0.8, 0.4, 1.2)}, "INCONCLUSIVE", "utility_ratio 0.8 [0.4, 1.2] spans the "
                                                                      "collapse bound 0.5"),
+    # a lower bound at the collapse bound clears it: what decides is then the REMOVED ratio
+    ({"utility": e("utility_ratio", 0.8, 0.5, 1.2)}, "INCONCLUSIVE", "spans the utility threshold 0.9"),
+    ({"health": health((2.5, 2.0, 2.5))}, "REMOVED", "every recovery"),  # upper bound at the bound: not collapsed
     ({"health": health((2.6, 1.8, 3.5)), "utility": e("utility_ratio", 0.3, 0.2, 0.45)}, "COLLAPSED",
      "utility_ratio 0.3 [0.2, 0.45] < 0.5"),
     # forgetting margin: above, spanning
@@ -118,6 +121,7 @@ def test_final_verdict_rules(changes, verdict, phrase):
     ({"recoveries": [e("relearn_recovery@50", None, None, None, facts=30)]}, "relearn_recovery@50 cannot be measured"),
     ({"recoveries": recoveries((0.3, None, None))}, "its interval is undefined"),
     ({"utility": e("utility_ratio", None, None, None)}, "utility_ratio cannot be measured"),
+    ({"health": health((None, None, None))}, "perplexity_ratio cannot be measured"),
 ])
 def test_inconclusive_when_a_measurement_is_missing_or_rests_on_too_little(changes, phrase):
     got, rule, _ = judged(**changes)

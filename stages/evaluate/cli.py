@@ -205,6 +205,7 @@ def run(config):
         write_json(tmp / "metrics.json", flatten(results))  # DVC's flat key/value (dvc metrics show / diff)
         write_json(tmp / "run.json", {"run": config.run_name, "method": config.method or config.run_name,
                                       "forget_set": config.forget_set, "seed": config.seed})
+    perplexity = float("nan") if metrics["retain_perplexity"] is None else metrics["retain_perplexity"]
     line = (f"evaluate {config.run_name}: UR {metrics['uncertainty_ratio']:.3f}, forget accuracy "
-            f"{metrics['forget_qa_accuracy']:.3f}, retain perplexity {metrics['retain_perplexity']:.3f}")
+            f"{metrics['forget_qa_accuracy']:.3f}, retain perplexity {perplexity:.3f}")
     click.echo(line + (f" -> {metrics['verdict']} ({metrics['verdict_rule']})" if "verdict" in metrics else ""))

@@ -218,9 +218,10 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     # docs/metrics.md §E: retain perplexity over the oracle's on the same retain texts, jointly over their patients
     theirs = {r["record_id"]: r for r in oracle["perplexity"]}
     texts = run["perplexity"]
-    if {r["record_id"] for r in texts} != set(theirs):
-        raise InputError("the oracle's retain perplexity was measured on other retain texts than this model's; give "
-                         "both the same --retain-file and --retain-samples.")
+    if (len({r["record_id"] for r in texts}) != len(texts) or {r["record_id"] for r in texts} != set(theirs)
+            or any(theirs[r["record_id"]]["tokens"] != r["tokens"] for r in texts)):
+        raise InputError("the oracle's retain perplexity was measured on other retain texts (or tokens) than this "
+                         "model's; give both the same --retain-file, --retain-samples and --max-seq-length.")
     nll, tokens = (np.array([r[c] for r in texts], dtype=np.float64) for c in ("nll", "tokens"))
     o_nll, o_tokens = (np.array([theirs[r["record_id"]][c] for r in texts], dtype=np.float64)
                        for c in ("nll", "tokens"))

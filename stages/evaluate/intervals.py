@@ -114,30 +114,44 @@ def mean(values, weights):
     return float(values.mean()), percentile_interval(weighted_means(weights, values))
 
 
+BROKEN_NLL = 1e250  # a text's NLL that is infinite or NaN (a broken model): finite, so 0 x it stays 0 in a resample
+
+
+def _mean_nll(nll, tokens, weights):
+    """The token-weighted mean NLL of the texts and of each resample (NaN where a resample drew no token)."""
+    nll = np.nan_to_num(np.asarray(nll, dtype=np.float64), nan=BROKEN_NLL, posinf=BROKEN_NLL)
+    tokens = np.asarray(tokens, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return nll.sum() / tokens.sum(), (w @ nll) / (w @ tokens)
+
+
+def _exp_interval(value, resampled):
+    """exp of a log-scale estimate and of its bootstrap percentile interval (inf past float range, never an
+    error)."""
+    low, high = percentile_interval(resampled)
+    with np.errstate(over="ignore"):
+        return float(np.exp(value)), [None if low is None else float(np.exp(low)),
+                                      None if high is None else float(np.exp(high))]
+
+
 def perplexity(nll, tokens, weights):
     """exp(token-weighted mean NLL) of texts (one per patient: summed NLL and token count each) and its
-    cluster-bootstrap interval."""
-    nll, tokens = (np.asarray(x, dtype=np.float64) for x in (nll, tokens))
-    if tokens.sum() <= 0:
+    cluster-bootstrap interval (the percentiles of the resampled mean NLL, exponentiated)."""
+    if np.sum(tokens) <= 0:
         return None, [None, None]
-    w = np.asarray(weights, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        resampled = np.exp((w @ nll) / (w @ tokens))
-    return math.exp(nll.sum() / tokens.sum()), percentile_interval(resampled)
+    return _exp_interval(*_mean_nll(nll, tokens, weights))
 
 
 def perplexity_ratio(nll, tokens, reference_nll, reference_tokens, weights):
     """One model's perplexity over a reference model's on the same texts, bootstrapped jointly (each resample draws
-    one set of patients for both)."""
-    nll, tokens, reference_nll, reference_tokens = (np.asarray(x, dtype=np.float64) for x in
-                                                    (nll, tokens, reference_nll, reference_tokens))
-    if tokens.sum() <= 0 or reference_tokens.sum() <= 0:
+    one set of patients for both): exp of the difference of their mean NLLs, and the percentiles of that difference
+    over the resamples, exponentiated."""
+    if np.sum(tokens) <= 0 or np.sum(reference_tokens) <= 0:
         return None, [None, None]
-    w = np.asarray(weights, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        resampled = np.exp((w @ nll) / (w @ tokens) - (w @ reference_nll) / (w @ reference_tokens))
-    value = math.exp(nll.sum() / tokens.sum() - reference_nll.sum() / reference_tokens.sum())
-    return value, percentile_interval(resampled)
+    ours, ours_resampled = _mean_nll(nll, tokens, weights)
+    theirs, theirs_resampled = _mean_nll(reference_nll, reference_tokens, weights)
+    return _exp_interval(ours - theirs, ours_resampled - theirs_resampled)
 
 
 def newcombe(pa, ia, pb, ib):

@@ -131,6 +131,9 @@ def final_verdict(health, gap, recoveries, leak, utility, knowable, t, taught=No
         return verdict, rule, evidence
 
     ratio = health["perplexity_ratio"]
+    if ratio.value is None:
+        return result("INCONCLUSIVE", "perplexity_ratio cannot be measured: the retain texts have no answer token "
+                                      "within --max-seq-length", [ratio])
     if ratio.above(t.max_perplexity_ratio):
         return result("COLLAPSED", f"retain perplexity over the oracle's: {ratio.text()} > {t.max_perplexity_ratio}",
                       [ratio])

@@ -259,7 +259,7 @@ def plot(runs, unlearned, path):
     axes[0, 2].axhline(1.0, color="gray", linestyle="--")
     axes[0, 2].set_title("forget uncertainty ratio (base = 1)")
     axes[0, 2].tick_params(axis="x", rotation=30)
-    axes[1, 0].bar(names, [r["retain_perplexity"] for r in runs], color="tab:orange")
+    axes[1, 0].bar(names, [r["retain_perplexity"] or float("nan") for r in runs], color="tab:orange")
     axes[1, 0].set_title("retain perplexity")
     axes[1, 0].tick_params(axis="x", rotation=30)
     if unlearned:
@@ -362,8 +362,9 @@ def run(config):
     from stages.common.io import read_json
     from stages.common.plots import loss_curves, trajectories_plot
 
-    logs = sorted(Path(config.models_dir).glob("*/train_log.json"))
-    trajectories = sorted(Path(config.unlearn_dir).glob("*/trajectory.json"))
+    # the evaluated runs' own logs only: a directory that no stage of this pipeline wrote (an older run) stays out
+    logs = [p for r in runs if (p := Path(config.models_dir) / r["run"] / "train_log.json").is_file()]
+    trajectories = [p for r in unlearned if (p := Path(config.unlearn_dir) / r["run"] / "trajectory.json").is_file()]
     if logs:
         sections.append("![fine-tuning loss](training.png)\n")
     if trajectories:
