@@ -141,10 +141,13 @@ def test_a_corrupted_object_on_the_remote_is_detected_on_pull_and_not_used(pushe
     holdout = next(o for o in lock["stages"]["prepare-medical"]["outs"]
                    if o["path"] == "dataset/med_synthetic_holdout.json")
     key = f"{BUCKET}/store/files/md5/{holdout['md5'][:2]}/{holdout['md5'][2:]}"
-    assert s3["fs"].exists(key)
+    original = s3["fs"].cat(key)
     s3["fs"].pipe(key, b'[{"tampered": true}]')
-    copy = clone(pushed, tmp_path / "corrupt", s3)
-    result = make(copy, "pull", check=False)
+    try:
+        copy = clone(pushed, tmp_path / "corrupt", s3)
+        result = make(copy, "pull", check=False)
+    finally:  # the remote as it was, for the tests after this one
+        s3["fs"].pipe(key, original)
     assert result.returncode != 0
     assert "med_synthetic_holdout.json" in result.stdout + result.stderr or "corrupt" in (
         result.stdout + result.stderr).lower()
