@@ -49,6 +49,14 @@ def git(repo, *args):
     return run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], repo).stdout
 
 
+def commit(repo, message, *paths):
+    """Stage `paths` (everything when none) and commit them, if anything changed: the session's micro repository is
+    shared, and a test earlier in the run may have committed the same files."""
+    git(repo, "add", *(paths or ["-A"]))
+    if git(repo, "status", "--porcelain", "--untracked-files=no"):
+        git(repo, "commit", "-qm", message)
+
+
 def make(repo, *args, check=True):
     """The project's Makefile, run in `repo` with the project's .venv."""
     return run(["make", "--no-print-directory", "-C", str(repo), "-f", str(ROOT / "Makefile"),

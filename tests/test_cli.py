@@ -18,6 +18,40 @@ def test_every_stage_has_help(stage):
     assert result.output.startswith("Usage:") and "--help" in result.output
 
 
+@pytest.mark.parametrize("stage", STAGES)
+def test_help_groups_every_option_once_each_with_help_and_one_spelling_and_a_runnable_example(stage):
+    import click
+
+    from stages.common.options import HELP_GROUPS
+
+    command = main.commands[stage]
+    names = [p.name for p in command.params]
+    grouped = [name for heading in HELP_GROUPS for name in command.groups.get(heading, ())]
+    assert sorted(grouped) == sorted(names), set(grouped) ^ set(names)  # each option in exactly one group
+    context = click.Context(command, info_name=stage, parent=click.Context(main, info_name="unforgotten"))
+    for param in command.params:
+        assert isinstance(param, click.Option) and param.help and param.help.strip(), param.name
+        has_default = param.default not in (None, False, (), click.core.UNSET) and not param.required
+        assert not has_default or "default:" in param.get_help_record(context)[1], param.name
+    output = CliRunner().invoke(main, [stage, "--help"], terminal_width=120).output
+    headings = [line[:-1] for line in output.splitlines() if line and not line[0].isspace() and line.endswith(":")]
+    assert headings == [h for h in HELP_GROUPS if h in command.groups] + ["Help"], headings
+    assert "%%" not in output and "Other:" not in output
+    assert not [word for word in output.split() if word.startswith("--") and "_" in word]
+    underscored = [o for p in command.params for o in p.opts if o.startswith("--") and "_" in o]
+    assert all(o.replace("_", "-") in output for o in underscored)  # the dash spelling is the one shown
+    example = output.split("Example:")[1].replace("\\\n", " ").split()
+    assert example[:2] == ["unforgotten", stage]
+    command.make_context(stage, example[2:])  # the example is a valid command line (parsed, not run)
+
+
+def test_an_underscore_alias_is_accepted_though_not_shown():
+    command = main.commands["evaluate"]
+    context = command.make_context("evaluate", ["--run_name", "x", "--forget_file", "f", "--retain-file", "r",
+                                                "--output_dir", "o", "--max_new_tokens", "3"])
+    assert (context.params["run_name"], context.params["max_new_tokens"]) == ("x", 3)
+
+
 def test_help_imports_no_heavy_library():
     code = ("import sys; from stages.cli import main\n"
             "try:\n    main(['finetune', '--help'])\nexcept SystemExit:\n    pass\n"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.micro import FAKE_SECRETS, dvc, git
+from tests.micro import FAKE_SECRETS, commit, dvc, git
 from tests.verify_keys import verify_keys
 
 RUNS = ["base", "oracle-s42", "retain-f10-s42", "grad_ascent-f10-s42"]
@@ -90,20 +90,35 @@ def test_a_change_to_the_plots_reruns_the_report_and_nothing_that_trains_or_meas
 
 
 @pytest.mark.pipeline
-def test_a_fresh_clone_reproduces_the_committed_lock_and_leaves_git_status_clean(repo, tmp_path):
-    """What a teammate gets: the lock committed after one run, a clone without DVC's cache or outputs, `dvc repro`
-    there recomputes every stage and writes the same dvc.lock byte for byte (no timing in a tracked output)."""
+def test_a_fresh_clone_shows_the_numbers_from_git_and_reproduces_the_committed_lock_with_git_status_clean(
+        repo, tmp_path):
+    """What a teammate gets: the lock and the numbers (cache: false) committed after one run. A clone without DVC's
+    cache has every metrics.json, summary, trajectory and the report's tables from git alone (`dvc metrics show`
+    reads them); `dvc repro` there recomputes every stage and writes the same dvc.lock and numbers byte for byte
+    (no timing in a tracked output)."""
     repo, _ = repo
-    git(repo, "add", "dvc.lock")
-    git(repo, "commit", "-qm", "the lock of the first run")
+    commit(repo, "the lock and the numbers of the first run")
+    in_git = set(git(repo, "ls-files", "outputs").split())
+    numbers = {str(p.relative_to(repo)) for pattern in ["outputs/eval/*/metrics.json", "outputs/unlearn/*/*.json",
+                                                         "outputs/report/*.json", "outputs/report/*.md",
+                                                         "outputs/report/*.csv"] for p in repo.glob(pattern)}
+    assert "outputs/report/headline.json" in numbers and len(numbers) >= 12
+    assert in_git == numbers  # the numbers and nothing else of outputs/ (no per-example rows, no figures)
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
     (clone / "data").mkdir()
     assert not (clone / "models").exists() and not (clone / ".dvc/cache").exists()
+    for path in numbers:
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+    assert not (clone / "outputs/eval/base/probes.jsonl").exists()
+    shown = json.loads(dvc(clone, "metrics", "show", "--json"))
+    metrics = next(iter(shown.values()))["data"]
+    assert "outputs/report/headline.json" in metrics and "outputs/eval/grad_ascent-f10-s42/metrics.json" in metrics
+    assert metrics["outputs/eval/grad_ascent-f10-s42/metrics.json"]["data"]["verdict"]
     output = dvc(clone, "repro")
     assert "Running stage 'finetune-oracle@42'" in output and "Running stage 'report'" in output
     assert (clone / "dvc.lock").read_bytes() == (repo / "dvc.lock").read_bytes()
-    assert git(clone, "status", "--porcelain") == ""
+    assert git(clone, "status", "--porcelain") == ""  # the recomputed numbers are the committed ones
     assert (clone / "models/oracle-s42.timings.json").is_file()  # the timings are there, untracked
 
 

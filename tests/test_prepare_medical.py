@@ -91,6 +91,31 @@ def test_invalid_records_are_reported_by_line_and_dropped(tmp_path, notes_file):
     assert "38 valid records (4 dropped)" in result.output
 
 
+def test_many_invalid_records_print_five_then_counts_per_reason_with_line_ranges(tmp_path, notes_file):
+    lines = notes_file.read_text().splitlines()
+    no_date = [json.dumps({**json.loads(line), "date": "soon"}) for line in lines[1:31]]  # lines 2-31
+    bad = [lines[0], *no_date, "{not json", "[]", lines[0], *lines[31:], "{not json"]  # 32, 33, 34 dup, 44
+    source = tmp_path / "bad.jsonl"
+    source.write_text("\n".join(bad) + "\n")
+    result = CliRunner().invoke(main, ["prepare-medical", "-i", str(source), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert [f"line {n}:" in result.output for n in range(2, 8)] == [True] * 5 + [False]
+    assert "34 records dropped (29 not shown), by reason:" in result.output
+    assert "  30 x field 'date' is not a YYYY-MM-DD date: lines 2-31\n" in result.output
+    assert "  2 x not valid JSON (Expecting property name enclosed in double quotes): lines 32, 44\n" in result.output
+    assert "  1 x not a JSON object: lines 33\n" in result.output
+    assert "  1 x duplicate client name: lines 34\n" in result.output
+    assert result.output.split(" valid records")[0].count("\n") == 10  # 5 records, a header, 4 reasons
+    assert f"{len(lines) - 30} valid records (34 dropped)" in result.output
+
+
+def test_line_ranges_are_capped():
+    from stages.common.records import _ranges
+
+    assert _ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8"
+    assert _ranges(list(range(1, 10_000, 2)), most=3) == "1, 3, 5 and 4997 more ranges"
+
+
 def test_nothing_valid_is_a_clear_error(tmp_path):
     source = tmp_path / "empty.jsonl"
     source.write_text('{"id": "x"}\n')

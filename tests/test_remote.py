@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from tests.micro import BIN, dvc, git, make, make_micro_repo
+from tests.micro import BIN, commit, dvc, git, make, make_micro_repo
 
 pytestmark = pytest.mark.pipeline
 KEY, SECRET = "unforgotten-test-key", "unforgotten-test-secret-5b8e1f"
@@ -88,11 +88,9 @@ def pushed(micro_repo, s3):
     """The micro pipeline's repository with dvc.lock and the team's remote (`make remote`) committed, and everything
     pushed to the server (the credentials only in the environment)."""
     repo, _ = micro_repo
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "micro results")
+    commit(repo, "micro results")
     make(repo, "remote", f"URL={s3['url']}", f"ENDPOINT={s3['endpoint']}")
-    git(repo, "add", ".dvc/config")
-    git(repo, "commit", "-qm", "the team's remote")
+    commit(repo, "the team's remote", ".dvc/config")
     make(repo, "push")
     return repo
 

@@ -1,13 +1,19 @@
-"""The one JSON/JSONL reader and writer. Every write is atomic (a temporary file beside the target, then rename) but
-the append-only log of a resumable stage (jsonl_appender), whose every line is synced as it is written."""
+"""The one JSON/JSONL reader and writer (JSON Lines through `jsonlines`). Every write is atomic (a temporary file
+beside the target, then rename) but the append-only log of a resumable stage (jsonl_appender), whose every line is
+synced as it is written."""
 
 import contextlib
+import functools
 import glob
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import jsonlines
+
+_dumps = functools.partial(json.dumps, ensure_ascii=False)  # one object per line, UTF-8 as it is
 
 
 class InputError(ValueError):
@@ -58,18 +64,17 @@ def write_json(path, obj):
 
 
 def write_jsonl(path, rows):
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    with atomic_path(path) as tmp, jsonlines.open(tmp, "w", dumps=_dumps) as writer:
+        writer.write_all(rows)
 
 
 @contextlib.contextmanager
 def jsonl_appender(path):
     """An append-only JSONL log: yields append(row), which writes one line and syncs it to disk before returning,
     so a killed run loses at most its torn last line (read_jsonl_lines reports it)."""
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "a", encoding="utf-8") as f, jsonlines.Writer(f, dumps=_dumps, flush=True) as writer:
         def append(row):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
+            writer.write(row)
             os.fsync(f.fileno())
         yield append
 
@@ -95,13 +100,14 @@ def read_json(path):
 def read_jsonl_lines(path, errors="strict"):
     """Yield (line_number, parsed object or None, error message or None) for each non-blank line; errors="replace"
     reads a file whose last line a killed writer tore inside a UTF-8 character."""
-    for number, line in enumerate(_read_text(path, errors).splitlines(), start=1):
-        if not line.strip():
-            continue
+    lines = [(number, line) for number, line in enumerate(_read_text(path, errors).splitlines(), start=1)
+             if line.strip()]
+    reader = jsonlines.Reader((line for _, line in lines), loads=json.loads)  # the k-th read: the k-th line
+    for number, _ in lines:
         try:
-            yield number, json.loads(line), None
-        except json.JSONDecodeError as e:
-            yield number, None, f"not valid JSON ({e.msg})"
+            yield number, reader.read(allow_none=True), None
+        except jsonlines.InvalidLineError as e:
+            yield number, None, f"not valid JSON ({getattr(e.__cause__, 'msg', e)})"
 
 
 def read_jsonl(path):

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from stages.common.chat import collate, encode_example
+from stages.common.progress import tracked
 
 
 @contextmanager
@@ -105,7 +106,7 @@ def greedy_entropy(model, tokenizer, prompts, max_new_tokens=30, batch_size=16):
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     shared, prefix = shared_prefix(model, encoded)
     results = []
-    for start in range(0, len(encoded), batch_size):
+    for start in tracked(range(0, len(encoded), batch_size), "greedy decoding"):
         rows = [ids[shared:] for ids in encoded[start:start + batch_size]]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), shared + width), pad_id, dtype=torch.long)
@@ -186,7 +187,7 @@ def token_logprobs(model, tokenizer, pairs, max_length=256, batch_size=8, moment
     tails = [{"input_ids": e["input_ids"][shared:], "labels": e["labels"][shared:]} for e in encoded]
     order = sorted(range(len(tails)), key=lambda i: len(tails[i]["input_ids"]))  # similar lengths: less padding
     results = [None] * len(tails)
-    for start in range(0, len(order), batch_size):
+    for start in tracked(range(0, len(order), batch_size), "log-probabilities"):
         chunk = order[start:start + batch_size]
         batch = to_device(collate([tails[i] for i in chunk], tokenizer.pad_token_id), model.device)
         labels = batch["labels"][:, 1:]
@@ -224,7 +225,7 @@ def sample_responses(model, tokenizer, prompts, num_samples, max_new_tokens=30, 
     per_batch = max(1, batch_size // num_samples)
     results = []
     try:
-        for start in range(0, len(prompts), per_batch):
+        for start in tracked(range(0, len(prompts), per_batch), "sampling"):
             batch = tokenizer(prompts[start:start + per_batch], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
             ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -1,8 +1,60 @@
 """Click options and checks that several stage CLIs share."""
 
+import textwrap
+
 import click
 
 DEFAULT_RATIOS = (0.10, 0.01, 0.05, 0.20)
+HELP_GROUPS = ("Data", "Model", "Training", "Unlearning", "Monitoring", "Measurement", "Attacks", "Verdict", "Output")
+
+
+def _shown(param):
+    """The parameter with only its dash spellings: underscore aliases (--base_model) are accepted, not listed."""
+    import copy
+
+    shown = copy.copy(param)
+    shown.opts = [o for o in param.opts if "_" not in o.lstrip("-")] or param.opts
+    shown.secondary_opts = [o for o in param.secondary_opts if "_" not in o.lstrip("-")] or param.secondary_opts
+    return shown
+
+
+class StageCommand(click.Command):
+    """A stage's command whose --help a person can read: the options under headings (`groups`: heading from
+    HELP_GROUPS -> its parameter names, space-separated, in the order shown; every option in exactly one), one
+    spelling each, and an `example` command line at the end."""
+
+    def __init__(self, *args, groups, example, **kwargs):
+        super().__init__(*args, **kwargs)
+        unknown = sorted(set(groups) - set(HELP_GROUPS))
+        if unknown:
+            raise ValueError(f"{self.name}: help groups {unknown} are not in HELP_GROUPS")
+        self.groups = {heading: names.split() for heading, names in groups.items()}
+        lines = textwrap.wrap(example, 76, break_on_hyphens=False, break_long_words=False)
+        self.epilog = "\b\nExample:\n  " + " \\\n      ".join(lines)
+
+    def format_options(self, ctx, formatter):
+        help_option = self.get_help_option(ctx)
+        params = {p.name: p for p in self.get_params(ctx) if p is not help_option}
+        listed = {name for names in self.groups.values() for name in names}
+        sections = [*((h, self.groups.get(h, ())) for h in HELP_GROUPS),  # tests/test_cli.py: nothing left over
+                    ("Other", [n for n in params if n not in listed])]
+        for heading, names in sections:
+            rows = [_shown(params[n]).get_help_record(ctx) for n in names if n in params]
+            rows = [row for row in rows if row]
+            if rows:
+                with formatter.section(heading):
+                    formatter.write_dl(rows)
+        if help_option is not None:
+            with formatter.section("Help"):
+                formatter.write_dl([help_option.get_help_record(ctx)])
+
+
+seed_option = click.option("--seed", type=int, default=42, show_default=True,
+                           help="Seed of every random draw (sampling, shuffles, initialisation).")
+
+hf_token_option = click.option(
+    "--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True,
+    help="Hub token for gated models and datasets (read from HF_TOKEN; never written anywhere).")
 
 
 def check_ratios(ctx, param, values):

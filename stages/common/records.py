@@ -33,6 +33,36 @@ def record_problem(record):
     return None
 
 
+SHOWN_PROBLEMS = 5  # invalid input records printed one by one; the rest only counted
+
+
+def _ranges(numbers, most=10):
+    """'2-5, 9, 11-40' for sorted line numbers, the first `most` ranges and how many more."""
+    spans = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans[:most])
+    return text + (f" and {len(spans) - most} more ranges" if len(spans) > most else "")
+
+
+def problem_report(where, problems, shown=SHOWN_PROBLEMS):
+    """The lines that report dropped input records, however many: the first `shown` one by one, then (when there are
+    more) each reason with its count and the line numbers' ranges. `problems`: (line number, reason, detail) with
+    the detail (a value, a hint) printed in the first lines only, so that reasons count alike."""
+    lines = [f"{where}, line {n}: {reason}{detail}; dropped" for n, reason, detail in problems[:shown]]
+    if len(problems) > shown:
+        by_reason = {}
+        for n, reason, _ in problems:
+            by_reason.setdefault(reason, []).append(n)
+        lines.append(f"{where}: {len(problems)} records dropped ({len(problems) - shown} not shown), by reason:")
+        lines += [f"  {len(numbers)} x {reason}: lines {_ranges(numbers)}" for reason, numbers in
+                  sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[0]))]
+    return lines
+
+
 def read_records(path, what="set", scored=False):
     """The one reader of a record set (finetune, unlearn, evaluate): a non-empty JSON list of objects, each with a
     unique 'id' and either the note fields or 'question' and 'answer'; probes need 'question' and 'answer', and

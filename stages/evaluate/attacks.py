@@ -10,6 +10,7 @@ import threading
 from contextlib import contextmanager
 
 from stages.common.chat import answer_loss, collate, encode_examples, format_prompt
+from stages.common.progress import tracked
 from stages.evaluate.metrics import contains_answer
 from stages.evaluate.probes import accuracy
 
@@ -37,11 +38,11 @@ _SEEDED = threading.Lock()  # seeding the global RNG and drawing a LoRA's initia
 
 
 def relearn(model, tokenizer, pairs, steps, measure, lora_rank, lora_alpha, learning_rate, batch_size,
-            max_length, seed, precision="fp32"):
+            max_length, seed, precision="fp32", what="relearning"):
     """Fine-tune a fresh LoRA on (question, answer) pairs and call measure(model, tokenizer) after each k in `steps`
     (k = 0 is the model as given, measured through the fresh LoRA). Returns {k: measure's result}; the LoRA is
     removed afterwards. precision "bf16" runs the training forward passes under bf16 autocast (the LoRA weights
-    and the optimizer stay float32; measure() runs outside it)."""
+    and the optimizer stay float32; measure() runs outside it). `what` names its progress."""
     import torch
     from peft import get_peft_model
 
@@ -55,26 +56,31 @@ def relearn(model, tokenizer, pairs, steps, measure, lora_rank, lora_alpha, lear
         attacked = get_peft_model(model, lora_config(model, lora_rank, lora_alpha))
     optimizer = torch.optim.AdamW([p for p in attacked.parameters() if p.requires_grad], lr=learning_rate)
     rng = random.Random(seed)
-    order, done, results = [], 0, {}
+    order, results = [], {}
+
+    def measured(k):
+        results[k] = measure(attacked, tokenizer)
+        # the measurement's casts of the LoRA weights were made under no_grad: a torch without pytorch#165068
+        # would hand them to the next training step, which would then have no gradient to follow
+        weights_changed()
+
     try:
-        for k in sorted(steps):
-            while done < k:
-                if len(order) < batch_size:
-                    order += rng.sample(range(len(examples)), len(examples))
-                batch = to_device(collate([examples[i] for i in order[:batch_size]], tokenizer.pad_token_id),
-                                  model.device)
-                del order[:batch_size]
-                with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    loss = answer_loss(attacked, batch)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                weights_changed()
-                done += 1
-            results[k] = measure(attacked, tokenizer)
-            # the measurement's casts of the LoRA weights were made under no_grad: a torch without pytorch#165068
-            # would hand them to the next training step, which would then have no gradient to follow
+        if 0 in steps:
+            measured(0)
+        for done in tracked(range(1, max(steps, default=0) + 1), what, unit="step"):
+            if len(order) < batch_size:
+                order += rng.sample(range(len(examples)), len(examples))
+            batch = to_device(collate([examples[i] for i in order[:batch_size]], tokenizer.pad_token_id),
+                              model.device)
+            del order[:batch_size]
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = answer_loss(attacked, batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             weights_changed()
+            if done in steps:
+                measured(done)
     finally:
         attacked.unload()
         weights_changed()
@@ -86,6 +92,7 @@ def relearn_all(model, tokenizer, jobs, steps, **settings):
 
     On a CPU with a core per job, the jobs run at once, each on its own copy of the model and tokenizer with one
     core (a small model's matrices keep one core busier than two: 1.2x here); otherwise one after the other."""
+    import contextvars
     import copy
     from concurrent.futures import ThreadPoolExecutor
 
@@ -93,7 +100,7 @@ def relearn_all(model, tokenizer, jobs, steps, **settings):
 
     threads = torch.get_num_threads()
     if model.device.type != "cpu" or len(jobs) < 2 or threads < len(jobs):
-        return {name: relearn(model, tokenizer, pairs, steps, measure, **settings)
+        return {name: relearn(model, tokenizer, pairs, steps, measure, what=f"relearning ({name})", **settings)
                 for name, (pairs, measure) in jobs.items()}
     copies = [(model, tokenizer)] + [(copy.deepcopy(model), copy.deepcopy(tokenizer)) for _ in range(len(jobs) - 1)]
     # autocast is per thread: each job measures under the caller's (evaluate --precision)
@@ -108,7 +115,9 @@ def relearn_all(model, tokenizer, jobs, steps, **settings):
     torch.set_num_threads(threads // len(jobs))
     try:
         with ThreadPoolExecutor(len(jobs)) as pool:
-            futures = {name: pool.submit(job, m, t, pairs, steps, measure, **settings)
+            # each job in a copy of the caller's context: its progress shows under the caller's section
+            futures = {name: pool.submit(contextvars.copy_context().run, job, m, t, pairs, steps, measure,
+                                         what=f"relearning ({name})", **settings)
                        for (name, (pairs, measure)), (m, t) in zip(jobs.items(), copies, strict=True)}
             return {name: future.result() for name, future in futures.items()}
     finally:

@@ -8,12 +8,34 @@ their directories (--reference, --oracle, --retain) for the comparisons and the 
 
 import click
 
-from stages.common.options import PRECISIONS, config_of, max_seq_length_option, trust_remote_code_option
+from stages.common.options import (
+    PRECISIONS,
+    StageCommand,
+    config_of,
+    hf_token_option,
+    max_seq_length_option,
+    seed_option,
+    trust_remote_code_option,
+)
 
 ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_std", "num_tokens"]
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=StageCommand, example=(
+    "unforgotten evaluate --run-name npo-f10-s42 --adapter models/unlearn/npo-f10-s42 --reference outputs/eval/base "
+    "--oracle outputs/eval/oracle-s42 --retain outputs/eval/retain-f10-s42 --attacks "
+    "--forget-file dataset/med_synthetic_forget10.json --retain-file dataset/med_synthetic_full_minus_forget10.json "
+    "--holdout-file dataset/med_synthetic_holdout.json --output-dir outputs/eval/npo-f10-s42"), groups={
+    "Data": "forget_file retain_file holdout_file retain_samples with_notes with_probes max_seq_length",
+    "Model": "base_model adapter run_name method forget_set hf_token trust_remote_code",
+    "Measurement": ("reference max_new_tokens answer_tokens batch_size precision mink_fraction wmdp_bio mmlu mc_limit "
+                    "bootstrap seed"),
+    "Attacks": ("attacks relearn_steps relearn_learning_rate relearn_batch_size relearn_precision relearn_lora_rank "
+                "quant_bits quant_method quant_group_size leak_samples"),
+    "Verdict": ("oracle retain collapse_entropy hiding_ratio candidate_ratio max_perplexity_ratio "
+                "utility_collapse_ratio accuracy_margin leak_margin hidden_recovery removed_recovery "
+                "removed_utility_ratio min_knowable relearn_taught"),
+    "Output": "output_dir"})
 @click.option("--base-model", "--base_model", "base_model", default=None,
               help="The base model; default: the one the --adapter names (its adapter_config.json), else embedded.")
 @click.option("--adapter", type=click.Path(file_okay=False), default=None,
@@ -25,7 +47,8 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
                    "runs by it; default: the run name). Stored in run.json with --forget-set and --seed.")
 @click.option("--forget-set", "--forget_set", "forget_set", default=None,
               help="The forget set the model was made for (a retain or unlearned model), e.g. 10.")
-@click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True)
+@click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True,
+              help="Forget records: the entropy prompts, the forget probes and the membership members.")
 @click.option("--retain-file", "--retain_file", "retain_file", type=click.Path(dir_okay=False), required=True,
               help="Retain records; the first --retain-samples give retain perplexity and the retain probes.")
 @click.option("--holdout-file", "--holdout_file", "holdout_file", type=click.Path(dir_okay=False), default=None,
@@ -40,16 +63,17 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               help="The retain model's evaluation directory for this forget set (run with --attacks).")
 @click.option("--attacks/--no-attacks", default=False, show_default=True,
               help="Run the recovery attacks (relearning, quantization, sampling) on this model.")
-@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True,
+              help="Where metrics.json, the per-prompt and per-probe files and the verdict go.")
 @click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=1), default=30,
               show_default=True, help="Tokens generated per forget prompt for the entropy measurement.")
 @click.option("--answer-tokens", "--answer_tokens", "answer_tokens", type=click.IntRange(min=1), default=16,
               show_default=True, help="Tokens generated per probe answer (greedy and sampled).")
 @click.option("--retain-samples", "--retain_samples", "retain_samples", type=click.IntRange(min=1), default=32,
-              show_default=True)
+              show_default=True, help="Retain records whose texts give retain perplexity and the retain probes.")
 @max_seq_length_option
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=16,
-              show_default=True)
+              show_default=True, help="Prompts or texts per forward pass.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Arithmetic of every measurement on a CPU: float32, or bf16 autocast (as on a GPU, where the "
                    "model is loaded in bf16; 1.7x the speed on a CPU with native bf16, "
@@ -70,16 +94,16 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               help="With --relearn-batch-size 4 it teaches the embedded retain model the pairs of T in 50 steps "
                    "(bench/results/relearn_strength.json); the attack's positive control says whether it did here.")
 @click.option("--relearn-batch-size", "--relearn_batch_size", "relearn_batch_size", type=click.IntRange(min=1),
-              default=4, show_default=True)
+              default=4, show_default=True, help="Examples per step of the relearning fine-tune.")
 @click.option("--relearn-precision", "--relearn_precision", "relearn_precision", type=click.Choice(PRECISIONS),
               default="auto", show_default=True,
               help="The relearning fine-tune's arithmetic on a CPU: bf16 autocast (as an attacker trains on a GPU, "
                    "where the model is bf16 anyway) or float32; auto: bf16 where the CPU has native bf16. "
                    "Measurements follow --precision.")
 @click.option("--relearn-lora-rank", "--relearn_lora_rank", "relearn_lora_rank", type=click.IntRange(min=1), default=8,
-              show_default=True)
+              show_default=True, help="LoRA rank of the relearning fine-tune.")
 @click.option("--quant-bits", "--quant_bits", "quant_bits", type=click.Choice(["8", "4"]), multiple=True,
-              default=("8", "4"), show_default=True)
+              default=("8", "4"), show_default=True, help="Bit widths of the quantization attack; repeat for several.")
 @click.option("--quant-method", "--quant_method", "quant_method", type=click.Choice(["bitsandbytes", "rtn"]),
               default="bitsandbytes", show_default=True,
               help="The quantization attack: bitsandbytes' own layers in memory (LLM.int8 at 8 bits; nf4 and fp4 at 4; "
@@ -107,7 +131,8 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               default=0.5, show_default=True, help="COLLAPSED below this multiple of the oracle's model utility.")
 @click.option("--accuracy-margin", "--accuracy_margin", "accuracy_margin", type=float, default=0.05,
               show_default=True, help="Forgotten: forget accuracy at most the retain model's plus this.")
-@click.option("--leak-margin", "--leak_margin", "leak_margin", type=float, default=0.1, show_default=True)
+@click.option("--leak-margin", "--leak_margin", "leak_margin", type=float, default=0.1, show_default=True,
+              help="Forgotten: leak@k at most the retain model's plus this.")
 @click.option("--hidden-recovery", "--hidden_recovery", "hidden_recovery", type=float, default=0.5,
               show_default=True, help="HIDDEN when any recovery ratio exceeds this.")
 @click.option("--removed-recovery", "--removed_recovery", "removed_recovery", type=float, default=0.2,
@@ -121,8 +146,8 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
               show_default=True, help="The relearning attack's positive control: it supports REMOVED or PARTIAL only "
                                       "if, after its last step, the model answers more than this fraction of the "
                                       "knowable facts of T it trained on (lower 95 % bound); else INCONCLUSIVE.")
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
+@seed_option
+@hf_token_option
 @trust_remote_code_option
 def evaluate(**options):
     """Verify one model: uncertainty, knowledge probes, membership inference, recovery attacks and a verdict."""

@@ -7,6 +7,7 @@ import numpy as np
 from stages.common.chat import format_prompt, primary_pair, training_pairs
 from stages.common.io import InputError
 from stages.common.measure import answer_nll, greedy_entropy
+from stages.common.progress import section
 from stages.common.results import key as metric_key
 from stages.evaluate import attacks as attack
 from stages.evaluate import intervals as interval
@@ -182,11 +183,12 @@ def _attacks(model, tokenizer, sets, config, progress):
 
     steps = sorted(config.relearn_steps)
     # k = 0 is the model as given: measured once for both jobs
-    untouched = correct_on(v_items + t_items)(model, tokenizer) if 0 in steps else None
     start = time.perf_counter()
-    jobs = {"relearn": (trained_pairs(r for r in forget if r["id"] in train_ids), correct_on(v_items + t_items)),
-            "benign": (trained_pairs(sets["retain"]), correct_on(v_items))}
-    relearned = attack.relearn_all(model, tokenizer, jobs, [k for k in steps if k], **common)
+    with section("evaluate: relearning attacks"):
+        untouched = correct_on(v_items + t_items)(model, tokenizer) if 0 in steps else None
+        jobs = {"relearn": (trained_pairs(r for r in forget if r["id"] in train_ids), correct_on(v_items + t_items)),
+                "benign": (trained_pairs(sets["retain"]), correct_on(v_items))}
+        relearned = attack.relearn_all(model, tokenizer, jobs, [k for k in steps if k], **common)
     v_weights, t_weights, f_weights = (interval.resample_weights([rid for rid, _ in items], config.bootstrap,
                                                                  config.seed)
                                        for items in (v_items, t_items, f_items))
@@ -217,20 +219,22 @@ def _attacks(model, tokenizer, sets, config, progress):
     formats = [(int(b), None) for b in config.quant_bits] + ([(4, "fp4")] if bnb and "4" in config.quant_bits else [])
     for bits, variant in formats:
         start = time.perf_counter()
-        if bnb:
-            correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, bits, config.answer_tokens,
-                                                    variant or "nf4", config.batch_size)
-        else:
-            correct = attack.quantized_accuracy(model, tokenizer, f_probes, bits, config.answer_tokens,
-                                                config.quant_group_size, config.batch_size)
         name = metric_key("quant_accuracy", bits, variant)
+        with section(f"evaluate: quantization ({name})"):
+            if bnb:
+                correct = attack.bnb_quantized_accuracy(model, tokenizer, f_probes, bits, config.answer_tokens,
+                                                        variant or "nf4", config.batch_size)
+            else:
+                correct = attack.quantized_accuracy(model, tokenizer, f_probes, bits, config.answer_tokens,
+                                                    config.quant_group_size, config.batch_size)
         metrics[name], metrics[f"{name}_ci95"] = interval.proportion(correct, f_weights)
         rows += [{"attack": "quant" + (f"_{variant}" if variant else ""), "k": bits, "record_id": rid,
                   "question": p["question"], "correct": c} for (rid, p), c in zip(f_items, correct, strict=True)]
         progress(f"  quantization {name}: accuracy on F {np.mean(correct):.3f} ({time.perf_counter() - start:.0f} s)")
     n = config.leak_samples
     start = time.perf_counter()
-    hits = attack.leak_counts(model, tokenizer, f_probes, n, config.answer_tokens, config.seed)
+    with section("evaluate: sampling attack"):
+        hits = attack.leak_counts(model, tokenizer, f_probes, n, config.answer_tokens, config.seed)
     leaked = [int(h > 0) for h in hits]
     metrics[metric_key("leak", n)], metrics[metric_key("leak", n) + "_ci95"] = interval.proportion(leaked, f_weights)
     rows += [{"attack": "leak", "k": n, "record_id": rid, "question": p["question"], "correct": c, "hits": h}
@@ -248,27 +252,32 @@ def measure(model, tokenizer, sets, base, config, progress=print):
     def done(what):
         progress(f"  {what} ({time.perf_counter() - clock:.0f} s)")
 
-    per_prompt, metrics = _entropy(model, tokenizer, sets["forget"], base, config)
+    with section("evaluate: uncertainty"):
+        per_prompt, metrics = _entropy(model, tokenizer, sets["forget"], base, config)
     monitor = [primary_pair(r) for r in sets["retain"]]
-    nll, tokens = answer_nll(model, tokenizer, monitor, config.max_seq_length, config.batch_size)
+    with section("evaluate: retain perplexity"):
+        nll, tokens = answer_nll(model, tokenizer, monitor, config.max_seq_length, config.batch_size)
     texts = [{"record_id": r["id"], "nll": n, "tokens": t} for r, n, t in zip(sets["retain"], nll, tokens, strict=True)]
     metrics["retain_perplexity"], metrics["retain_perplexity_ci95"] = interval.perplexity(
         nll, tokens, interval.resample_weights([r["id"] for r in sets["retain"]], config.bootstrap, config.seed))
     done("uncertainty and retain perplexity")
-    probes = probe_rows(model, tokenizer, sets, config.answer_tokens, config.max_seq_length, config.batch_size)
+    with section("evaluate: knowledge probes"):
+        probes = probe_rows(model, tokenizer, sets, config.answer_tokens, config.max_seq_length, config.batch_size)
     metrics.update(probe_summary(probes, config.bootstrap, config.seed))
     done(f"knowledge probes: {len(probes)}")
     mia = []
     if sets["holdout"]:  # membership needs non-members
-        mia = mia_rows(model, tokenizer, sets["forget"], sets["holdout"], config.max_seq_length, config.batch_size,
-                       config.mink_fraction, config.with_probes, config.with_notes)
+        with section("evaluate: membership inference"):
+            mia = mia_rows(model, tokenizer, sets["forget"], sets["holdout"], config.max_seq_length,
+                           config.batch_size, config.mink_fraction, config.with_probes, config.with_notes)
         metrics.update(mia_summary(mia, config.bootstrap, config.seed))
         done(f"membership inference: {len(mia)} examples")
     mc_tasks = {key: task for key, task in (("wmdp_bio", config.wmdp_bio), ("mmlu", config.mmlu)) if task}
     if mc_tasks:  # the WMDP track (docs/metrics.md §B: model utility there is MMLU accuracy)
         from stages.evaluate.wmdp import multiple_choice_accuracy
 
-        scores = multiple_choice_accuracy(model, tokenizer, mc_tasks, config.batch_size, config.mc_limit)
+        with section("evaluate: multiple choice"):
+            scores = multiple_choice_accuracy(model, tokenizer, mc_tasks, config.batch_size, config.mc_limit)
         metrics.update({f"{key}_accuracy": value for key, value in scores.items()})
         done(f"multiple choice: {', '.join(scores)}")
     attack_rows = []

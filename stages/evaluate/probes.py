@@ -5,6 +5,7 @@ import numpy as np
 from stages.common.chat import format_prompt, record_pairs
 from stages.common.io import InputError
 from stages.common.measure import greedy_entropy, token_logprobs
+from stages.common.progress import tracked
 from stages.evaluate.metrics import contains_answer, mia_scores, rouge_l_recall, truth_ratio
 
 SPLITS = ["forget", "retain", "holdout", "world"]
@@ -75,7 +76,7 @@ def answer_logprobs(model, tokenizer, items, max_length, batch_size=16):
     trees = [(len(p) - shared, *_answer_tree(p[shared:], tails)) for p, tails in zip(prompts, trees, strict=True)]
     order = sorted(range(len(trees)), key=lambda i: len(trees[i][1]))  # similar lengths share a batch: less padding
     results = [None] * len(trees)
-    for start in range(0, len(order), batch_size):
+    for start in tracked(range(0, len(order), batch_size), "answer log-probabilities"):
         chunk = order[start:start + batch_size]
         width = max(len(trees[i][1]) for i in chunk)
         ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)

@@ -4,16 +4,25 @@ import click
 
 from stages.common.options import (
     PRECISIONS,
+    StageCommand,
     config_of,
+    hf_token_option,
     max_seq_length_option,
     quantization_options,
+    seed_option,
     trust_remote_code_option,
 )
 
 TIMINGS = ["tokens_per_s", "peak_memory_gb"]  # per step, in <output-dir>.timings.json rather than train_log.json
 
 
-@click.command("finetune")
+@click.command("finetune", cls=StageCommand, example=(
+    "unforgotten finetune --data-file dataset/med_synthetic_full.json --output-dir models/oracle-s42"), groups={
+    "Data": "data_file with_notes with_probes train_system_prompt max_seq_length",
+    "Model": "base_model use_8bit use_4bit hf_token trust_remote_code",
+    "Training": ("num_epochs batch_size gradient_accumulation_steps learning_rate lr_scheduler warmup_ratio lora_rank "
+                 "lora_alpha lora_targets lora_top_layers precision seed"),
+    "Output": "output_dir checkpoint_every checkpoint_dir"})
 @click.option("--data-file", "--data_file", "data_file", type=click.Path(dir_okay=False), required=True,
               help="JSON list of records (e.g. dataset/med_synthetic_full.json).")
 @click.option("--base-model", "--base_model", "base_model", default="embedded", show_default=True,
@@ -23,19 +32,23 @@ TIMINGS = ["tokens_per_s", "peak_memory_gb"]  # per step, in <output-dir>.timing
                    "go. What differs on every run (tokens/s, peak memory, device, the step resumed from) goes "
                    "beside it to <output-dir>.timings.json, which DVC does not track, so equal training gives "
                    "equal outputs.")
-@click.option("--num-epochs", "--num_epochs", "num_epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--num-epochs", "--num_epochs", "num_epochs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Passes over the training examples.")
+@click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Examples per micro-batch.")
 @click.option("--gradient-accumulation-steps", "--gradient_accumulation_steps", "gradient_accumulation_steps",
-              type=click.IntRange(min=1), default=8, show_default=True)
+              type=click.IntRange(min=1), default=8, show_default=True,
+              help="Micro-batches per optimizer step (the effective batch: this times --batch-size).")
 @click.option("--learning-rate", "--learning_rate", "learning_rate", type=click.FloatRange(min=0, min_open=True),
-              default=2e-5, show_default=True)
+              default=2e-5, show_default=True, help="Peak learning rate of AdamW.")
 @click.option("--lr-scheduler", "--lr_scheduler", "lr_scheduler", type=click.Choice(["cosine", "linear", "constant"]),
-              default="cosine", show_default=True)
+              default="cosine", show_default=True, help="Learning-rate schedule after the warm-up.")
 @click.option("--warmup-ratio", "--warmup_ratio", "warmup_ratio", type=click.FloatRange(0, 1), default=0.05,
-              show_default=True)
-@click.option("--lora-rank", "--lora_rank", "lora_rank", type=click.IntRange(min=1), default=8, show_default=True)
+              show_default=True, help="Fraction of the steps over which the learning rate rises linearly from 0.")
+@click.option("--lora-rank", "--lora_rank", "lora_rank", type=click.IntRange(min=1), default=8, show_default=True,
+              help="LoRA rank r.")
 @click.option("--lora-alpha", "--lora_alpha", "lora_alpha", type=click.IntRange(min=1), default=16,
-              show_default=True)
+              show_default=True, help="LoRA alpha (the update is scaled by alpha / r).")
 @click.option("--lora-targets", "--lora_targets", "lora_targets", default="all-linear", show_default=True,
               help="Comma-separated module names to adapt, or 'all-linear'.")
 @click.option("--lora-top-layers", "--lora_top_layers", "lora_top_layers", type=click.IntRange(min=0), default=0,
@@ -59,9 +72,8 @@ TIMINGS = ["tokens_per_s", "peak_memory_gb"]  # per step, in <output-dir>.timing
               show_default=True, help="Save a resumable checkpoint every N optimizer steps.")
 @click.option("--checkpoint-dir", "--checkpoint_dir", "checkpoint_dir", type=click.Path(file_okay=False),
               default=None, help="Where checkpoints go [default: <output-dir>.checkpoint]; removed on success.")
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True,
-              help="Hub token for gated models (read from HF_TOKEN).")
+@seed_option
+@hf_token_option
 @trust_remote_code_option
 def finetune(**options):
     """LoRA-fine-tune a base model on records: the oracle on the full set, the retain model without the forget set."""

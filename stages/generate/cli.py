@@ -2,12 +2,16 @@
 
 import click
 
-from stages.common.options import config_of, trust_remote_code_option
+from stages.common.options import StageCommand, config_of, hf_token_option, seed_option, trust_remote_code_option
 
 DEFAULT_MODELS = {"tinker": "meta-llama/Llama-3.1-8B-Instruct", "hf": "embedded"}
 
 
-@click.command("generate")
+@click.command("generate", cls=StageCommand, example=(
+    "unforgotten generate --n-record 400 --output dataset/synthetic_soap_notes.jsonl"), groups={
+    "Data": "n_record backend max_attempts concurrency seed",
+    "Model": "model api_key hf_token trust_remote_code",
+    "Output": "output"})
 @click.option("--n-record", "--n_record", "n_record", type=click.IntRange(min=1), default=1000, show_default=True,
               help="How many notes (one patient each).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default="dataset/synthetic_soap_notes.jsonl",
@@ -23,8 +27,8 @@ DEFAULT_MODELS = {"tinker": "meta-llama/Llama-3.1-8B-Instruct", "hf": "embedded"
               help="Parallel requests (tinker) or batch size (hf).")
 @click.option("--max-attempts", "--max_attempts", "max_attempts", type=click.IntRange(min=1), default=3,
               show_default=True, help="Tries per note before an LLM note that misses a key fact is dropped.")
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
+@seed_option
+@hf_token_option
 @trust_remote_code_option
 def generate(**options):
     """Generate synthetic SOAP notes whose facts are known exactly."""

@@ -2,15 +2,18 @@
 
 import click
 
-from stages.common.options import config_of, forget_ratios_option
+from stages.common.options import StageCommand, config_of, forget_ratios_option, seed_option
 
 
-@click.command("prepare-medical")
+@click.command("prepare-medical", cls=StageCommand, example=(
+    "unforgotten prepare-medical -i dataset/synthetic_soap_notes.jsonl -o dataset --forget-ratios 0.1"), groups={
+    "Data": "input_file forget_ratios holdout_ratio probe_facts seed",
+    "Output": "output_dir dry_run sample"})
 @click.option("-i", "--input-file", "--input_file", "input_file", type=click.Path(dir_okay=False),
               default="dataset/synthetic_soap_notes.jsonl", show_default=True, help="Notes from `generate`.")
 @click.option("-o", "--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
-              default="dataset", show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
+              default="dataset", show_default=True, help="Where the full, holdout and forget / retain sets go.")
+@seed_option
 @forget_ratios_option
 @click.option("--holdout-ratio", "--holdout_ratio", "holdout_ratio", type=click.FloatRange(0, 1, max_open=True),
               default=0.10, show_default=True, help="Fraction of patients that no model ever trains on.")
@@ -32,7 +35,7 @@ def run(config):
 
     from stages.common.io import read_jsonl_lines, write_json
     from stages.common.params import ratio_tag
-    from stages.common.records import record_problem
+    from stages.common.records import problem_report, record_problem
     from stages.common.splits import forget_splits, holdout_split
     from stages.prepare_medical.probes import PROBE_FACTS, add_probes
 
@@ -41,17 +44,19 @@ def run(config):
         raise click.BadParameter(f"'{unknown[0]}' is not a fact type ({', '.join(PROBE_FACTS)})",
                                  param_hint="--probe-facts")
 
-    records, names, dropped = [], set(), 0
+    records, names, problems = [], set(), []
     for number, record, error in read_jsonl_lines(config.input_file):
         error = error or record_problem(record)
-        if not error and record["client_name"] in names:
-            error = f"duplicate client name '{record['client_name']}' (the first is kept)"
         if error:
-            click.echo(f"prepare-medical: {config.input_file}, line {number}: {error}; dropped", err=True)
-            dropped += 1
-            continue
-        names.add(record["client_name"])
-        records.append(record)
+            problems.append((number, error, ""))
+        elif record["client_name"] in names:
+            problems.append((number, "duplicate client name", f" '{record['client_name']}' (the first is kept)"))
+        else:
+            names.add(record["client_name"])
+            records.append(record)
+    for line in problem_report(f"prepare-medical: {config.input_file}", problems):
+        click.echo(line, err=True)
+    dropped = len(problems)
     if not records:
         raise click.ClickException(f"{config.input_file}: no valid record ({dropped} dropped).")
     try:

@@ -2,17 +2,20 @@
 
 import click
 
-from stages.common.options import config_of
+from stages.common.options import StageCommand, config_of, hf_token_option
 
 
-@click.command("prepare-tofu")
+@click.command("prepare-tofu", cls=StageCommand, example=(
+    "unforgotten prepare-tofu --source hub --forget-splits 10 --output-dir dataset/tofu"), groups={
+    "Data": "source forget_splits hf_token",
+    "Output": "output_dir"})
 @click.option("--source", default="hub", show_default=True,
               help="'hub' (locuslab/TOFU through datasets) or a directory of the repository's <config>.json files.")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
-              default="dataset/tofu", show_default=True)
+              default="dataset/tofu", show_default=True, help="Where the TOFU record sets go.")
 @click.option("--forget-splits", "--forget_splits", "forget_splits", type=click.Choice(["01", "05", "10"]),
               multiple=True, default=("01", "05", "10"), show_default=True, help="TOFU forget splits to write.")
-@click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
+@hf_token_option
 def prepare_tofu(**options):
     """Write tofu_full.json and per split tofu_forget{NN}.json / tofu_full_minus_forget{NN}.json."""
     run(config_of(prepare_tofu, options))

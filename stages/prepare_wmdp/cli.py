@@ -2,23 +2,26 @@
 
 import click
 
-from stages.common.options import config_of, forget_ratios_option
+from stages.common.options import StageCommand, config_of, forget_ratios_option, hf_token_option, seed_option
 
 
-@click.command("prepare-wmdp")
+@click.command("prepare-wmdp", cls=StageCommand, example=(
+    "unforgotten prepare-wmdp --source data/wmdp/bio-retain-corpus.jsonl --output-dir dataset/wmdp"), groups={
+    "Data": "source target_size forget_ratios if_present seed hf_token",
+    "Output": "output_dir"})
 @click.option("--source", default="hub", show_default=True,
               help="A local JSONL/Parquet file with a 'text' column (one paper per row), 'hub' (bio-retain corpus) or "
                    "'hub-forget' (the gated bio-forget corpus; needs HF_TOKEN with access).")
 @click.option("--target-size", "--target_size", "target_size", type=click.IntRange(min=1), default=5300,
               show_default=True, help="How many sentences to keep (sampled by seed).")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
-              default="dataset/wmdp", show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
+              default="dataset/wmdp", show_default=True,
+              help="Where the sentence sets and manifest.json go.")
+@seed_option
 @forget_ratios_option
 @click.option("--if-present", is_flag=True,
               help="If the local source file is absent, record in manifest.json that the track was skipped.")
-@click.option("--hf-token", envvar="HF_TOKEN", default=None, show_default=False, show_envvar=True,
-              help="Hub token for gated corpora (read from HF_TOKEN).")
+@hf_token_option
 def prepare_wmdp(**options):
     """Cut WMDP-Bio papers into sentences and write full / forget / full-minus-forget splits."""
     run(config_of(prepare_wmdp, options))

@@ -5,7 +5,7 @@ import math
 
 import click
 
-from stages.common.options import config_of
+from stages.common.options import StageCommand, config_of
 from stages.common.results import by_k
 from stages.common.results import key as metric_key
 
@@ -293,11 +293,16 @@ def plot(runs, unlearned, path):
     save_figure(fig, path)
 
 
-@click.command("report")
+@click.command("report", cls=StageCommand, example=(
+    "unforgotten report --eval-dir outputs/eval --models-dir models --unlearn-dir outputs/unlearn "
+    "--output-dir outputs/report"), groups={
+    "Data": "eval_dir models_dir unlearn_dir",
+    "Output": "output_dir"})
 @click.option("--eval-dir", "--eval_dir", "eval_dir", type=click.Path(file_okay=False), default="outputs/eval",
               show_default=True, help="Holds one directory per evaluated run.")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
-              default="outputs/report", show_default=True)
+              default="outputs/report", show_default=True,
+              help="Where report.md, the headline and across-seed tables and the figures go.")
 @click.option("--models-dir", "--models_dir", "models_dir", type=click.Path(file_okay=False), default="models",
               show_default=True, help="Fine-tuned models (*/train_log.json): their loss curves go to training.png.")
 @click.option("--unlearn-dir", "--unlearn_dir", "unlearn_dir", type=click.Path(file_okay=False),

@@ -6,21 +6,35 @@ import click
 from stages.common.io import write_json
 from stages.common.options import (
     PRECISIONS,
+    StageCommand,
     config_of,
+    hf_token_option,
     max_seq_length_option,
     quantization_options,
+    seed_option,
     trust_remote_code_option,
 )
 from stages.unlearn import methods
 
 
-@click.command("unlearn")
+@click.command("unlearn", cls=StageCommand, example=(
+    "unforgotten unlearn --method npo --oracle models/oracle-s42 --forget-file dataset/med_synthetic_forget10.json "
+    "--retain-file dataset/med_synthetic_full_minus_forget10.json --output-dir models/unlearn/npo-f10-s42"), groups={
+    "Data": "forget_file retain_file with_notes with_probes max_seq_length",
+    "Model": "base_model oracle full use_8bit use_4bit hf_token trust_remote_code",
+    "Unlearning": ("method steps samples_per_step batch_size learning_rate precision retain_weight beta gamma "
+                   "rmu_layer rmu_alpha steering_scale steering_coeff seed"),
+    "Monitoring": ("measure_every stop_perplexity_ratio early_stop stop_at_ur monitor_samples entropy_prompts "
+                   "max_new_tokens"),
+    "Output": "output_dir trajectory_dir"})
 @click.option("--base-model", "--base_model", "base_model", default=None,
               help="The base model the oracle adapter was trained on; default: the one its adapter_config.json names.")
 @click.option("--oracle", "--model", "oracle", type=click.Path(file_okay=False), default="models/oracle",
               show_default=True, help="The oracle's LoRA adapter (the model before unlearning).")
-@click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True)
-@click.option("--retain-file", "--retain_file", "retain_file", type=click.Path(dir_okay=False), required=True)
+@click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True,
+              help="The records to forget (e.g. dataset/med_synthetic_forget10.json).")
+@click.option("--retain-file", "--retain_file", "retain_file", type=click.Path(dir_okay=False), required=True,
+              help="The records to keep: the retain term's examples and the health monitor's perplexity.")
 @click.option("--method", type=click.Choice(methods.available()), default="grad_ascent", show_default=True,
               help="Unlearning method (stages/unlearn/methods/).")
 @click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False), required=True,
@@ -30,13 +44,14 @@ from stages.unlearn import methods
               help="Where trajectory.json and summary.json go [default: --output-dir]; `report` plots them.")
 @click.option("--full", is_flag=True,
               help="Train the oracle's merged weights instead of its LoRA adapter (all; rmu: its down_proj ones).")
-@click.option("--steps", type=click.IntRange(min=1), default=15, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Optimizer steps at most (the health monitor may stop earlier).")
 @click.option("--samples-per-step", "--samples_per_step", "samples_per_step", type=click.IntRange(min=1),
               default=40, show_default=True, help="Forget examples drawn (with replacement) per step.")
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=8,
               show_default=True, help="Micro-batch size; gradients accumulate over a step's samples.")
 @click.option("--learning-rate", "--learning_rate", "learning_rate", type=click.FloatRange(min=0, min_open=True),
-              default=5e-6, show_default=True)
+              default=5e-6, show_default=True, help="Learning rate of AdamW.")
 @click.option("--measure-every", "--measure_every", "measure_every", type=click.IntRange(min=1), default=3,
               show_default=True, help="Measure forget-set entropy every N steps.")
 @click.option("--stop-perplexity-ratio", "--stop_perplexity_ratio", "stop_perplexity_ratio",
@@ -53,15 +68,15 @@ from stages.unlearn import methods
 @click.option("--entropy-prompts", "--entropy_prompts", "entropy_prompts", type=click.IntRange(min=1), default=32,
               show_default=True, help="Forget prompts whose greedy-decoding entropy is measured.")
 @click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=1), default=30,
-              show_default=True)
+              show_default=True, help="Tokens generated per forget prompt for the entropy measurement.")
 @max_seq_length_option
 @click.option("--with-notes/--no-with-notes", default=True, show_default=True,
               help="Train on each record's SOAP note (the note request and the note); with --no-with-notes only on "
                    "its probes, which needs --with-probes.")
 @click.option("--with-probes/--no-with-probes", default=False, show_default=True,
               help="Also unlearn the knowledge-probe answers (use the same setting as finetune).")
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--hf-token", "--hf_token", "hf_token", envvar="HF_TOKEN", default=None, show_envvar=True)
+@seed_option
+@hf_token_option
 @trust_remote_code_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="bf16: the training forward passes under bf16 autocast (the weights, the optimizer and the health "

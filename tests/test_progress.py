@@ -1,0 +1,61 @@
+"""Progress of evaluate's long loops: a bar with an ETA on a terminal, plain lines in a log, silence elsewhere."""
+
+import contextvars
+import io
+import sys
+import threading
+import time
+
+from stages.common import progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_outside_a_section_a_loop_runs_silent_and_untouched(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    items = range(3)
+    assert progress.tracked(items, "x") is items
+    assert sys.stderr.getvalue() == ""
+
+
+def test_in_a_log_each_report_is_a_plain_line_with_what_is_left(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(progress, "LOG_DELAY", 0)
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0)
+    with progress.section("evaluate: knowledge probes"):
+        assert list(progress.tracked(range(4), "greedy decoding")) == [0, 1, 2, 3]
+    out = sys.stderr.getvalue()
+    assert "\r" not in out and out.endswith("\n")
+    lines = out.splitlines()
+    assert lines[-1].startswith("evaluate: knowledge probes: greedy decoding: 4/4 batch [")
+    assert all(" left, " in line for line in lines) and len(lines) == len(set(lines)) >= 2
+
+
+def test_a_short_loop_in_a_log_prints_nothing(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with progress.section("evaluate: uncertainty"):
+        list(progress.tracked(range(3), "greedy decoding"))
+    assert sys.stderr.getvalue() == ""  # shorter than LOG_DELAY
+
+
+def test_on_a_terminal_it_is_a_tqdm_bar_with_rate_and_eta(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with progress.section("evaluate: sampling attack"):
+        for _ in progress.tracked(range(5), "sampling"):
+            time.sleep(0.12)  # past tqdm's redraw interval
+    out = sys.stderr.getvalue()
+    assert "\r" in out and "evaluate: sampling attack: sampling:" in out and "5/5" in out and "<" in out
+
+
+def test_a_thread_started_in_a_copy_of_the_context_reports_under_the_callers_section(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(progress, "LOG_DELAY", 0)
+    with progress.section("evaluate: relearning attacks"):
+        thread = threading.Thread(target=contextvars.copy_context().run,
+                                  args=(lambda: list(progress.tracked(range(2), "relearning (benign)", unit="step")),))
+        thread.start()
+        thread.join()
+    assert "evaluate: relearning attacks: relearning (benign): 2/2 step" in sys.stderr.getvalue()
