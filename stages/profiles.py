@@ -56,7 +56,7 @@ def overrides(profile_path, params_path="params.yaml"):
     return result
 
 
-TOP_LEVEL = {"seed", "seeds", "base_model", "forget_sets", "reference_forget", "methods", "max_seq_length"}
+TOP_LEVEL = {"seed", "seeds", "base_model", "forget_sets", "reference_forget", "methods", "max_seq_length", "verify"}
 # params.yaml section -> the stage commands whose options its keys are (`training` goes to all three).
 SECTIONS = table.sections()
 # Options that dvc.yaml fills from a shared key, so a stage's own section may not set them again: option -> key.
@@ -99,7 +99,10 @@ def check_params(params_path="params.yaml"):
 
     params = yaml.safe_load(Path(params_path).read_text()) or {}
     known = valid_keys()
-    for key, _ in leaves(params):
+    verify = params.get("verify") or {}
+    if not isinstance(verify, dict) or not all(isinstance(m, str) and m for m in verify.values()):
+        raise InputError(f"{params_path}: verify: expected a map of run name -> model (a directory or a hub id).")
+    for key, _ in leaves({k: v for k, v in params.items() if k != "verify"}):
         if key not in known:
             shared = shared_hint(key)
             if shared:

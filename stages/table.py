@@ -25,6 +25,7 @@ STAGES = (
     Stage("unlearn", "stages.unlearn.cli:unlearn", "unlearn", ("training", "unlearn")),
     Stage("evaluate", "stages.evaluate.cli:evaluate", "evaluate", ("training", "evaluate", "attacks", "verdict")),
     Stage("report", "stages.report.cli:report", "evaluate", ()),
+    Stage("verify", "stages.verify.cli:verify", "evaluate", ()),  # reads params.yaml's evaluate sections itself
 )
 
 
