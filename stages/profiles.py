@@ -91,6 +91,25 @@ def shared_hint(key):
     return None
 
 
+def check_verify(verify, params_path):
+    """params.yaml's verify: a map (DVC's foreach needs one, empty included) of run names (verify.cli's rule) to
+    models, each a directory or hub id without spaces or quotes (dvc.yaml puts it on verify's command line)."""
+    import re
+
+    from stages.verify.cli import REFERENCE, RUN_NAME
+
+    if not isinstance(verify, dict):
+        raise InputError(f"{params_path}: verify: expected a map of run name -> model (a directory or a hub id), "
+                         f"{{}} for none.")
+    for name, model in verify.items():
+        if not isinstance(name, str) or not re.fullmatch(RUN_NAME, name) or re.fullmatch(REFERENCE, name):
+            raise InputError(f"{params_path}: verify: {name!r} is not a run name (letters, digits, '-' and '_', "
+                             f"not base, oracle-s<seed> or retain-f<NN>-s<seed>).")
+        if not isinstance(model, str) or not re.fullmatch(r"[^\s'\"]+", model):
+            raise InputError(f"{params_path}: verify: {name}: {model!r} is not a directory or hub id "
+                             f"(no spaces or quotes).")
+
+
 def check_params(params_path="params.yaml"):
     """params.yaml's keys are known (a typo names the closest valid key), its methods exist and its forget sets
     are among prepare_medical's ratios."""
@@ -99,9 +118,7 @@ def check_params(params_path="params.yaml"):
 
     params = yaml.safe_load(Path(params_path).read_text()) or {}
     known = valid_keys()
-    verify = params.get("verify") or {}
-    if not isinstance(verify, dict) or not all(isinstance(m, str) and m for m in verify.values()):
-        raise InputError(f"{params_path}: verify: expected a map of run name -> model (a directory or a hub id).")
+    check_verify(params.get("verify", {}), params_path)
     for key, _ in leaves({k: v for k, v in params.items() if k != "verify"}):
         if key not in known:
             shared = shared_hint(key)

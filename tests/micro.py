@@ -53,7 +53,7 @@ def commit(repo, message, *paths):
     """Stage `paths` (everything when none) and commit them, if anything changed: the session's micro repository is
     shared, and a test earlier in the run may have committed the same files."""
     git(repo, "add", *(paths or ["-A"]))
-    if git(repo, "status", "--porcelain", "--untracked-files=no"):
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:  # 1: something staged
         git(repo, "commit", "-qm", message)
 
 

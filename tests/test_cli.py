@@ -181,3 +181,36 @@ def test_every_citation_of_the_metric_reference_names_one_of_its_sections():
         if path.name != "test_cli.py":
             assert not re.search(r"\b(VERIFY|SPEC|STYLE)\.md", text), path
     assert cited and cited <= headings
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../outside", "a run name is letters, digits, '-' and '_'"),
+    ("a.b", "a run name is letters, digits, '-' and '_'"),
+    ("base", "is one of the pipeline's references"),
+    ("retain-f50-s42", "is one of the pipeline's references")])
+def test_verify_refuses_a_run_name_that_escapes_or_overwrites_a_reference(name, message, tmp_path, monkeypatch):
+    from stages.common import hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded before the run name was checked")
+
+    monkeypatch.setattr(hub, "download_model", no_download)
+    (tmp_path / "params.yaml").write_text("forget_sets: ['50']\nseeds: [42]\n")
+    result = CliRunner().invoke(main, ["verify", "--model", "their-lab/npo", "--name", name, "--params",
+                                       str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_verify_checks_the_references_before_it_downloads_a_hub_model(tmp_path, monkeypatch):
+    from stages.common import hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded before the references were checked")
+
+    monkeypatch.setattr(hub, "download_model", no_download)
+    (tmp_path / "params.yaml").write_text("forget_sets: ['50']\nseeds: [42]\n")
+    result = CliRunner().invoke(main, ["verify", "--model", "their-lab/npo", "--params", str(tmp_path / "params.yaml"),
+                                       "--eval-dir", str(tmp_path / "none")])
+    assert result.exit_code == 1, result.output
+    assert "none/base: not found; verify needs the pipeline's reference" in result.output
+    assert not (tmp_path / "none").exists()

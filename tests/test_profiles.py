@@ -1,5 +1,6 @@
 """Profiles (profiles/<name>.yaml): DVC -S overrides on top of params.yaml, with unknown keys refused."""
 
+import re
 import subprocess
 import sys
 
@@ -143,3 +144,52 @@ def test_models_and_everything_after_them_fan_out_per_seed(tmp_path, tiny_model_
     shared = training_args(repo / "params.yaml")
     assert shared == ["--no-with-notes", "--with-probes", "--max-seq-length", "96"]
     assert all(arg in commands["unlearn@grad_ascent-10-1"].split() for arg in shared)
+
+
+@pytest.mark.parametrize("verify, message", [
+    (None, "verify: expected a map of run name -> model"),
+    (["lab/model"], "verify: expected a map of run name -> model"),
+    ({"../escape": "lab/model"}, "'../escape' is not a run name"),
+    ({"oracle-s42": "lab/model"}, "'oracle-s42' is not a run name"),
+    ({"base": "lab/model"}, "'base' is not a run name"),
+    ({"theirs": "my models/npo"}, "theirs: 'my models/npo' is not a directory or hub id"),
+    ({"theirs": None}, "theirs: None is not a directory or hub id")])
+def test_verify_entries_are_a_map_of_plain_run_names_to_models(verify, message, tmp_path):
+    """DVC's foreach needs a map (`verify: null` would fail there, not here), a name becomes a directory beside the
+    references, and a model goes on a command line."""
+    import yaml
+
+    from stages.profiles import check_params
+
+    params = profile_params("default")
+    path = tmp_path / "params.yaml"
+    params["verify"] = {"their-npo": "their-lab/smollm2-npo", "local_1": "models/elsewhere"}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    check_params(path)
+    params["verify"] = verify
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(InputError, match=re.escape(message)):
+        check_params(path)
+
+
+def test_dvc_expands_a_verify_entry_into_a_stage_with_the_model_on_its_command_line(tmp_path):
+    """dvc.yaml's verify foreach, with one entry: DVC's own parser resolves it against the first forget set's and
+    seed's references."""
+    import shutil
+
+    import yaml
+    from dvc.repo import Repo
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = profile_params("default")
+    params["verify"] = {"their-npo": "their-lab/smollm2-npo"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    stages = {stage.name: stage for stage in Repo(str(tmp_path)).index.stages}
+    stage = stages["verify@their-npo"]
+    assert stage.cmd == "unforgotten verify --model their-lab/smollm2-npo --name their-npo --params params.yaml"
+    forget, seed = params["forget_sets"][0], params["seeds"][0]
+    deps = {dep.def_path for dep in stage.deps}
+    assert {"outputs/eval/base", f"outputs/eval/oracle-s{seed}", f"outputs/eval/retain-f{forget}-s{seed}",
+            f"dataset/med_synthetic_forget{forget}.json", "stages/verify"} <= deps
+    assert [out.def_path for out in stage.outs if out.metric] == ["outputs/eval/their-npo/metrics.json"]

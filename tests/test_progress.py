@@ -59,3 +59,33 @@ def test_a_thread_started_in_a_copy_of_the_context_reports_under_the_callers_sec
         thread.start()
         thread.join()
     assert "evaluate: relearning attacks: relearning (benign): 2/2 step" in sys.stderr.getvalue()
+
+
+def test_relearn_all_reports_each_parallel_job_under_the_callers_section(monkeypatch):
+    """relearn_all's threads (one per job when the CPU has a core each) run in a copy of the caller's context, so
+    each job's loop reports under evaluate's section instead of running silent."""
+    import torch
+
+    from stages.evaluate import attacks
+
+    class Model(torch.nn.Module):
+        device = torch.device("cpu")
+
+    def relearn(model, tokenizer, pairs, steps, measure, what="relearning", **settings):
+        list(progress.tracked(range(2), what, unit="step"))
+        return {max(steps): what}
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(progress, "LOG_DELAY", 0)
+    monkeypatch.setattr(attacks, "relearn", relearn)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a core per job: the threaded path
+    try:
+        with progress.section("evaluate: relearning attacks"):
+            results = attacks.relearn_all(Model(), object(), {"forget": ([], None), "benign": ([], None)}, [2])
+    finally:
+        torch.set_num_threads(threads)
+    assert results == {"forget": {2: "relearning (forget)"}, "benign": {2: "relearning (benign)"}}
+    out = sys.stderr.getvalue()
+    for name in ("forget", "benign"):
+        assert f"evaluate: relearning attacks: relearning ({name}): 2/2 step" in out, out

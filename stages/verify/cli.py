@@ -43,11 +43,27 @@ def verify(**options):
     run(config_of(verify, options))
 
 
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"  # a directory under --eval-dir and a report row; no dots, no paths
+REFERENCE = r"base|oracle-s[0-9]+|retain-f[0-9]+-s[0-9]+"  # the pipeline's references, never overwritten
+
+
 def run_name(model):
     """A run name from a model's path or hub id: its last part, in the characters run names use."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", model.rstrip("/").split("/")[-1]).strip("-.") or "model"
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", model.rstrip("/").split("/")[-1]).strip("-_") or "model"
+
+
+def check_name(name):
+    """The run name, or a one-sentence error: it becomes <eval-dir>/<name>, so it must be a plain name that is not
+    one of the references verify compares against."""
+    import re
+
+    if not re.fullmatch(RUN_NAME, name):
+        raise click.UsageError(f"--name {name!r}: a run name is letters, digits, '-' and '_' (it names a directory).")
+    if re.fullmatch(REFERENCE, name):
+        raise click.UsageError(f"--name {name!r} is one of the pipeline's references; give the model another name.")
+    return name
 
 
 def section_args(section):
@@ -63,17 +79,16 @@ def section_args(section):
     return args
 
 
-def evaluate_args(config, model_dir, params):
-    """evaluate's command line for this model, as dvc.yaml's evaluate-unlearned stage writes it."""
+def inputs(config, params):
+    """The run name, forget set, seed and the pipeline files verify reads, each checked to exist (before any
+    download)."""
     from pathlib import Path
-
-    from stages.common.models import is_full_model
 
     forget = config.forget_set or str((params.get("forget_sets") or [""])[0])
     seed = config.seed if config.seed is not None else (params.get("seeds") or [42])[0]
     if not forget:
         raise click.UsageError(f"{config.params} names no forget set: give --forget-set.")
-    name = config.name or run_name(config.model)
+    name = check_name(config.name or run_name(config.model))
     data, evals = Path(config.dataset_dir), Path(config.eval_dir)
     references = {"--reference": evals / "base", "--oracle": evals / f"oracle-s{seed}",
                   "--retain": evals / f"retain-f{forget}-s{seed}"}
@@ -84,11 +99,21 @@ def evaluate_args(config, model_dir, params):
         if not path.exists():
             raise click.ClickException(f"{path}: not found; verify needs the pipeline's {option[2:]} "
                                        f"(run `make run` first, or give --forget-set / --seed / --eval-dir).")
+    return name, forget, seed, {**references, **files}
+
+
+def evaluate_args(config, model_dir, params):
+    """evaluate's command line for this model, as dvc.yaml's evaluate-unlearned stage writes it."""
+    from pathlib import Path
+
+    from stages.common.models import is_full_model
+
+    name, forget, seed, paths = inputs(config, params)
     args = [a for section in SECTIONS for a in section_args(params.get(section))]
     args += ["--attacks", "--seed", str(seed), "--run-name", name, "--method", config.method or name,
              "--forget-set", forget, "--adapter", str(model_dir),
-             "--output-dir", config.output_dir or str(evals / name)]
-    args += [str(a) for pair in {**references, **files}.items() for a in pair]
+             "--output-dir", config.output_dir or str(Path(config.eval_dir) / name)]
+    args += [str(a) for pair in paths.items() for a in pair]
     if config.base_model or is_full_model(model_dir):  # a whole model brings its own tokenizer
         args += ["--base-model", config.base_model or str(model_dir)]
     if config.trust_remote_code:
@@ -110,6 +135,7 @@ def run(config):
         params = yaml.safe_load(Path(config.params).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise InputError(f"{config.params}: no such file (the pipeline's params.yaml).") from None
+    inputs(config, params)  # a missing reference or a bad name fails before a download
     model_dir = config.model
     if not Path(model_dir).exists():  # a hub id: a whole model or an adapter, fetched with retries
         from stages.common.hub import download_model
