@@ -37,6 +37,17 @@ def test_jsonl_roundtrip(tmp_path):
     assert read_jsonl(tmp_path / "r.jsonl") == rows
 
 
+def test_jsonl_keeps_line_separators_inside_strings_and_reads_crlf(tmp_path):
+    """Text a model generates can hold U+2028, U+2029, U+0085 or a form feed; written as they are, they must not end
+    a line when read (str.splitlines() would split there). Lines written on Windows end in CRLF."""
+    rows = [{"text": "one\u2028two\u2029three\x85four\x0cfive\x1cend"}, {"text": "next"}]
+    write_jsonl(tmp_path / "r.jsonl", rows)
+    assert (tmp_path / "r.jsonl").read_text(encoding="utf-8").count("\n") == 2
+    assert read_jsonl(tmp_path / "r.jsonl") == rows
+    (tmp_path / "crlf.jsonl").write_bytes(b'{"a": 1}\r\n{"b": 2}\r\n')
+    assert [(n, obj) for n, obj, _ in read_jsonl_lines(tmp_path / "crlf.jsonl")] == [(1, {"a": 1}), (2, {"b": 2})]
+
+
 def test_bad_jsonl_line_is_reported_with_its_number(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"a": 1}\n\n{oops\n')

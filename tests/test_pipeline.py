@@ -90,6 +90,42 @@ def test_a_change_to_the_plots_reruns_the_report_and_nothing_that_trains_or_meas
 
 
 @pytest.mark.pipeline
+def test_the_report_writes_each_runs_curves_as_data_series_that_dvc_plots_draws(repo):
+    """outputs/report/plots: the fine-tuning losses, the unlearning trajectories and the relearning curves, a JSON
+    list per run, equal to the numbers they come from; dvc.yaml's top-level plots give each its x and y fields."""
+    repo, _ = repo
+    plots = repo / "outputs/report/plots"
+    log = json.loads((repo / "models/oracle-s42/train_log.json").read_text())["steps"]
+    training = json.loads((plots / "training/oracle-s42.json").read_text())
+    assert [(r["step"], r["loss"]) for r in training] == [(s["step"], s["loss"]) for s in log] and len(log) > 1
+    assert (plots / "training/retain-f10-s42.json").is_file()
+    trajectory = json.loads((repo / "outputs/unlearn/grad_ascent-f10-s42/trajectory.json").read_text())
+    unlearning = json.loads((plots / "unlearning/grad_ascent-f10-s42.json").read_text())
+    assert [(r["step"], r["perplexity"], r["loss"]) for r in unlearning] == [
+        (t["step"], t["perplexity"], t["loss"]) for t in trajectory]
+    metrics = json.loads((repo / "outputs/eval/grad_ascent-f10-s42/metrics.json").read_text())
+    recovery = json.loads((plots / "recovery/grad_ascent-f10-s42.json").read_text())
+    assert [r["k"] for r in recovery] == [0, 2]
+    for row in recovery:
+        for name in ("relearn_accuracy", "relearn_control", "benign_accuracy", "relearn_recovery"):
+            assert row[name] == pytest.approx(metrics[f"{name}@{row['k']}"], nan_ok=True), name
+            assert [row[f"{name}_ci95_low"], row[f"{name}_ci95_high"]] == metrics[f"{name}@{row['k']}_ci95"]
+    unlearned = sorted(f"{p.parent.name}.json" for p in (repo / "outputs/eval").glob("*/metrics.json")
+                       if "verdict" in json.loads(p.read_text()))
+    assert sorted(p.name for p in (plots / "recovery").iterdir()) == unlearned  # the references have no curve
+    assert "grad_ascent-f10-s42.json" in unlearned
+    shown = json.loads(dvc(repo, "plots", "show", "--json"))["data"]
+    for path, x, y in [("training/oracle-s42.json", "step", "loss"),
+                       ("unlearning/grad_ascent-f10-s42.json", "step", "perplexity"),
+                       ("recovery/grad_ascent-f10-s42.json", "k", "relearn_control")]:
+        content = shown[f"outputs/report/plots/{path}"][0]["content"]
+        assert content["encoding"]["x"]["field"] == x, path
+        drawn = {row.get("field") for row in content["data"]["values"]} | {
+            layer["encoding"]["y"]["field"] for layer in content["layer"] if "y" in layer.get("encoding", {})}
+        assert y in drawn, path  # one y: the layers draw its field; several: each row names its field
+
+
+@pytest.mark.pipeline
 def test_a_fresh_clone_shows_the_numbers_from_git_and_reproduces_the_committed_lock_with_git_status_clean(
         repo, tmp_path):
     """What a teammate gets: the lock and the numbers (cache: false) committed after one run. A clone without DVC's
@@ -101,8 +137,10 @@ def test_a_fresh_clone_shows_the_numbers_from_git_and_reproduces_the_committed_l
     in_git = set(git(repo, "ls-files", "outputs").split())
     numbers = {str(p.relative_to(repo)) for pattern in ["outputs/eval/*/metrics.json", "outputs/unlearn/*/*.json",
                                                          "outputs/report/*.json", "outputs/report/*.md",
-                                                         "outputs/report/*.csv"] for p in repo.glob(pattern)}
-    assert "outputs/report/headline.json" in numbers and len(numbers) >= 12
+                                                         "outputs/report/*.csv", "outputs/report/plots/*/*.json"]
+               for p in repo.glob(pattern)}
+    assert "outputs/report/headline.json" in numbers and "outputs/report/plots/training/oracle-s42.json" in numbers
+    assert len(numbers) >= 12
     assert in_git == numbers  # the numbers and nothing else of outputs/ (no per-example rows, no figures)
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))

@@ -168,7 +168,16 @@ def test_a_profile_runs_as_an_experiment_and_exp_show_lists_the_headline_metrics
                 if any(v in line for v in verdicts)]) >= 2  # the committed results and the experiment
     make(pushed, "plots")
     html = (pushed / "outputs/plots/index.html").read_text()
-    assert "trajectory" in html and "report.png" in html
+    assert "unlearning trajectory" in html and "relearning attacks" in html and "report.png" in html
+    # an experiment overlaid on the committed run: its one unlearning step against the committed run's steps
+    experiment = dvc(pushed, "exp", "list", "--name-only").split()[0]
+    diff = json.loads(dvc(pushed, "plots", "diff", "HEAD", experiment, "--json", "--targets",
+                          "outputs/report/plots/unlearning"))["data"]
+    values = diff["outputs/report/plots/unlearning/grad_ascent-f10-s42.json"][0]["content"]["data"]["values"]
+    steps = {rev: {v["step"] for v in values if v["rev"] == rev} for rev in ("HEAD", experiment)}
+    committed = json.loads(git(pushed, "show", "HEAD:outputs/report/plots/unlearning/grad_ascent-f10-s42.json"))
+    assert steps == {"HEAD": {r["step"] for r in committed}, experiment: {0, 1}}, steps
+    assert steps["HEAD"] != steps[experiment]  # two experiments' curves, told apart by rev
 
 
 def test_an_experiment_travels_to_a_teammate_through_git_and_the_remote(pushed, s3, tmp_path):

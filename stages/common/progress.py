@@ -48,5 +48,7 @@ def tracked(iterable, what, total=None, unit="batch"):
     stream = sys.stderr
     if stream.isatty():
         return tqdm(iterable, total=total, desc=f"{label}: {what}", unit=unit, leave=False, file=stream)
+    # miniters=1: a line only after an iteration and LOG_INTERVAL seconds (tqdm's monitor thread would otherwise
+    # force a redraw of a slow loop every maxinterval seconds)
     return tqdm(iterable, total=total, desc=f"{label}: {what}", unit=unit, file=_Lines(stream), ascii=True,
-                mininterval=LOG_INTERVAL, delay=LOG_DELAY, bar_format=LOG_FORMAT)
+                mininterval=LOG_INTERVAL, miniters=1, delay=LOG_DELAY, bar_format=LOG_FORMAT)

@@ -169,6 +169,49 @@ def with_intervals(keys, row):
     return out
 
 
+# The relearning attacks' curves (docs/metrics.md §D): the unlearned model's accuracy on V after k steps, the retain
+# model's after the same steps (the control), on T itself (the positive control), and the recovery ratios.
+RECOVERY = ["relearn_accuracy", "relearn_control", "benign_accuracy", "benign_control", "relearn_taught",
+            "relearn_recovery", "benign_recovery"]
+
+
+def plot_data(runs, logs, trajectories, out):
+    """The curves as JSON data series for `dvc plots` (dvc.yaml's top-level plots read each directory with one x and
+    its y fields, so `dvc plots diff` overlays experiments run by run): training/<run>.json, the fine-tuning loss per
+    optimizer step; unlearning/<run>.json, loss, retain perplexity and forget entropy per unlearning step;
+    recovery/<run>.json, the relearning attacks per number of steps k, each number with its 95 % interval."""
+    from stages.common.io import atomic_dir
+
+    with atomic_dir(out) as tmp:  # the whole directory at once: an older run's curves never linger beside these
+        write_plot_data(runs, logs, trajectories, tmp)
+
+
+def write_plot_data(runs, logs, trajectories, out):
+    from stages.common.io import read_json, write_json
+
+    for path in logs:
+        write_json(out / "training" / f"{path.parent.name}.json",
+                   [{"step": s["step"], "loss": s["loss"], "learning_rate": s.get("learning_rate")}
+                    for s in read_json(path)["steps"]])
+    for path in trajectories:
+        write_json(out / "unlearning" / f"{path.parent.name}.json",
+                   [{"step": t["step"], "loss": t["loss"], "perplexity": t["perplexity"], "entropy": t.get("entropy")}
+                    for t in read_json(path)])
+    for run in runs:
+        curves = {name: by_k(run["records"], name) for name in RECOVERY}
+        if "verdict" not in run or not all(curves.values()):
+            continue  # the references have no controls of their own; a run without the attacks has no curve
+        ks = sorted(set.intersection(*(set(c) for c in curves.values())))
+        rows = []
+        for k in ks:
+            row = {"k": k}
+            for name, curve in curves.items():
+                row[name] = curve[k]["value"]
+                row[f"{name}_ci95_low"], row[f"{name}_ci95_high"] = curve[k].get("ci95") or (None, None)
+            rows.append(row)
+        write_json(out / "recovery" / f"{run['run']}.json", rows)
+
+
 def oracle_forget_quality(oracle_dir, retain_dir):
     """§F check: KS p-value of the oracle's truth ratios against the retain model's on that retain model's forget
     probes (TOFU finds ~1e-21 for a fine-tuned model; the retain model against itself is 1 by definition)."""
@@ -377,6 +420,7 @@ def run(config):
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(sections), encoding="utf-8")
     plot(runs, unlearned, out / "report.png")
+    plot_data(runs, logs, trajectories, out / "plots")
     if logs:
         loss_curves({p.parent.name: ([s["step"] for s in steps], [s["loss"] for s in steps])
                      for p in logs for steps in [read_json(p)["steps"]]}, out / "training.png")
