@@ -71,3 +71,43 @@ def test_each_attack_is_shown_at_its_strongest_setting():
     keys = headline_keys(records(metrics))
     assert [k for k in keys if "@" in k] == ["quant_recovery@4", "quant_recovery@4_fp4", "leak@16", "leak@16_control",
                                              "leak@16_excess"]
+
+
+def test_plot_data_writes_each_curve_under_its_own_name_with_its_interval(tmp_path, capsys):
+    """Every curve of the JSON plots carries its own numbers: distinct values per metric and k, so a swapped key or
+    curve shows; a reference run (no verdict) and a run without one of the curves get no recovery file."""
+    from stages.common.io import read_json, write_json
+    from stages.report.cli import RECOVERY, write_plot_data
+
+    metrics = {}
+    for i, name in enumerate(RECOVERY):
+        for k in (0, 10):
+            value = round(0.01 * i + 0.001 * k, 4)
+            metrics[f"{name}@{k}"], metrics[f"{name}@{k}_ci95"] = value, [value - 0.005, value + 0.005]
+    unlearned = {"run": "npo-f10-s1", "verdict": "FORGOTTEN", "records": records(metrics)}
+    reference = {"run": "oracle-s1", "records": records(metrics)}
+    partial = {"run": "ga-f10-s1", "verdict": "HIDDEN",
+               "records": records({k: v for k, v in metrics.items() if not k.startswith("benign_control")})}
+    log = tmp_path / "models/oracle-s1/train_log.json"
+    write_json(log, {"steps": [{"step": 1, "loss": 2.5, "learning_rate": 0.1, "tokens_per_s": 9}, {"step": 2,
+                                                                                                   "loss": 1.5}]})
+    trajectory = tmp_path / "outputs/unlearn/npo-f10-s1/trajectory.json"
+    write_json(trajectory, [{"step": 0, "loss": 1.0, "perplexity": 5.0, "entropy": 0.3, "seconds": 1.2},
+                            {"step": 1, "loss": -0.5, "perplexity": 6.0}])
+    out = tmp_path / "plots"
+    write_plot_data([unlearned, reference, partial], [log], [trajectory], out)
+    assert read_json(out / "training/oracle-s1.json") == [{"step": 1, "loss": 2.5, "learning_rate": 0.1},
+                                                          {"step": 2, "loss": 1.5, "learning_rate": None}]
+    assert read_json(out / "unlearning/npo-f10-s1.json") == [
+        {"step": 0, "loss": 1.0, "perplexity": 5.0, "entropy": 0.3},
+        {"step": 1, "loss": -0.5, "perplexity": 6.0, "entropy": None}]  # no timing in a tracked file
+    assert sorted(p.name for p in (out / "recovery").iterdir()) == ["npo-f10-s1.json"]
+    assert "ga-f10-s1 has no recovery curve (its metrics lack benign_control)" in capsys.readouterr().err
+    rows = read_json(out / "recovery/npo-f10-s1.json")
+    assert [row["k"] for row in rows] == [0, 10]
+    for row in rows:
+        assert set(row) == {"k", *RECOVERY, *(f"{n}_ci95_{side}" for n in RECOVERY for side in ("low", "high"))}
+        for i, name in enumerate(RECOVERY):
+            value = round(0.01 * i + 0.001 * row["k"], 4)
+            assert (row[name], row[f"{name}_ci95_low"], row[f"{name}_ci95_high"]) == (
+                value, value - 0.005, value + 0.005), name

@@ -169,10 +169,12 @@ def with_intervals(keys, row):
     return out
 
 
-# The relearning attacks' curves (docs/metrics.md §D): the unlearned model's accuracy on V after k steps, the retain
-# model's after the same steps (the control), on T itself (the positive control), and the recovery ratios.
-RECOVERY = ["relearn_accuracy", "relearn_control", "benign_accuracy", "benign_control", "relearn_taught",
-            "relearn_recovery", "benign_recovery"]
+# The relearning attacks' curves (docs/metrics.md §D), as report.png draws them: the unlearned model's accuracy on V
+# after k steps and the retain model's after the same steps (the control), for the attack on T and the benign one;
+# its accuracy on T itself (the attack's positive control; relearn_taught and its control: on T's knowable facts);
+# and the recovery ratios.
+RECOVERY = ["relearn_accuracy", "relearn_control", "benign_accuracy", "benign_control", "relearn_train_accuracy",
+            "relearn_taught", "relearn_taught_control", "relearn_recovery", "benign_recovery"]
 
 
 def plot_data(runs, logs, trajectories, out):
@@ -199,8 +201,12 @@ def write_plot_data(runs, logs, trajectories, out):
                     for t in read_json(path)])
     for run in runs:
         curves = {name: by_k(run["records"], name) for name in RECOVERY}
-        if "verdict" not in run or not all(curves.values()):
-            continue  # the references have no controls of their own; a run without the attacks has no curve
+        if "verdict" not in run:
+            continue  # the references have no controls of their own
+        missing = [name for name, curve in curves.items() if not curve]
+        if missing:
+            click.echo(f"report: {run['run']} has no recovery curve (its metrics lack {', '.join(missing)})", err=True)
+            continue
         ks = sorted(set.intersection(*(set(c) for c in curves.values())))
         rows = []
         for k in ks:
