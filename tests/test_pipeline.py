@@ -2,6 +2,7 @@
 layout, DVC metrics, a no-op rerun and a clean `dvc status`."""
 
 import json
+import re
 
 import pytest
 
@@ -23,6 +24,10 @@ def test_repro_runs_every_stage_into_the_documented_layout(repo):
                   "unlearn@grad_ascent-10-42", "evaluate-base", "evaluate-oracle@42", "evaluate-retain@10-42",
                   "evaluate-unlearned@grad_ascent-10-42", "report"]:
         assert f"Running stage '{stage}'" in output
+    # DVC's log reads line by line: the stages' own bars as plain lines, no terminal bar ("  0%|...") redrawn
+    assert "%|" not in output
+    assert re.search(r"^finetune: (\d+)/\1 step \[.*loss=", output, re.M), output[-3000:]
+    assert re.search(r"^unlearn grad_ascent: \d+/2 step \[", output, re.M)
     for path in ["dataset/synthetic_soap_notes.jsonl", "dataset/med_synthetic_full.json",
                  "dataset/med_synthetic_holdout.json", "dataset/med_synthetic_forget01.json",
                  "dataset/med_synthetic_full_minus_forget20.json", "models/oracle-s42/adapter_config.json",

@@ -89,3 +89,36 @@ def test_relearn_all_reports_each_parallel_job_under_the_callers_section(monkeyp
     out = sys.stderr.getvalue()
     for name in ("forget", "benign"):
         assert f"evaluate: relearning attacks: relearning ({name}): 2/2 step" in out, out
+
+
+def test_a_stages_bar_in_a_log_is_plain_lines_with_its_postfix_and_the_last_count(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0)
+    bar = progress.bar(total=4, what="finetune", unit="step")
+    for step in range(4):
+        bar.update(1)
+        bar.set_postfix(loss=f"{1.0 / (step + 1):.3f}")
+    bar.close()
+    out = sys.stderr.getvalue()
+    assert "\r" not in out and "%|" not in out and out.endswith("\n")
+    lines = out.splitlines()
+    assert lines[0].startswith("finetune: 0/4 step [") and lines[-1].startswith("finetune: 4/4 step [")
+    assert lines[-1].endswith("loss=0.250") and len(lines) == len(set(lines))
+
+
+def test_a_stages_bar_in_a_log_waits_log_interval_between_lines(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert list(progress.bar(range(50), total=50, what="unlearn npo", unit="step")) == list(range(50))
+    lines = sys.stderr.getvalue().splitlines()
+    assert [line.split(" [")[0] for line in lines] == ["unlearn npo: 0/50 step", "unlearn npo: 50/50 step"]
+
+
+def test_a_stages_bar_on_a_terminal_is_tqdms_and_disabled_is_silent(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    for _ in progress.bar(range(3), total=3, what="generate", unit="note"):
+        time.sleep(0.12)
+    out = sys.stderr.getvalue()
+    assert "\r" in out and "generate: 100%|" in out
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert list(progress.bar(range(3), what="generate", disable=True)) == [0, 1, 2]
+    assert sys.stderr.getvalue() == ""

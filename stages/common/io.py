@@ -100,10 +100,10 @@ def read_json(path):
 def read_jsonl_lines(path, errors="strict"):
     """Yield (line_number, parsed object or None, error message or None) for each non-blank line; errors="replace"
     reads a file whose last line a killed writer tore inside a UTF-8 character."""
-    # lines end at "\n" only (JSON Lines): str.splitlines() would also split inside a string holding U+2028, U+0085
-    # and the like, which the writer keeps as they are (ensure_ascii=False)
-    lines = [(number, line.removesuffix("\r")) for number, line in enumerate(_read_text(path, errors).split("\n"),
-                                                                            start=1) if line.strip()]
+    # lines end at "\n" only (JSON Lines; read_text has turned "\r\n" into "\n"): str.splitlines() would also split
+    # inside a string holding U+2028, U+0085 and the like, which the writer keeps as they are (ensure_ascii=False)
+    lines = [(number, line) for number, line in enumerate(_read_text(path, errors).split("\n"), start=1)
+             if line.strip()]
     reader = jsonlines.Reader((line for _, line in lines), loads=json.loads)  # the k-th read: the k-th line
     for number, _ in lines:
         try:

@@ -137,9 +137,14 @@ def load_model(base_model, adapter=None, trainable=False, token=None, dtype=None
     """Base model (+ LoRA adapter), or a whole model directory given as `adapter`. For inference the adapter is
     merged, so evaluation runs at base-model speed. A quantized base to train (QLoRA: trainable with
     `quantization`) is prepared as PEFT prepares one, with non-reentrant gradient checkpointing."""
+    import sys
+
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
+    if not sys.stderr.isatty():  # a log (DVC's): no "Loading weights" bar redrawn with \r
+        logging.disable_progress_bar()
     # bitsandbytes quantizes the weights as they are placed: on the GPU, or on the CPU (bitsandbytes >= 0.48)
     place = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     extra = {"quantization_config": quantization, "device_map": place} if quantization else {}

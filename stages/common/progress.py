@@ -1,6 +1,7 @@
 """Progress of the long loops of a labelled section (evaluate's measurements): on a terminal a tqdm bar with its rate
 and ETA; in a log (DVC's, a pipe) plain lines, at most one every LOG_INTERVAL seconds and none for a loop that ends
-within LOG_DELAY seconds. Outside a section, loops run silent (unlearn's health monitor, bench/, tests)."""
+within LOG_DELAY seconds. Outside a section, loops run silent (unlearn's health monitor, bench/, tests). A stage's own
+main loop (finetune's and unlearn's steps, generate's notes) shows its progress with bar(), the same two ways."""
 
 import contextlib
 import contextvars
@@ -52,3 +53,16 @@ def tracked(iterable, what, total=None, unit="batch"):
     # force a redraw of a slow loop every maxinterval seconds)
     return tqdm(iterable, total=total, desc=f"{label}: {what}", unit=unit, file=_Lines(stream), ascii=True,
                 mininterval=LOG_INTERVAL, miniters=1, delay=LOG_DELAY, bar_format=LOG_FORMAT)
+
+
+def bar(iterable=None, total=None, what="", unit="it", initial=0, disable=False):
+    """A stage's main progress bar: tqdm on a terminal; in a log, plain lines with the postfix (loss, tokens/s) at
+    most one every LOG_INTERVAL seconds, and the last one when it closes (tqdm's \\r redraws would otherwise fill
+    DVC's log with thousands of updates)."""
+    from tqdm import tqdm
+
+    stream = sys.stderr
+    if disable or stream.isatty():
+        return tqdm(iterable, total=total, initial=initial, desc=what, unit=unit, file=stream, disable=disable)
+    return tqdm(iterable, total=total, initial=initial, desc=what, unit=unit, file=_Lines(stream), ascii=True,
+                mininterval=LOG_INTERVAL, miniters=1, bar_format=LOG_FORMAT + "{postfix}")

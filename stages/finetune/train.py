@@ -224,10 +224,10 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
     frozen_prefix: the untrained layers below the first trained one run once per example (FrozenPrefix)."""
     import torch
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     from stages.common.chat import answer_loss, collate
     from stages.common.models import frozen_in_bf16
+    from stages.common.progress import bar as progress_bar
 
     accelerator = Accelerator()
     device = accelerator.device.type
@@ -249,8 +249,8 @@ def train_lora(model, tokenizer, examples, *, num_epochs, batch_size, grad_accum
     if resumed:
         log, done_micro, resumed_from = resumed["log"], resumed["micro"], len(resumed["log"])
     window_loss, window_tokens, started = 0.0, 0, time.perf_counter()
-    bar = tqdm(total=total_steps, initial=len(log), desc="finetune", unit="step",
-               disable=not progress or not accelerator.is_main_process)
+    bar = progress_bar(total=total_steps, initial=len(log), what="finetune", unit="step",
+                       disable=not progress or not accelerator.is_main_process)
     # frozen weights stored in bf16 under bf16 autocast (one process: FSDP wants one dtype in its flat parameters)
     with frozen_in_bf16(model, enabled=precision == "bf16" and accelerator.num_processes == 1), \
             _frozen_prefix(model, tokenizer, examples, batches[min(done_micro, len(batches) - 1)], precision,

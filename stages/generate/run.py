@@ -24,7 +24,7 @@ def reusable_records(output, items, generator):
 
 def run_generation(items, backend, generator, output, progress=True):
     """Generate the notes of `items` missing from `output`; the file ends in id order. Returns a summary dict."""
-    from tqdm.auto import tqdm
+    from stages.common.progress import bar as progress_bar
 
     output = Path(output)
     done, set_aside = reusable_records(output, items, generator)
@@ -33,7 +33,8 @@ def run_generation(items, backend, generator, output, progress=True):
     todo = [(rid, facts) for rid, facts in items if rid not in done]
     reused, dropped = len(done), {}
     with jsonl_appender(output) as append, \
-            tqdm(total=len(items), initial=len(done), desc="generate", unit="note", disable=not progress) as bar:
+            progress_bar(total=len(items), initial=len(done), what="generate", unit="note",
+                         disable=not progress) as bar:
         for rid, facts, note, reason in backend.write(todo):
             if note is None:
                 dropped[rid] = reason

@@ -46,11 +46,11 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
     runs the training forward passes under bf16 autocast; the weights, the optimizer and the monitor stay float32.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from stages.common.chat import collate
     from stages.common.measure import forget_entropy as measure_forget_entropy
     from stages.common.measure import perplexity
+    from stages.common.progress import bar as progress_bar
 
     def batch_of(examples):
         return {k: v.to(device) for k, v in collate(examples, tokenizer.pad_token_id).items()}
@@ -70,7 +70,8 @@ def unlearn(model, tokenizer, method, forget_examples, retain_examples, monitor_
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     rng = random.Random(seed)
     stop_reason, undone = None, False
-    bar = tqdm(range(1, steps + 1), desc=f"unlearn {method.name}", disable=not progress)
+    bar = progress_bar(range(1, steps + 1), total=steps, what=f"unlearn {method.name}", unit="step",
+                       disable=not progress)
     for step in bar:
         saved = [p.detach().clone() for p in params] if early_stop else None
         model.train()
