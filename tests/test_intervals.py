@@ -243,3 +243,38 @@ def test_more_patients_recomputes_the_interval_on_copies_of_the_patients():
     assert interval.patients_to_settle(0.0, ci, 0.05, 4) > 300
     # a measurement that no number of patients settles
     assert interval.more_patients(measure, clusters, 0.0, 200, 0, limit=8) is None
+
+
+def test_records_of_one_subject_are_drawn_together_and_counted_once():
+    """A TOFU question's id names its author before a '/': the author is the unit, exactly as if every question of
+    that author were one record; ids without a '/' (patients) are their own unit, as before."""
+    from stages.evaluate.intervals import n_subjects, resample_weights, subject
+
+    ids = ["tofu-author-003/q01", "tofu-author-003/q02", "tofu-author-007/q01", "patient-9"]
+    grouped = resample_weights(ids, 300, 5)
+    assert (grouped[:, 0] == grouped[:, 1]).all() and (grouped[:, 0] != grouped[:, 2]).any()
+    assert (grouped == resample_weights(["tofu-author-003"] * 2 + ["tofu-author-007", "patient-9"], 300, 5)).all()
+    assert n_subjects(ids) == 3 and subject("patient-9") == "patient-9" and subject(4) == 4
+    # strata stay strata: an author drawn within its own split
+    strata = ["forget", "forget", "holdout", "holdout"]
+    assert (resample_weights(ids, 50, 1, strata)[:, 0] == resample_weights(ids, 50, 1, strata)[:, 1]).all()
+
+
+def test_the_relearning_halves_keep_each_author_on_one_side_and_patients_as_before():
+    import random
+
+    from stages.evaluate.attacks import split_patients
+
+    def old_split(records, seed):  # the split before subjects: a seeded shuffle of the sorted ids
+        ids = sorted(r["id"] for r in records)
+        random.Random(seed).shuffle(ids)
+        half = (len(ids) + 1) // 2
+        return sorted(ids[:half]), sorted(ids[half:])
+
+    patients = [{"id": f"patient-{i:03d}"} for i in range(21)]
+    for seed in (0, 42):
+        assert split_patients(patients, seed) == old_split(patients, seed)
+    questions = [{"id": f"tofu-author-{a:03d}/q{q:02d}"} for a in range(6) for q in range(1, 21)]
+    train, measured = split_patients(questions, 42)
+    authors = [{i.split("/")[0] for i in side} for side in (train, measured)]
+    assert len(train) == len(measured) == 60 and authors[0].isdisjoint(authors[1]) and len(authors[0]) == 3

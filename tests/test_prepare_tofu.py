@@ -40,7 +40,7 @@ def load(directory, name):
 
 def test_tofu_splits_become_nested_forget_sets_of_records(tofu_dir):
     full = load(tofu_dir, "tofu_full.json")
-    assert len(full) == 100 and full[0]["id"] == "tofu-0001"
+    assert len(full) == 100 and [r["id"] for r in full[19:21]] == ["tofu-author-000/q20", "tofu-author-001/q01"]
     previous = set()
     for tag, n in (("01", 1), ("05", 5), ("10", 10)):
         forget = {r["id"] for r in load(tofu_dir, f"tofu_forget{tag}.json")}
@@ -84,6 +84,8 @@ def test_finetune_unlearn_and_evaluate_run_on_tofu_unchanged(tmp_path, tofu_dir,
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert "forget_qa_accuracy" in metrics and "retain_truth_ratio" in metrics
     assert "mia_mink_auc" not in metrics and "holdout_qa_accuracy" not in metrics  # TOFU has no holdout
+    # the unit of every interval is the author: forget10 here is the last 10 questions of author 4, one unit
+    assert metrics["n_forget_probes"] == 10 and metrics["n_forget_patients"] == 1
 
 
 def test_a_split_with_foreign_questions_is_a_clear_error(tmp_path):

@@ -16,11 +16,16 @@ from stages.evaluate.probes import accuracy
 
 
 def split_patients(records, seed):
-    """Halves T (relearned on) and V (measured) of the forget records' ids: a seeded shuffle of the sorted ids."""
-    ids = sorted(r["id"] for r in records)
-    random.Random(seed).shuffle(ids)
-    half = (len(ids) + 1) // 2
-    return sorted(ids[:half]), sorted(ids[half:])
+    """Halves T (relearned on) and V (measured) of the forget records' ids: a seeded shuffle of the sorted patients
+    (intervals.subject: a TOFU author's questions stay on one side, as a patient's facts do)."""
+    from stages.evaluate.intervals import subject
+
+    subjects = sorted({subject(r["id"]) for r in records})
+    random.Random(seed).shuffle(subjects)
+    half = (len(subjects) + 1) // 2
+    side = {s: i < half for i, s in enumerate(subjects)}
+    return sorted(r["id"] for r in records if side[subject(r["id"])]), sorted(
+        r["id"] for r in records if not side[subject(r["id"])])
 
 
 def weights_changed():

@@ -97,7 +97,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
         raise InputError("the retain model was evaluated on other forget probes than this model; give both the "
                          "same --forget-file.")
     keys = sorted(ours)
-    patients = len({rid for rid, _ in keys})
+    patients = interval.n_subjects(rid for rid, _ in keys)
     weights = interval.resample_weights([rid for rid, _ in keys], resamples, seed)
     unlearned, control = _column(ours, keys, "correct", "this model"), _column(controls, keys, "correct", "")
     before = _column(known_by, keys, "correct", "the oracle")
@@ -107,7 +107,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     _put(out, "oracle_forget_qa_accuracy", interval.proportion(before, weights))
     knowable = {key for key, o, r in zip(keys, before, control, strict=True) if o == 1 and r == 0}
     out["n_knowable_forget"] = len(knowable)
-    out["n_knowable_forget_patients"] = len({rid for rid, _ in knowable})
+    out["n_knowable_forget_patients"] = interval.n_subjects(rid for rid, _ in knowable)
 
     # docs/metrics.md §A: the uncertainty ratio against the retain model (which never saw F) on the same prompts
     reference = {(r["record_id"], r["prompt"]): r["mean_entropy"] for r in retain["per_prompt"]}
@@ -146,7 +146,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
                                                              v_weights))
     v_known = [key for key in held if key in knowable]
     out["n_knowable_relearn"] = len(v_known)
-    out["n_knowable_relearn_patients"] = len({rid for rid, _ in v_known})
+    out["n_knowable_relearn_patients"] = interval.n_subjects(rid for rid, _ in v_known)
     kv_weights = interval.resample_weights([rid for rid, _ in v_known], resamples, seed)
     o_v, r_v = _column(known_by, v_known, "correct", ""), _column(controls, v_known, "correct", "")
     recoveries = []
@@ -178,7 +178,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
                          "--forget-file and --seed.")
     t_known = [key for key in t_keys if key in knowable]
     out["n_knowable_relearn_train"] = len(t_known)
-    out["n_knowable_relearn_train_patients"] = len({rid for rid, _ in t_known})
+    out["n_knowable_relearn_train_patients"] = interval.n_subjects(rid for rid, _ in t_known)
     kt_weights = interval.resample_weights([rid for rid, _ in t_known], resamples, seed)
     for k in steps:
         for key, attacked in ((metric_key("relearn_taught", k), run),
@@ -228,8 +228,8 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
     text_units = [r["record_id"] for r in texts]
     _put(out, "perplexity_ratio", interval.perplexity_ratio(nll, tokens, o_nll, o_tokens,
                                                             interval.resample_weights(text_units, resamples, seed)))
-    ratio = Estimate("perplexity_ratio", out["perplexity_ratio"], out["perplexity_ratio_ci95"], len(text_units),
-                     "retain patients",
+    ratio = Estimate("perplexity_ratio", out["perplexity_ratio"], out["perplexity_ratio_ci95"],
+                     interval.n_subjects(text_units), "retain patients",
                      settle=_settle(lambda rows, w: interval.perplexity_ratio(nll[rows], tokens[rows], o_nll[rows],
                                                                               o_tokens[rows], w),
                                     text_units, resamples, seed))
@@ -242,7 +242,7 @@ def compare(m, run, oracle, retain, thresholds, resamples, seed):
                            settle=_settle(lambda rows, w: interval.paired_difference(ours_leak[rows],
                                                                                      their_leak[rows], w),
                                           forget_units, resamples, seed))
-    utility = Estimate("utility_ratio", out["utility_ratio"], out["utility_ratio_ci95"], len(set(units)),
+    utility = Estimate("utility_ratio", out["utility_ratio"], out["utility_ratio_ci95"], interval.n_subjects(units),
                        "retain patients and world questions",
                        settle=_settle(lambda rows, w: utility_ratio_of([chosen[i] for i in rows],
                                                                        [oracle_rows[i] for i in rows], w),

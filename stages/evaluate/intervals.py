@@ -4,6 +4,8 @@ models, with score intervals as a floor so that an interval never collapses to a
 A patient's facts are correlated (one note, one condition), so the unit of resampling is the patient: each resample
 draws patients with replacement (separately within each stratum, e.g. forget and holdout patients) and keeps all of
 a drawn patient's rows. Comparisons of models on the same patients use one draw for every model (joint bootstrap).
+A record is its patient, unless its id names a subject before a '/' (TOFU's questions, "tofu-author-180/q07"): then
+the subject (the fictitious author, whose 20 answers share one biography) is the unit, drawn with all its records.
 Pure functions on plain arrays; tests/test_intervals.py checks them against plain loops, scipy and closed forms.
 """
 
@@ -14,13 +16,24 @@ import numpy as np
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 
 
+def subject(record_id):
+    """The unit a record's rows are resampled and counted by: the part of its id before a '/' (a TOFU author), else
+    the record itself (a patient). Anything but a string (more_patients' copy numbers) is its own unit."""
+    return record_id.split("/", 1)[0] if isinstance(record_id, str) else record_id
+
+
+def n_subjects(record_ids):
+    """How many patients (or authors) these rows come from: the sample size behind an interval."""
+    return len({subject(rid) for rid in record_ids})
+
+
 def resample_weights(clusters, resamples, seed, strata=None):
     """How often each row is drawn in each resample, as an int array (resamples, rows).
 
     clusters[i] is row i's patient; strata[i] (default: one stratum) the group its patient is drawn within. The
     draws, in order: for each resample, for each stratum in order of first appearance, rng.integers(0, m, m) over
     that stratum's m patients in order of first appearance."""
-    clusters = list(clusters)
+    clusters = [subject(c) for c in clusters]
     strata = [None] * len(clusters) if strata is None else list(strata)
     patients = list(dict.fromkeys(zip(strata, clusters, strict=True)))  # (stratum, patient), first appearance
     index = {key: i for i, key in enumerate(patients)}
@@ -250,6 +263,7 @@ def more_patients(measure, clusters, threshold, resamples, seed, strata=None, li
     number of added patients that puts the interval on one side of the threshold is found by doubling, then
     bisection. Near 0 or 1 successes, where score intervals shrink faster than 1 / sqrt(n), this is what the
     quick estimate cannot be. None when even `limit` times the patients would not settle it."""
+    clusters = [subject(c) for c in clusters]
     strata = [None] * len(clusters) if strata is None else list(strata)
     patients = list(dict.fromkeys(zip(strata, clusters, strict=True)))
     rows_of = {p: [] for p in patients}

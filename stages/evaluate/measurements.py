@@ -79,7 +79,7 @@ def utility_part_bounds(rows, weights):
     j = 0
     for split in UTILITY_SPLITS:
         subset = [r for r in rows if r["split"] == split]
-        units = len({r["record_id"] for r in subset})
+        units = interval.n_subjects(r["record_id"] for r in subset)
         for part in UTILITY_PARTS:
             values = np.array([truth_score(r) if part == "truth_score" else r[part] for r in subset])
             if values.size and np.ptp(values) == 0:
@@ -114,7 +114,7 @@ def probe_summary(rows, resamples, seed):
         if not subset:
             continue
         weights = interval.resample_weights([r["record_id"] for r in subset], resamples, seed)
-        metrics[f"n_{split}_patients"] = len({r["record_id"] for r in subset})
+        metrics[f"n_{split}_patients"] = interval.n_subjects(r["record_id"] for r in subset)
         metrics[f"n_{split}_probes"] = len(subset)
         for name, column in zip(PROBE_METRICS, ["correct", "answer_prob", "rougeL_recall"], strict=True):
             estimate = interval.proportion if column == "correct" else interval.mean
@@ -147,8 +147,8 @@ def mia_summary(rows, resamples, seed):
     weights = interval.resample_weights([r["record_id"] for r in members + others], resamples, seed,
                                         ["forget"] * len(members) + ["holdout"] * len(others))
     metrics = {"n_mia_forget": len(members), "n_mia_holdout": len(others),
-               "n_mia_forget_patients": len({r["record_id"] for r in members}),
-               "n_mia_holdout_patients": len({r["record_id"] for r in others})}
+               "n_mia_forget_patients": interval.n_subjects(r["record_id"] for r in members),
+               "n_mia_holdout_patients": interval.n_subjects(r["record_id"] for r in others)}
     for m in MIA_METHODS:
         a, b = [r[m] for r in members], [r[m] for r in others]
         metrics[f"mia_{m}_auc"] = roc_auc(a, b)
@@ -192,8 +192,9 @@ def _attacks(model, tokenizer, sets, config, progress):
     v_weights, t_weights, f_weights = (interval.resample_weights([rid for rid, _ in items], config.bootstrap,
                                                                  config.seed)
                                        for items in (v_items, t_items, f_items))
-    metrics["n_relearn_patients"], metrics["n_relearn_probes"] = len(measured_ids), len(v_items)
-    metrics["n_relearn_train_patients"], metrics["n_relearn_train_probes"] = len(train_ids), len(t_items)
+    metrics["n_relearn_patients"], metrics["n_relearn_probes"] = interval.n_subjects(measured_ids), len(v_items)
+    metrics["n_relearn_train_patients"] = interval.n_subjects(train_ids)
+    metrics["n_relearn_train_probes"] = len(t_items)
     # what each job measured, as (metric name, rows, where they sit in its results, what they are)
     parts = [("relearn", v_items, slice(0, len(v_items)), v_weights, "relearn: accuracy on V"),
              ("relearn_train", t_items, slice(len(v_items), None), t_weights,

@@ -34,13 +34,19 @@ def probe_from(row):
             "paraphrased_answer": row.get("paraphrased_answer") or row["answer"], "perturbed_answers": perturbed}
 
 
+QUESTIONS_PER_AUTHOR = 20  # TOFU's `full`: 200 fictitious authors, 20 questions each, in author order
+
+
 def tofu_records(full_rows, perturbed_rows):
-    """One record per TOFU question; rows of the perturbed splits give their record a probe."""
+    """One record per TOFU question, its id "tofu-author-<author>/q<question>": evaluate resamples and counts by the
+    part before the '/' (stages/evaluate/intervals.subject), so one author's 20 answers, which share one biography,
+    count as one unit, as one patient's facts do. Rows of the perturbed splits give their record a probe."""
     perturbed = {row["question"]: row for row in perturbed_rows}
     records = []
-    for index, row in enumerate(full_rows, start=1):
-        record = {"id": f"tofu-{index:04d}", "question": row["question"], "answer": row["answer"],
-                  "author_index": (index - 1) // 20, "probes": []}
+    for index, row in enumerate(full_rows):
+        author, question = divmod(index, QUESTIONS_PER_AUTHOR)
+        record = {"id": f"tofu-author-{author:03d}/q{question + 1:02d}", "question": row["question"],
+                  "answer": row["answer"], "author_index": author, "probes": []}
         if row["question"] in perturbed:
             record["probes"].append(probe_from(perturbed[row["question"]]))
         records.append(record)
