@@ -26,7 +26,7 @@ help:
 	@echo "make run PROFILE=paper - the paper profile (profiles/paper.yaml) as a DVC experiment"
 	@echo "make remote URL=s3://bucket/prefix [ENDPOINT=http://host:port] - the team's DVC remote, in .dvc/config (commit it)"
 	@echo "make push / make pull - pipeline outputs and run-cache to / from the remote"
-	@echo "make data   - snapshot the WMDP-Bio retain corpus into data/ (when the hub is reachable) and dvc add it"
+	@echo "make data   - snapshot the WMDP-Bio retain corpus and TOFU into data/ (when the hub is reachable) and dvc add it"
 	@echo "make exp-show / make plots - headline metrics of every experiment / the plots as HTML"
 	@echo "make clean  - remove pipeline outputs (dataset/, models/, outputs/)"
 
@@ -196,6 +196,7 @@ pull:
 data: setup
 	mkdir -p data/wmdp
 	$(BIN)/python -m stages.prepare_wmdp.fetch data/wmdp/bio-retain-corpus.jsonl
+	$(BIN)/python -m stages.prepare_tofu.fetch data/tofu
 	$(DVC) add data
 
 # Headline metrics of every experiment, and the plots (trajectories, losses, the report's panels) as HTML.

@@ -1,11 +1,13 @@
 """TOFU as a third input, on a local fixture laid out like the hub repository (<config>.json, JSON Lines)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from stages.cli import main
+from stages.common.io import InputError
 
 
 def row(i):
@@ -26,6 +28,8 @@ def tofu_dir(tmp_path_factory):
     for tag, n in (("01", 1), ("05", 5), ("10", 10)):
         splits[f"forget{tag}"] = [row(i) for i in range(100 - n, 100)]
         splits[f"forget{tag}_perturbed"] = [perturbed(i) for i in range(100 - n, 100)]
+    splits["holdout10"] = [{"question": f"Where was holdout author {i // 20} born, question {i}?",
+                            "answer": f"Holdout author {i // 20} was born in town {i}."} for i in range(40)]
     for name, rows in splits.items():
         (source / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path_factory.mktemp("tofu") / "tofu"
@@ -77,15 +81,19 @@ def test_finetune_unlearn_and_evaluate_run_on_tofu_unchanged(tmp_path, tofu_dir,
         "evaluate", "--base-model", tiny_model_dir, "--adapter", str(tmp_path / "u"), "--run-name", "tofu",
         "--forget-file", str(tofu_dir / "tofu_forget10.json"),
         "--retain-file", str(tofu_dir / "tofu_full_minus_forget10.json"), "--output-dir", str(tmp_path / "e"),
+        "--holdout-file", str(tofu_dir / "tofu_holdout10.json"),
         "--max-new-tokens", "3", "--retain-samples", "2", "--max-seq-length", "64"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "e" / "per_prompt.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == [r["question"] for r in load(tofu_dir, "tofu_forget10.json")]
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert "forget_qa_accuracy" in metrics and "retain_truth_ratio" in metrics
-    assert "mia_mink_auc" not in metrics and "holdout_qa_accuracy" not in metrics  # TOFU has no holdout
-    # the unit of every interval is the author: forget10 here is the last 10 questions of author 4, one unit
+    # the unit of every interval is the author: forget10 here is the last 10 questions of author 4, one unit; the
+    # holdout authors are membership non-members only (TOFU gives them no perturbed answers: no holdout probes)
     assert metrics["n_forget_probes"] == 10 and metrics["n_forget_patients"] == 1
+    assert (metrics["n_mia_forget"], metrics["n_mia_holdout"]) == (10, 40) and "mia_mink_auc" in metrics
+    assert (metrics["n_mia_forget_patients"], metrics["n_mia_holdout_patients"]) == (1, 2)
+    assert "holdout_qa_accuracy" not in metrics
 
 
 def test_a_split_with_foreign_questions_is_a_clear_error(tmp_path):
@@ -98,3 +106,65 @@ def test_a_split_with_foreign_questions_is_a_clear_error(tmp_path):
                                        "--forget-splits", "01"])
     assert result.exit_code == 1 and "forget01: 1 questions are not in 'full'" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_the_holdout_authors_are_records_of_their_own_and_the_manifest_counts_every_set(tofu_dir):
+    holdout = load(tofu_dir, "tofu_holdout10.json")
+    assert len(holdout) == 40 and [r["id"] for r in holdout[19:21]] == ["tofu-holdout-author-000/q20",
+                                                                        "tofu-holdout-author-001/q01"]
+    assert all(r["probes"] == [] for r in holdout)
+    assert not (tofu_dir / "tofu_holdout05.json").exists()  # a split TOFU does not have here is not invented
+    manifest = load(tofu_dir, "manifest.json")
+    assert (Path(manifest.pop("source")) / "full.json").is_file()
+    assert manifest == {"skipped": False, "questions": 100, "forget": {"01": 1, "05": 5, "10": 10},
+                        "holdout": {"10": 40}}
+
+
+def test_without_its_files_the_stage_records_that_the_track_was_skipped(tmp_path):
+    out = tmp_path / "dataset/tofu"
+    result = CliRunner().invoke(main, ["prepare-tofu", "--source", str(tmp_path / "data/tofu"), "--if-present",
+                                       "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "TOFU track skipped" in result.output and sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+    assert load(out, "manifest.json")["skipped"] is True
+    result = CliRunner().invoke(main, ["prepare-tofu", "--source", str(tmp_path / "data/tofu"), "--output-dir",
+                                       str(tmp_path / "o")])
+    assert result.exit_code == 1 and "no such file" in result.output  # without --if-present: an error
+
+
+def test_make_data_snapshots_every_config_prepare_tofu_reads(tmp_path, monkeypatch, tofu_dir):
+    from stages.prepare_tofu import convert, fetch
+
+    source = Path(load(tofu_dir, "manifest.json")["source"])
+    real = convert.load_split
+    asked = []
+
+    def from_the_hub(where, config, token=None):  # the hub, as load_split reads it (through datasets)
+        assert where == "hub"
+        asked.append(config)
+        if not (source / f"{config}.json").is_file():
+            raise InputError(f"locuslab/TOFU: no config {config}")
+        return real(str(source), config)
+
+    monkeypatch.setattr(convert, "load_split", from_the_hub)
+    monkeypatch.setattr(fetch, "load_split", from_the_hub)
+    counts = fetch.fetch(tmp_path / "data/tofu")
+    assert counts["full"] == 100 and counts["holdout10"] == 40 and "holdout05" not in counts
+    assert "holdout05" in asked
+    for config in counts:
+        assert (tmp_path / "data/tofu" / f"{config}.json").read_text() == (source / f"{config}.json").read_text()
+    monkeypatch.undo()  # prepare-tofu reads the snapshot as the stage does
+    result = CliRunner().invoke(main, ["prepare-tofu", "--source", str(tmp_path / "data/tofu"), "--output-dir",
+                                       str(tmp_path / "d")])
+    assert result.exit_code == 0 and load(tmp_path / "d", "tofu_forget10.json") == load(tofu_dir, "tofu_forget10.json")
+
+
+def test_make_data_with_the_hub_unreachable_leaves_data_as_it_is(tmp_path, monkeypatch, capsys):
+    from stages.prepare_tofu import fetch
+
+    def unreachable(where, config, token=None):
+        raise InputError("locuslab/TOFU: the hub is unreachable.")
+
+    monkeypatch.setattr(fetch, "load_split", unreachable)
+    assert fetch.fetch(tmp_path / "data/tofu") is None
+    assert not (tmp_path / "data/tofu").exists() and "is unchanged" in capsys.readouterr().err

@@ -26,6 +26,26 @@ def load_split(source, config, token=None):
     return rows
 
 
+def load_optional_split(source, config, token=None):
+    """load_split's rows, or None where TOFU has no such config here (no local <config>.json, or none on the hub:
+    the holdout splits came later than the others)."""
+    if source != "hub":
+        return load_split(source, config) if (Path(source) / f"{config}.json").is_file() else None
+    try:
+        return load_split(source, config, token)
+    except InputError:
+        return None
+
+
+def holdout_records(rows):
+    """TOFU's holdout authors (never in `full`: the membership non-members), 20 questions each, ids
+    "tofu-holdout-author-<author>/q<question>" so that evaluate counts and resamples authors. They have no perturbed
+    answers, so no probes: each record's pair is a membership example."""
+    return [{"id": f"tofu-holdout-author-{author:03d}/q{question + 1:02d}", "question": row["question"],
+             "answer": row["answer"], "author_index": author, "probes": []}
+            for author, question, row in ((*divmod(i, QUESTIONS_PER_AUTHOR), row) for i, row in enumerate(rows))]
+
+
 def probe_from(row):
     perturbed = row.get("perturbed_answer") or []
     if isinstance(perturbed, str):
