@@ -21,8 +21,8 @@ def repo(micro_repo):
 def test_repro_runs_every_stage_into_the_documented_layout(repo):
     repo, output = repo
     for stage in ["generate", "prepare-medical", "prepare-wmdp", "prepare-tofu", "finetune-oracle@42",
-                  "finetune-retain@10-42", "unlearn@grad_ascent-10-42", "evaluate-base", "evaluate-oracle@42", "evaluate-retain@10-42",
-                  "evaluate-unlearned@grad_ascent-10-42", "report"]:
+                  "finetune-retain@10-42", "unlearn@grad_ascent-10-42", "evaluate-base", "evaluate-oracle@42",
+                  "evaluate-retain@10-42", "evaluate-unlearned@grad_ascent-10-42", "report"]:
         assert f"Running stage '{stage}'" in output
     assert json.loads((repo / "dataset/tofu/manifest.json").read_text())["skipped"] is True  # no data/tofu here
     # DVC's log reads line by line: the stages' own bars as plain lines, no terminal bar ("  0%|...") redrawn
