@@ -106,11 +106,15 @@ def test_a_stages_bar_in_a_log_is_plain_lines_with_its_postfix_and_the_last_coun
     assert lines[-1].endswith("loss=0.250") and len(lines) == len(set(lines))
 
 
-def test_a_stages_bar_in_a_log_waits_log_interval_between_lines(monkeypatch):
+def test_a_stages_bar_in_a_log_waits_log_interval_between_lines_even_as_its_postfix_changes(monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert list(progress.bar(range(50), total=50, what="unlearn npo", unit="step")) == list(range(50))
+    bar = progress.bar(range(50), total=50, what="unlearn npo", unit="step")
+    for step in bar:
+        bar.set_postfix(loss=f"{step:.3f}")  # tqdm would redraw at once: one line per step in DVC's log
+    bar.close()
     lines = sys.stderr.getvalue().splitlines()
     assert [line.split(" [")[0] for line in lines] == ["unlearn npo: 0/50 step", "unlearn npo: 50/50 step"]
+    assert lines[-1].endswith("loss=49.000")
 
 
 def test_a_stages_bar_on_a_terminal_is_tqdms_and_disabled_is_silent(monkeypatch):

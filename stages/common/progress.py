@@ -61,8 +61,12 @@ def bar(iterable=None, total=None, what="", unit="it", initial=0, disable=False)
     DVC's log with thousands of updates)."""
     from tqdm import tqdm
 
+    class LogBar(tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):  # shown with the next line, not now
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
     stream = sys.stderr
     if disable or stream.isatty():
         return tqdm(iterable, total=total, initial=initial, desc=what, unit=unit, file=stream, disable=disable)
-    return tqdm(iterable, total=total, initial=initial, desc=what, unit=unit, file=_Lines(stream), ascii=True,
-                mininterval=LOG_INTERVAL, miniters=1, bar_format=LOG_FORMAT + "{postfix}")
+    return LogBar(iterable, total=total, initial=initial, desc=what, unit=unit, file=_Lines(stream), ascii=True,
+                  mininterval=LOG_INTERVAL, miniters=1, bar_format=LOG_FORMAT + "{postfix}")
