@@ -192,7 +192,7 @@ remote:
 pull:
 	$(DVC) pull --run-cache
 
-# data/ holds raw external inputs (data.dvc): the WMDP-Bio retain corpus from the hub when it is reachable.
+# data/ holds raw external inputs (data.dvc): the WMDP-Bio retain corpus and TOFU from the hub when it is reachable.
 data: setup
 	mkdir -p data/wmdp
 	$(BIN)/python -m stages.prepare_wmdp.fetch data/wmdp/bio-retain-corpus.jsonl

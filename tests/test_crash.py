@@ -22,13 +22,34 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def kill_when(command, pattern, timeout=300):
+def kill_when(command, pattern, timeout=300, terminal=False):
     """Start `command`, SIGKILL its process group once its output matches `pattern`; returns that output. Fails if
-    the process ended by itself first (then it was not killed in the middle)."""
-    process = subprocess.Popen(command, env=ENV, start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    the process ended by itself first (then it was not killed in the middle). terminal: its output goes to a
+    pseudo-terminal, where a stage's progress bar redraws every step (in a pipe it writes a line every 30 s)."""
+    if terminal:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # tqdm draws nothing in 0 columns
+        process = subprocess.Popen(command, env=ENV, start_new_session=True, stdout=slave, stderr=slave)
+        os.close(slave)
+
+        def read():
+            try:
+                return os.read(master, 256)
+            except OSError:  # the terminal is gone with the process
+                return b""
+    else:
+        process = subprocess.Popen(command, env=ENV, start_new_session=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+
+        def read():
+            return process.stdout.read1(256)
     seen = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: process.stdout.read1(256), b"")), daemon=True)
+    reader = threading.Thread(target=lambda: seen.extend(iter(read, b"")), daemon=True)
     reader.start()
     deadline = time.time() + timeout
     while not re.search(pattern, b"".join(seen).decode(errors="replace")):
@@ -69,7 +90,7 @@ def test_unlearn_killed_midway_leaves_earlier_outputs_and_a_rerun_matches_an_unb
                 "10", "--no-early-stop", "--learning-rate", "1e-4"]
 
     before = earlier_output(tmp_path / "broken" / "model")
-    output = kill_when(command("broken"), r"unlearn grad_diff:\s+\d+%.*\| ?[1-9]\d*/30")
+    output = kill_when(command("broken"), r"unlearn grad_diff:\s+\d+%.*\| ?[1-9]\d*/30", terminal=True)
     assert "Traceback" not in output
     assert files(tmp_path / "broken") == before  # no half-written model or trajectory, the earlier file intact
     rerun = subprocess.run(command("broken"), env=ENV, capture_output=True, text=True, timeout=600)

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from stages.cli import main
 from stages.common.io import InputError
+from stages.common.retry import GiveUp
 
 
 def row(i):
@@ -99,7 +100,7 @@ def test_finetune_unlearn_and_evaluate_run_on_tofu_unchanged(tmp_path, tofu_dir,
 def test_a_split_with_foreign_questions_is_a_clear_error(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
-    for name, rows in {"full": [row(0)], "retain_perturbed": [], "forget01": [row(5)],
+    for name, rows in {"full": [row(i) for i in range(20)], "retain_perturbed": [], "forget01": [row(25)],
                        "forget01_perturbed": []}.items():
         (source / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = CliRunner().invoke(main, ["prepare-tofu", "--source", str(source), "--output-dir", str(tmp_path / "o"),
@@ -148,9 +149,10 @@ def test_make_data_snapshots_every_config_prepare_tofu_reads(tmp_path, monkeypat
 
     monkeypatch.setattr(convert, "load_split", from_the_hub)
     monkeypatch.setattr(fetch, "load_split", from_the_hub)
+    monkeypatch.setattr(convert, "hub_configs", lambda token=None: [p.stem for p in source.glob("*.json")])
     counts = fetch.fetch(tmp_path / "data/tofu")
     assert counts["full"] == 100 and counts["holdout10"] == 40 and "holdout05" not in counts
-    assert "holdout05" in asked
+    assert "holdout05" not in asked  # not among the hub's configs: not loaded, not invented
     for config in counts:
         assert (tmp_path / "data/tofu" / f"{config}.json").read_text() == (source / f"{config}.json").read_text()
     monkeypatch.undo()  # prepare-tofu reads the snapshot as the stage does
@@ -168,3 +170,40 @@ def test_make_data_with_the_hub_unreachable_leaves_data_as_it_is(tmp_path, monke
     monkeypatch.setattr(fetch, "load_split", unreachable)
     assert fetch.fetch(tmp_path / "data/tofu") is None
     assert not (tmp_path / "data/tofu").exists() and "is unchanged" in capsys.readouterr().err
+
+
+def test_make_data_keeps_an_earlier_snapshot_whole_when_a_later_config_fails(tmp_path, monkeypatch, capsys):
+    from stages.prepare_tofu import convert, fetch
+
+    (tmp_path / "data/tofu").mkdir(parents=True)
+    (tmp_path / "data/tofu/holdout10.json").write_text("earlier\n")
+
+    def flaky(where, config, token=None):  # every required config loads; the optional one fails mid-way
+        if config.startswith("holdout"):
+            raise GiveUp("loading locuslab/TOFU (holdout01): gave up after 3 attempts")
+        return [{"question": "q", "answer": "a"}]
+
+    monkeypatch.setattr(fetch, "load_split", flaky)
+    monkeypatch.setattr(convert, "load_split", flaky)
+    monkeypatch.setattr(convert, "load_optional_split", lambda where, config, token=None: flaky(where, config))
+    monkeypatch.setattr(fetch, "load_optional_split", convert.load_optional_split)
+    assert fetch.fetch(tmp_path / "data/tofu") is None
+    assert (tmp_path / "data/tofu/holdout10.json").read_text() == "earlier\n"  # not replaced by a partial snapshot
+    assert "gave up after 3 attempts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([row(i) for i in range(30)], "holdout10: 30 questions, not a multiple of 20"),
+    ([row(i) for i in range(20)], "holdout10: 20 questions are in 'full', so not held out"),
+])
+def test_a_holdout_split_that_breaks_the_author_layout_or_overlaps_full_is_a_clear_error(tmp_path, rows, message):
+    source = tmp_path / "src"
+    source.mkdir()
+    splits = {"full": [row(i) for i in range(40)], "retain_perturbed": [], "forget01": [row(i) for i in range(20, 40)],
+              "forget01_perturbed": [], "holdout01": rows}
+    for name, found in splits.items():
+        (source / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in found))
+    result = CliRunner().invoke(main, ["prepare-tofu", "--source", str(source), "--output-dir", str(tmp_path / "o"),
+                                       "--forget-splits", "01"])
+    assert result.exit_code == 1 and message.replace("holdout10", "holdout01") in result.output, result.output
+    assert not (tmp_path / "o").exists()

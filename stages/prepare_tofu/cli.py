@@ -63,7 +63,7 @@ def run(config):
             manifest["forget"][tag] = len(forget)
             rows = load_optional_split(config.source, f"holdout{tag}", config.hf_token)
             if rows:
-                holdout = holdout_records(rows)
+                holdout = holdout_records(rows, full_rows, f"holdout{tag}")
                 write_json(tmp / f"tofu_holdout{tag}.json", holdout)
                 manifest["holdout"][tag] = len(holdout)
         write_json(tmp / "manifest.json", manifest)

@@ -27,20 +27,40 @@ def load_split(source, config, token=None):
 
 
 def load_optional_split(source, config, token=None):
-    """load_split's rows, or None where TOFU has no such config here (no local <config>.json, or none on the hub:
-    the holdout splits came later than the others)."""
+    """load_split's rows, or None where TOFU has no such config here (no local <config>.json, or not among the hub
+    dataset's configs: the holdout splits came later than the others). Any other failure (offline, gated, a torn
+    file) is raised, never taken for a missing split."""
     if source != "hub":
         return load_split(source, config) if (Path(source) / f"{config}.json").is_file() else None
-    try:
-        return load_split(source, config, token)
-    except InputError:
-        return None
+    return load_split(source, config, token) if config in hub_configs(token) else None
 
 
-def holdout_records(rows):
+def hub_configs(token=None):
+    """The configs of TOFU's hub dataset."""
+    from datasets import get_dataset_config_names
+
+    from stages.common.hub import hub_call
+
+    return hub_call(lambda: get_dataset_config_names(HUB_DATASET, token=token), name=HUB_DATASET,
+                    what=f"listing {HUB_DATASET}'s configs on the hub")
+
+
+def check_authors(rows, config):
+    """The author grouping rests on TOFU's layout: 20 questions per author, in author order."""
+    if len(rows) % QUESTIONS_PER_AUTHOR:
+        raise InputError(f"TOFU {config}: {len(rows)} questions, not a multiple of {QUESTIONS_PER_AUTHOR} (TOFU has "
+                         f"{QUESTIONS_PER_AUTHOR} per author, in author order; the authors could not be told apart).")
+
+
+def holdout_records(rows, full_rows, config="holdout"):
     """TOFU's holdout authors (never in `full`: the membership non-members), 20 questions each, ids
     "tofu-holdout-author-<author>/q<question>" so that evaluate counts and resamples authors. They have no perturbed
     answers, so no probes: each record's pair is a membership example."""
+    check_authors(rows, config)
+    trained = {row["question"] for row in full_rows}
+    seen = [row["question"] for row in rows if row["question"] in trained]
+    if seen:
+        raise InputError(f"TOFU {config}: {len(seen)} questions are in 'full', so not held out (first: {seen[0]!r}).")
     return [{"id": f"tofu-holdout-author-{author:03d}/q{question + 1:02d}", "question": row["question"],
              "answer": row["answer"], "author_index": author, "probes": []}
             for author, question, row in ((*divmod(i, QUESTIONS_PER_AUTHOR), row) for i, row in enumerate(rows))]
@@ -61,6 +81,7 @@ def tofu_records(full_rows, perturbed_rows):
     """One record per TOFU question, its id "tofu-author-<author>/q<question>": evaluate resamples and counts by the
     part before the '/' (stages/evaluate/intervals.subject), so one author's 20 answers, which share one biography,
     count as one unit, as one patient's facts do. Rows of the perturbed splits give their record a probe."""
+    check_authors(full_rows, "full")
     perturbed = {row["question"]: row for row in perturbed_rows}
     records = []
     for index, row in enumerate(full_rows):
