@@ -95,7 +95,8 @@ def test_plot_data_writes_each_curve_under_its_own_name_with_its_interval(tmp_pa
     write_json(trajectory, [{"step": 0, "loss": 1.0, "perplexity": 5.0, "entropy": 0.3, "seconds": 1.2},
                             {"step": 1, "loss": -0.5, "perplexity": 6.0}])
     out = tmp_path / "plots"
-    write_plot_data([unlearned, reference, partial], [log], [trajectory], out)
+    write_plot_data([unlearned, reference, partial], {"oracle-s1": read_json(log)["steps"]},
+                    {"npo-f10-s1": read_json(trajectory)}, out)
     assert read_json(out / "training/oracle-s1.json") == [{"step": 1, "loss": 2.5, "learning_rate": 0.1},
                                                           {"step": 2, "loss": 1.5, "learning_rate": None}]
     assert read_json(out / "unlearning/npo-f10-s1.json") == [

@@ -6,6 +6,7 @@ from stages.common.io import InputError, read_jsonl
 
 HUB_DATASET = "locuslab/TOFU"
 FORGET_SPLITS = {"01": "forget01", "05": "forget05", "10": "forget10"}
+QUESTIONS_PER_AUTHOR = 20  # TOFU's `full`: 200 fictitious authors, 20 questions each, in author order
 
 
 def load_split(source, config, token=None):
@@ -61,9 +62,15 @@ def holdout_records(rows, full_rows, config="holdout"):
     seen = [row["question"] for row in rows if row["question"] in trained]
     if seen:
         raise InputError(f"TOFU {config}: {len(seen)} questions are in 'full', so not held out (first: {seen[0]!r}).")
-    return [{"id": f"tofu-holdout-author-{author:03d}/q{question + 1:02d}", "question": row["question"],
-             "answer": row["answer"], "author_index": author, "probes": []}
-            for author, question, row in ((*divmod(i, QUESTIONS_PER_AUTHOR), row) for i, row in enumerate(rows))]
+    return [author_record("tofu-holdout-author", index, row) for index, row in enumerate(rows)]
+
+
+def author_record(prefix, index, row):
+    """The record of the index-th question of a TOFU split: id "<prefix>-<author>/q<question>" (evaluate resamples
+    and counts by the part before the '/', stages/evaluate/intervals.subject), no probes yet."""
+    author, question = divmod(index, QUESTIONS_PER_AUTHOR)
+    return {"id": f"{prefix}-{author:03d}/q{question + 1:02d}", "question": row["question"], "answer": row["answer"],
+            "author_index": author, "probes": []}
 
 
 def probe_from(row):
@@ -74,9 +81,6 @@ def probe_from(row):
             "paraphrased_answer": row.get("paraphrased_answer") or row["answer"], "perturbed_answers": perturbed}
 
 
-QUESTIONS_PER_AUTHOR = 20  # TOFU's `full`: 200 fictitious authors, 20 questions each, in author order
-
-
 def tofu_records(full_rows, perturbed_rows):
     """One record per TOFU question, its id "tofu-author-<author>/q<question>": evaluate resamples and counts by the
     part before the '/' (stages/evaluate/intervals.subject), so one author's 20 answers, which share one biography,
@@ -85,9 +89,7 @@ def tofu_records(full_rows, perturbed_rows):
     perturbed = {row["question"]: row for row in perturbed_rows}
     records = []
     for index, row in enumerate(full_rows):
-        author, question = divmod(index, QUESTIONS_PER_AUTHOR)
-        record = {"id": f"tofu-author-{author:03d}/q{question + 1:02d}", "question": row["question"],
-                  "answer": row["answer"], "author_index": author, "probes": []}
+        record = author_record("tofu-author", index, row)
         if row["question"] in perturbed:
             record["probes"].append(probe_from(perturbed[row["question"]]))
         records.append(record)

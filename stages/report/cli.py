@@ -177,7 +177,7 @@ RECOVERY = ["relearn_accuracy", "relearn_control", "benign_accuracy", "benign_co
             "relearn_taught", "relearn_taught_control", "relearn_recovery", "benign_recovery"]
 
 
-def plot_data(runs, logs, trajectories, out):
+def plot_data(runs, steps, trajectories, out):
     """The curves as JSON data series for `dvc plots` (dvc.yaml's top-level plots read each directory with one x and
     its y fields, so `dvc plots diff` overlays experiments run by run): training/<run>.json, the fine-tuning loss per
     optimizer step; unlearning/<run>.json, loss, retain perplexity and forget entropy per unlearning step;
@@ -185,20 +185,21 @@ def plot_data(runs, logs, trajectories, out):
     from stages.common.io import atomic_dir
 
     with atomic_dir(out) as tmp:  # the whole directory at once: an older run's curves never linger beside these
-        write_plot_data(runs, logs, trajectories, tmp)
+        write_plot_data(runs, steps, trajectories, tmp)
 
 
-def write_plot_data(runs, logs, trajectories, out):
-    from stages.common.io import read_json, write_json
+def write_plot_data(runs, steps, trajectories, out):
+    """plot_data's files in `out`: `steps` is {run: its train_log.json steps}, `trajectories` {run: its
+    trajectory.json rows}."""
+    from stages.common.io import write_json
 
-    for path in logs:
-        write_json(out / "training" / f"{path.parent.name}.json",
-                   [{"step": s["step"], "loss": s["loss"], "learning_rate": s.get("learning_rate")}
-                    for s in read_json(path)["steps"]])
-    for path in trajectories:
-        write_json(out / "unlearning" / f"{path.parent.name}.json",
+    for run, logged in steps.items():
+        write_json(out / "training" / f"{run}.json",
+                   [{"step": s["step"], "loss": s["loss"], "learning_rate": s.get("learning_rate")} for s in logged])
+    for run, rows in trajectories.items():
+        write_json(out / "unlearning" / f"{run}.json",
                    [{"step": t["step"], "loss": t["loss"], "perplexity": t["perplexity"], "entropy": t.get("entropy")}
-                    for t in read_json(path)])
+                    for t in rows])
     for run in runs:
         curves = {name: by_k(run["records"], name) for name in RECOVERY}
         if "verdict" not in run:
@@ -419,6 +420,8 @@ def run(config):
     # the evaluated runs' own logs only: a directory that no stage of this pipeline wrote (an older run) stays out
     logs = [p for r in runs if (p := Path(config.models_dir) / r["run"] / "train_log.json").is_file()]
     trajectories = [p for r in unlearned if (p := Path(config.unlearn_dir) / r["run"] / "trajectory.json").is_file()]
+    steps = {p.parent.name: read_json(p)["steps"] for p in logs}  # each file read once, for the plots and the data
+    trajectory_rows = {p.parent.name: read_json(p) for p in trajectories}
     if logs:
         sections.append("![fine-tuning loss](training.png)\n")
     if trajectories:
@@ -426,11 +429,11 @@ def run(config):
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(sections), encoding="utf-8")
     plot(runs, unlearned, out / "report.png")
-    plot_data(runs, logs, trajectories, out / "plots")
-    if logs:
-        loss_curves({p.parent.name: ([s["step"] for s in steps], [s["loss"] for s in steps])
-                     for p in logs for steps in [read_json(p)["steps"]]}, out / "training.png")
+    plot_data(runs, steps, trajectory_rows, out / "plots")
+    if steps:
+        loss_curves({run: ([s["step"] for s in logged], [s["loss"] for s in logged]) for run, logged in steps.items()},
+                    out / "training.png")
     if trajectories:
-        trajectories_plot({p.parent.name: (read_json(p), read_json(p.with_name("summary.json")))
+        trajectories_plot({p.parent.name: (trajectory_rows[p.parent.name], read_json(p.with_name("summary.json")))
                            for p in trajectories}, out / "trajectories.png")
     click.echo(f"report: {len(runs)} runs ({len(unlearned)} unlearned) -> {out / 'report.md'}")
