@@ -86,3 +86,23 @@ def test_answer_loss_is_the_models_own_loss_on_the_answer_tokens(tiny_model_dir)
     assert torch.allclose(ours, theirs, atol=1e-6)
     for g, p in zip(grads, [p for p in model.parameters() if p.grad is not None], strict=True):
         assert torch.allclose(g, p.grad, atol=1e-6)
+
+
+def test_the_open_unlearning_template_gives_the_prompt_open_unlearning_builds_for_tofu(tiny_model_dir):
+    """stages/evaluate/templates/open-unlearning-llama3.jinja against open-unlearning's own recipe for its TOFU Llama
+    models (configs/model/Llama-3.2-1B-Instruct.yaml: apply_chat_template false, these tags, concatenated)."""
+    from pathlib import Path
+
+    from stages.common.models import load_tokenizer
+
+    system = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant."
+              "<|eot_id|>")
+    user_start, user_end = "<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>"
+    assistant_start, assistant_end = "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"
+    tokenizer = load_tokenizer(tiny_model_dir)
+    tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"  # Llama 3's, as its tokenizer has
+    tokenizer.chat_template = Path("stages/evaluate/templates/open-unlearning-llama3.jinja").read_text()
+    question, answer = "Who wrote 'The Fall'?", "Basil Mahfouz Al-Kuwaiti."
+    assert format_prompt(tokenizer, question) == system + user_start + question + user_end + assistant_start
+    assert format_prompt(tokenizer, question, system="") == format_prompt(tokenizer, question)
+    assert format_answer(tokenizer, question, answer) == answer + assistant_end

@@ -278,3 +278,20 @@ def test_the_relearning_halves_keep_each_author_on_one_side_and_patients_as_befo
     train, measured = split_patients(questions, 42)
     authors = [{i.split("/")[0] for i in side} for side in (train, measured)]
     assert len(train) == len(measured) == 60 and authors[0].isdisjoint(authors[1]) and len(authors[0]) == 3
+
+
+def test_retain_samples_spread_over_subjects_and_are_the_first_records_when_each_is_a_patient():
+    from stages.evaluate.intervals import spread
+
+    patients = [{"id": f"patient-{i:03d}", "probes": [1]} for i in range(30)]
+    assert spread(patients, 16) == patients[:16] and spread(patients, 99) == patients
+    # TOFU: 20 questions per author, the probes (perturbed answers) on authors 3 and 4 only
+    questions = [{"id": f"tofu-author-{a:03d}/q{q:02d}", "probes": [1] if a in (3, 4) else []}
+                 for a in range(6) for q in range(1, 21)]
+    naive, rounds = [], [[r for r in questions if r["id"].startswith(f"tofu-author-{a:03d}/")] for a in range(6)]
+    for k in range(20):  # a hand loop: round k takes every author's k-th question, authors with probes first
+        naive += sorted((r[k] for r in rounds), key=lambda r: not r["probes"])
+    for n in (1, 2, 6, 7, 50, 120):
+        assert spread(questions, n) == naive[:n]
+    assert {r["id"].split("/")[0] for r in spread(questions, 6)} == {f"tofu-author-{a:03d}" for a in range(6)}
+    assert [r["id"] for r in spread(questions, 2)] == ["tofu-author-003/q01", "tofu-author-004/q01"]

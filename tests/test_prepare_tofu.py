@@ -83,10 +83,17 @@ def test_finetune_unlearn_and_evaluate_run_on_tofu_unchanged(tmp_path, tofu_dir,
         "--forget-file", str(tofu_dir / "tofu_forget10.json"),
         "--retain-file", str(tofu_dir / "tofu_full_minus_forget10.json"), "--output-dir", str(tmp_path / "e"),
         "--holdout-file", str(tofu_dir / "tofu_holdout10.json"),
-        "--max-new-tokens", "3", "--retain-samples", "2", "--max-seq-length", "64"])
+        "--max-new-tokens", "3", "--retain-samples", "2", "--max-seq-length", "96",
+        "--chat-template", "stages/evaluate/templates/open-unlearning-llama3.jinja"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "e" / "per_prompt.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == [r["question"] for r in load(tofu_dir, "tofu_forget10.json")]
+    assert all(r["input_text"].startswith("<|im_start|><|start_header_id|>system<|end_header_id|>\n\nYou are a "
+                                          "helpful assistant.<|eot_id|>") for r in rows)  # open-unlearning's prompt
+    # the retain samples are one question of each of two authors (the one with perturbed answers first), not two
+    # questions of author 0
+    texts = [json.loads(line)["record_id"] for line in (tmp_path / "e" / "perplexity.jsonl").read_text().splitlines()]
+    assert texts == ["tofu-author-000/q01", "tofu-author-001/q01"]
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert "forget_qa_accuracy" in metrics and "retain_truth_ratio" in metrics
     # the unit of every interval is the author: forget10 here is the last 10 questions of author 4, one unit; the
@@ -95,6 +102,15 @@ def test_finetune_unlearn_and_evaluate_run_on_tofu_unchanged(tmp_path, tofu_dir,
     assert (metrics["n_mia_forget"], metrics["n_mia_holdout"]) == (10, 40) and "mia_mink_auc" in metrics
     assert (metrics["n_mia_forget_patients"], metrics["n_mia_holdout_patients"]) == (1, 2)
     assert "holdout_qa_accuracy" not in metrics
+
+
+def test_the_relearning_attack_on_a_forget_set_of_one_author_is_a_clear_error(tmp_path, tofu_dir, tiny_model_dir):
+    result = CliRunner().invoke(main, [
+        "evaluate", "--base-model", tiny_model_dir, "--run-name", "tofu", "--attacks",
+        "--forget-file", str(tofu_dir / "tofu_forget10.json"),
+        "--retain-file", str(tofu_dir / "tofu_full_minus_forget10.json"), "--output-dir", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "this set has one" in result.output, result.output
+    assert not (tmp_path / "e").exists()
 
 
 def test_a_split_with_foreign_questions_is_a_clear_error(tmp_path):

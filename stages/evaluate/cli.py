@@ -27,7 +27,7 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
     "--forget-file dataset/med_synthetic_forget10.json --retain-file dataset/med_synthetic_full_minus_forget10.json "
     "--holdout-file dataset/med_synthetic_holdout.json --output-dir outputs/eval/npo-f10-s42"), groups={
     "Data": "forget_file retain_file holdout_file retain_samples with_notes with_probes max_seq_length",
-    "Model": "base_model adapter run_name method forget_set hf_token trust_remote_code",
+    "Model": "base_model adapter chat_template run_name method forget_set hf_token trust_remote_code",
     "Measurement": ("reference max_new_tokens answer_tokens batch_size precision mink_fraction wmdp_bio mmlu mc_limit "
                     "bootstrap seed"),
     "Attacks": ("attacks relearn_steps relearn_learning_rate relearn_batch_size relearn_precision relearn_lora_rank "
@@ -41,6 +41,10 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--adapter", type=click.Path(file_okay=False), default=None,
               help="LoRA adapter on the base model (oracle, retain or unlearned) or a whole model directory; none "
                    "evaluates the base itself.")
+@click.option("--chat-template", "--chat_template", "chat_template", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="A Jinja chat template every prompt and training pair is formatted with, instead of "
+                                 "the tokenizer's own: e.g. stages/evaluate/templates/open-unlearning-llama3.jinja, "
+                                 "the prompt open-unlearning evaluates its TOFU Llama models with.")
 @click.option("--run-name", "--run_name", "run_name", required=True, help="Name of the run, e.g. npo-f10-s42.")
 @click.option("--method", default=None,
               help="What made the model: base, oracle, retain or the unlearning method (the report groups and orders "
@@ -50,10 +54,11 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--forget-file", "--forget_file", "forget_file", type=click.Path(dir_okay=False), required=True,
               help="Forget records: the entropy prompts, the forget probes and the membership members.")
 @click.option("--retain-file", "--retain_file", "retain_file", type=click.Path(dir_okay=False), required=True,
-              help="Retain records; the first --retain-samples give retain perplexity and the retain probes.")
+              help="Retain records; --retain-samples of them, spread over subjects (patients, TOFU authors), give "
+                   "retain perplexity and the retain probes.")
 @click.option("--holdout-file", "--holdout_file", "holdout_file", type=click.Path(dir_okay=False), default=None,
-              help="Holdout records (patients no model trained on): probes and membership non-members. Without "
-                   "it (e.g. TOFU, which has no holdout) there is no holdout probe or membership inference.")
+              help="Holdout records (patients or TOFU authors no model trained on): the holdout probes and the "
+                   "membership non-members. Without it there is no holdout probe or membership inference.")
 @click.option("--reference", type=click.Path(file_okay=False), default=None,
               help="The base model's evaluation directory; its entropies on the same prompts are the UR's "
                    "denominator. None means this run is the base model.")
@@ -70,7 +75,8 @@ ENTROPY_KEYS = ["mean_entropy", "first_token_entropy", "max_entropy", "entropy_s
 @click.option("--answer-tokens", "--answer_tokens", "answer_tokens", type=click.IntRange(min=1), default=16,
               show_default=True, help="Tokens generated per probe answer (greedy and sampled).")
 @click.option("--retain-samples", "--retain_samples", "retain_samples", type=click.IntRange(min=1), default=32,
-              show_default=True, help="Retain records whose texts give retain perplexity and the retain probes.")
+              show_default=True, help="Retain records whose texts give retain perplexity and the retain probes: "
+                                      "each subject's first record, then each one's second, ... (see --retain-file).")
 @max_seq_length_option
 @click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=16,
               show_default=True, help="Prompts or texts per forward pass.")
@@ -168,6 +174,7 @@ def run(config):
     from stages.common.results import flatten, records
     from stages.common.seeding import seed_everything
     from stages.evaluate.compare import compare, read_run
+    from stages.evaluate.intervals import n_subjects, spread
     from stages.evaluate.measurements import measure, side_by_side
     from stages.evaluate.verdict import Thresholds, uq_verdict
     from stages.evaluate.world import world_records
@@ -180,6 +187,9 @@ def run(config):
         raise click.UsageError("--oracle and --retain need --attacks: the verdict weighs this model's recovery "
                                "attacks against the retain model's.")
     forget_records = read_records(config.forget_file, "forget set", scored=True)
+    if config.attacks and n_subjects([r["id"] for r in forget_records]) < 2:
+        raise click.UsageError(f"{config.forget_file}: the relearning attack splits the forget set's patients (or "
+                               "authors) into a half it trains on and one it measures; this set has one.")
     retain_records = read_records(config.retain_file, "retain set", scored=True)
     holdout_records = read_records(config.holdout_file, "holdout set", scored=True) if config.holdout_file else []
     if config.adapter is not None:
@@ -197,11 +207,13 @@ def run(config):
                             relearn_precision=resolve_precision(config.relearn_precision, device))
     base_model = base_of(config.adapter, config.base_model)
     tokenizer = load_tokenizer(base_model, token=config.hf_token, trust_remote_code=config.trust_remote_code)
+    if config.chat_template:  # every prompt and pair below goes through stages/common/chat.py with it
+        tokenizer.chat_template = Path(config.chat_template).read_text(encoding="utf-8")
     model = load_model(base_model, adapter=config.adapter, token=config.hf_token, dtype=dtype,
                        trust_remote_code=config.trust_remote_code).to(device)
     seed_everything(config.seed)
-    sets = {"forget": forget_records, "retain": retain_records[:config.retain_samples], "holdout": holdout_records,
-            "world": world_records()}
+    sets = {"forget": forget_records, "retain": spread(retain_records, config.retain_samples),
+            "holdout": holdout_records, "world": world_records()}
     # one autocast region for every measurement: the attacks that change weights in place say so
     # (attacks.weights_changed), or autocast's cached bf16 weights would hide the change
     with torch.autocast(device, dtype=torch.bfloat16, enabled=config.precision == "bf16" and device == "cpu"):

@@ -22,6 +22,18 @@ def subject(record_id):
     return record_id.split("/", 1)[0] if isinstance(record_id, str) else record_id
 
 
+def spread(records, n):
+    """n records over as many subjects as there are: each subject's first record (in the file's order, those with
+    probes first), then each one's second, and so on. A patient is one record, so these are the first n; TOFU's
+    retain questions give n authors, not the first one or two authors' 20 questions each."""
+    ranked, seen = [], {}
+    for position, record in enumerate(records):
+        unit = subject(record["id"])
+        ranked.append((seen.get(unit, 0), not record.get("probes"), position))
+        seen[unit] = seen.get(unit, 0) + 1
+    return [records[position] for *_, position in sorted(ranked)[:n]]
+
+
 def n_subjects(record_ids):
     """How many patients (or authors) these rows come from: the sample size behind an interval."""
     return len({subject(rid) for rid in record_ids})
