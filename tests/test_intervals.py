@@ -285,13 +285,24 @@ def test_retain_samples_spread_over_subjects_and_are_the_first_records_when_each
 
     patients = [{"id": f"patient-{i:03d}", "probes": [1]} for i in range(30)]
     assert spread(patients, 16) == patients[:16] and spread(patients, 99) == patients
-    # TOFU: 20 questions per author, the probes (perturbed answers) on authors 3 and 4 only
-    questions = [{"id": f"tofu-author-{a:03d}/q{q:02d}", "probes": [1] if a in (3, 4) else []}
+    # TOFU: 20 questions per author; the probes (perturbed answers) on all of author 3's and 4's, on author 1's
+    # 5th and 9th
+    def probes(a, q):
+        return [1] if a in (3, 4) or (a, q) in ((1, 5), (1, 9)) else []
+
+    questions = [{"id": f"tofu-author-{a:03d}/q{q:02d}", "probes": probes(a, q)}
                  for a in range(6) for q in range(1, 21)]
-    naive, rounds = [], [[r for r in questions if r["id"].startswith(f"tofu-author-{a:03d}/")] for a in range(6)]
-    for k in range(20):  # a hand loop: round k takes every author's k-th question, authors with probes first
+    naive = []
+    # a hand loop: each author's questions, those with probes first; round k takes every author's k-th of them,
+    # those with probes first
+    rounds = [sorted((r for r in questions if r["id"].startswith(f"tofu-author-{a:03d}/")),
+                     key=lambda r: not r["probes"]) for a in range(6)]
+    for k in range(20):
         naive += sorted((r[k] for r in rounds), key=lambda r: not r["probes"])
     for n in (1, 2, 6, 7, 50, 120):
         assert spread(questions, n) == naive[:n]
     assert {r["id"].split("/")[0] for r in spread(questions, 6)} == {f"tofu-author-{a:03d}" for a in range(6)}
-    assert [r["id"] for r in spread(questions, 2)] == ["tofu-author-003/q01", "tofu-author-004/q01"]
+    assert [r["id"] for r in spread(questions, 4)] == ["tofu-author-001/q05", "tofu-author-003/q01",
+                                                       "tofu-author-004/q01", "tofu-author-000/q01"]
+    assert [r["id"] for r in spread(questions, 12)][6:9] == ["tofu-author-001/q09", "tofu-author-003/q02",
+                                                              "tofu-author-004/q02"]

@@ -98,7 +98,8 @@ def test_repro_evaluates_the_references_verifies_the_hub_model_and_reports_the_t
     # go round the three retain authors (author 0, the one with perturbed answers, first)
     assert (verified["n_forget_probes"], verified["n_forget_patients"]) == (40, 2)
     assert (verified["n_mia_forget_patients"], verified["n_mia_holdout_patients"]) == (2, 2)
-    samples = [json.loads(line)["record_id"] for line in (evals / "their-npo/perplexity.jsonl").read_text().splitlines()]
+    lines = (evals / "their-npo/perplexity.jsonl").read_text().splitlines()
+    samples = [json.loads(line)["record_id"] for line in lines]
     assert samples == [f"tofu-author-{a:03d}/q01" for a in range(3)] + ["tofu-author-000/q02"]
     assert json.loads((evals / "their-npo/run.json").read_text()) == {"run": "their-npo", "method": "their-npo",
                                                                        "forget_set": "10", "seed": 42}

@@ -23,14 +23,17 @@ def subject(record_id):
 
 
 def spread(records, n):
-    """n records over as many subjects as there are: each subject's first record (in the file's order, those with
-    probes first), then each one's second, and so on. A patient is one record, so these are the first n; TOFU's
-    retain questions give n authors, not the first one or two authors' 20 questions each."""
-    ranked, seen = [], {}
+    """n records over as many subjects as there are: each subject's first record, then each one's second, and so on;
+    within a subject those with probes come first, and so do they within a round (else the file's order). A patient
+    is one record, so these are the first n; TOFU's retain questions give n authors, not the first one or two
+    authors' 20 questions each, and the questions with perturbed answers (the retain probes) before the others."""
+    by_subject = {}
     for position, record in enumerate(records):
-        unit = subject(record["id"])
-        ranked.append((seen.get(unit, 0), not record.get("probes"), position))
-        seen[unit] = seen.get(unit, 0) + 1
+        by_subject.setdefault(subject(record["id"]), []).append(position)
+    ranked = []
+    for positions in by_subject.values():
+        positions.sort(key=lambda p: (not records[p].get("probes"), p))
+        ranked += [(rank, not records[p].get("probes"), p) for rank, p in enumerate(positions)]
     return [records[position] for *_, position in sorted(ranked)[:n]]
 
 
