@@ -41,12 +41,21 @@ def image_for(stage, environ):
 
 
 def gpu_flags(engine, environ):
-    """GPU access when the host has NVIDIA GPUs (UNFORGOTTEN_GPUS=none turns it off, =all forces it)."""
+    """GPU access when the host has NVIDIA GPUs (UNFORGOTTEN_GPUS=none turns it off, =all forces it): the GPUs that
+    CUDA_VISIBLE_DEVICES names (a job scheduler's, e.g. SkyPilot's, one per job: indices or UUIDs), else all of them.
+    In the container the pinned GPUs are the only ones, numbered from 0, so a stage loads on its own GPU."""
     wanted = environ.get("UNFORGOTTEN_GPUS", "auto")
     if wanted == "none" or (wanted == "auto" and shutil.which("nvidia-smi") is None):
         return []
-    device = ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
-    return [*device, "--ipc=host"]
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible is not None else ["all"]
+    if not devices or devices[0] == "-1":  # CUDA's spelling of no GPU (CUDA stops at the first invalid entry)
+        return []
+    if engine == "docker":  # docker's --gpus value is CSV: a list of devices goes in double quotes
+        flags = ["--gpus", "all" if devices == ["all"] else f'"device={",".join(devices)}"']
+    else:  # podman: one CDI device each
+        flags = [flag for d in devices for flag in ("--device", f"nvidia.com/gpu={d}")]
+    return [*flags, "--ipc=host"]
 
 
 def container_command(runner, stage, args, environ, cwd):

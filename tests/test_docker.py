@@ -110,6 +110,23 @@ def test_gpu_flags_follow_the_host_and_the_engine(engine):
     assert "--gpus" not in off["argv"]
 
 
+def test_a_jobs_visible_gpus_are_the_only_ones_its_container_gets(engine):
+    """A scheduler (SkyPilot's job queue) gives each job its GPUs in CUDA_VISIBLE_DEVICES: the engine gets exactly
+    those, so parallel stages on one multi-GPU host do not all land on GPU 0."""
+    run, _ = engine
+    _, (one,) = run("unlearn", gpus=True, CUDA_VISIBLE_DEVICES="3")
+    assert one["argv"][one["argv"].index("--gpus") + 1] == '"device=3"'
+    _, (two,) = run("evaluate", gpus=True, CUDA_VISIBLE_DEVICES="1,GPU-8f2a")
+    assert two["argv"][two["argv"].index("--gpus") + 1] == '"device=1,GPU-8f2a"'
+    _, (podman,) = run("evaluate", runner="podman", gpus=True, CUDA_VISIBLE_DEVICES="5,6")
+    devices = [podman["argv"][i + 1] for i, a in enumerate(podman["argv"]) if a == "--device"]
+    assert devices == ["nvidia.com/gpu=5", "nvidia.com/gpu=6"] and "nvidia.com/gpu=all" not in podman["argv"]
+    for hidden in ("", "-1"):  # no GPU for this job
+        _, (none,) = run("evaluate", gpus=True, CUDA_VISIBLE_DEVICES=hidden)
+        assert "--gpus" not in none["argv"] and "--ipc=host" not in none["argv"]
+    assert not any("CUDA_VISIBLE_DEVICES" in a for a in one["argv"])  # inside, the pinned GPU is device 0
+
+
 def test_report_and_prepare_tofu_run_in_the_images_they_share_and_the_image_name_is_configurable(engine):
     run, _ = engine
     _, (report,) = run("report", "--eval-dir", "e")
