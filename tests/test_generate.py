@@ -14,7 +14,7 @@ from stages.common.retry import GiveUp, is_transient, with_retries
 from stages.generate.backends import TemplateBackend, TinkerBackend
 from stages.generate.facts import NAME_CAPACITY, patient_items, sample_patients
 from stages.generate.llm import missing_key_facts, note_prompt, parse_note
-from stages.generate.run import run_generation
+from stages.generate.run import resume_log, run_generation
 from tests.fake_tinker import FakeSamplingClient, RateLimitError, StatusError, good_note
 
 TINKER = {"backend": "tinker", "model": "m"}
@@ -113,10 +113,12 @@ def test_torn_last_line_and_foreign_records_are_set_aside(tmp_path):
     out = tmp_path / "n.jsonl"
     items = patient_items(10, seed=1)
     run_generation(items[:5], TinkerBackend("m", "k", 1, client=FakeSamplingClient()), TINKER, out, progress=False)
-    lines = out.read_text().splitlines()
+    log = resume_log(out)  # what a killed run leaves: the log, not the output (written whole at the end)
+    out.unlink()
+    lines = log.read_text().splitlines()
     foreign = json.loads(lines[1])
     foreign["facts"]["diagnosis"] = "something else"
-    out.write_text("\n".join([lines[0], json.dumps(foreign), *lines[2:]]) + '\n{"id": "note-00006", "cli')
+    log.write_text("\n".join([lines[0], json.dumps(foreign), *lines[2:]]) + '\n{"id": "note-00006", "cli')
     client = FakeSamplingClient()
     summary = run_generation(items, TinkerBackend("m", "k", 1, client=client), TINKER, out, progress=False)
     assert summary["set_aside"] == 2 and summary["reused"] == 4 and client.calls == 6
@@ -139,18 +141,34 @@ def test_generation_killed_midway_resumes_without_duplicates_or_losses(tmp_path)
     root = str(Path(__file__).resolve().parents[1])
     process = subprocess.Popen([sys.executable, "-c", code, str(out), root], start_new_session=True)
     deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 8):
+    log = resume_log(out)
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 8):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    written = len(out.read_text().splitlines())
+    written = len(log.read_text().splitlines())
     assert 8 <= written < 40
+    assert not out.exists()  # the output is written whole, at the end
     client = FakeSamplingClient()
     items = patient_items(40, 1)
     summary = run_generation(items, TinkerBackend("m", "k", 1, client=client), TINKER, out, progress=False)
     records = read(out)
     assert [r["id"] for r in records] == [rid for rid, _ in items]
     assert client.calls == 40 - summary["reused"] and summary["reused"] >= written - 1
+
+
+def test_a_rerun_after_dvc_removed_the_output_pays_for_nothing_it_already_has(tmp_path):
+    """DVC removes a stage's outputs before it runs it again (generate's output is no `persist` output, so that the
+    run-cache can restore it): the notes come back from the log beside the output, none is requested twice."""
+    out, items = tmp_path / "n.jsonl", patient_items(12, 4)
+    first = run_generation(items, TinkerBackend("m", "k", 1, client=FakeSamplingClient()), TINKER, out, progress=False)
+    before = out.read_bytes()
+    out.unlink()
+    client = FakeSamplingClient()
+    more = patient_items(15, 4)  # and three patients more
+    summary = run_generation(more, TinkerBackend("m", "k", 1, client=client), TINKER, out, progress=False)
+    assert first["new"] == 12 and summary["reused"] == 12 and client.calls == 3
+    assert out.read_bytes().startswith(before) and [r["id"] for r in read(out)] == [rid for rid, _ in more]
 
 
 def test_transient_errors_are_retried_with_backoff():
