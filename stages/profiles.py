@@ -110,6 +110,53 @@ def check_verify(verify, params_path):
                              f"(no spaces or quotes).")
 
 
+TOFU_MODELS = ("base", "oracle", "retain")
+
+
+def check_tofu(params, params_path):
+    """params.yaml's TOFU track (tofu: track -> its split, three reference models and its evaluate settings;
+    tofu_verify: run name -> its track and model): maps, as DVC's foreach needs, with every key dvc.yaml reads."""
+    import re
+
+    from stages.cli import main as cli
+    from stages.verify.cli import REFERENCE, RUN_NAME
+
+    def model_problem(model):
+        return not isinstance(model, str) or not re.fullmatch(r"[^\s'\"]+", model)
+
+    tracks, runs = params.get("tofu", {}), params.get("tofu_verify", {})
+    if not isinstance(tracks, dict) or not isinstance(runs, dict):
+        raise InputError(f"{params_path}: tofu and tofu_verify: expected maps ({{}} for none).")
+    options = {o[2:] for p in cli.commands["evaluate"].params for o in p.opts if o.startswith("--")}
+    for name, track in tracks.items():
+        where = f"{params_path}: tofu: {name}"
+        if not isinstance(name, str) or not re.fullmatch(RUN_NAME, name):
+            raise InputError(f"{where}: a track name is letters, digits, '-' and '_' (it names a directory).")
+        if not isinstance(track, dict) or set(track) != {"split", *TOFU_MODELS, "evaluate"}:
+            raise InputError(f"{where}: expected split, {', '.join(TOFU_MODELS)} and evaluate (a map, {{}} for "
+                             "none), no other key.")
+        if track["split"] not in ("01", "05", "10"):  # a string: YAML reads 05 as the number 5
+            raise InputError(f"{where}: split: {track['split']!r} is not one of TOFU's forget splits 01, 05, 10 "
+                             "(quote it: \"10\").")
+        for role in TOFU_MODELS:
+            if model_problem(track[role]):
+                raise InputError(f"{where}: {role}: {track[role]!r} is not a directory or hub id.")
+        unknown = sorted(set(track["evaluate"] or {}) - options) if isinstance(track["evaluate"], dict) else ["?"]
+        if unknown:
+            raise InputError(f"{where}: evaluate: {unknown[0]!r} is not an option of evaluate.")
+    for name, entry in runs.items():
+        where = f"{params_path}: tofu_verify: {name}"
+        if not isinstance(name, str) or not re.fullmatch(RUN_NAME, name) or re.fullmatch(REFERENCE, name):
+            raise InputError(f"{where}: not a run name (letters, digits, '-' and '_', not base, oracle or retain).")
+        if not isinstance(entry, dict) or set(entry) != {"track", "model"}:
+            raise InputError(f"{where}: expected track and model, no other key.")
+        if entry["track"] not in tracks:
+            raise InputError(f"{where}: track {entry['track']!r} is not a track of tofu "
+                             f"({', '.join(map(str, tracks)) or 'none'}).")
+        if model_problem(entry["model"]):
+            raise InputError(f"{where}: model: {entry['model']!r} is not a directory or hub id.")
+
+
 def check_params(params_path="params.yaml"):
     """params.yaml's keys are known (a typo names the closest valid key), its methods exist and its forget sets
     are among prepare_medical's ratios."""
@@ -119,7 +166,8 @@ def check_params(params_path="params.yaml"):
     params = yaml.safe_load(Path(params_path).read_text()) or {}
     known = valid_keys()
     check_verify(params.get("verify", {}), params_path)
-    for key, _ in leaves({k: v for k, v in params.items() if k != "verify"}):
+    check_tofu(params, params_path)
+    for key, _ in leaves({k: v for k, v in params.items() if k not in ("verify", "tofu", "tofu_verify")}):
         if key not in known:
             shared = shared_hint(key)
             if shared:

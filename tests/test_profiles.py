@@ -172,6 +172,34 @@ def test_verify_entries_are_a_map_of_plain_run_names_to_models(verify, message, 
         check_params(path)
 
 
+TRACK = {"split": "10", "base": "meta-llama/Llama-3.2-1B-Instruct", "oracle": "open-unlearning/tofu_full",
+         "retain": "models/retain90", "evaluate": {"chat-template": "t.jinja", "retain-samples": 100}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tofu": {"l": {**TRACK, "split": 10}}}, "split: 10 is not one of TOFU's forget splits"),
+    ({"tofu": {"l": {k: v for k, v in TRACK.items() if k != "retain"}}}, "tofu: l: expected split, base, oracle"),
+    ({"tofu": {"l": {**TRACK, "evaluate": {"retain-sample": 3}}}}, "'retain-sample' is not an option of evaluate"),
+    ({"tofu": {"l": {**TRACK, "oracle": "my model"}}}, "oracle: 'my model' is not a directory or hub id"),
+    ({"tofu_verify": {"npo": {"track": "big", "model": "a/b"}}}, "track 'big' is not a track of tofu (l)"),
+    ({"tofu_verify": {"retain": {"track": "l", "model": "a/b"}}}, "tofu_verify: retain: not a run name"),
+    ({"tofu": []}, "tofu and tofu_verify: expected maps")])
+def test_a_tofu_track_names_its_split_three_references_and_evaluate_options(change, message, tmp_path):
+    import yaml
+
+    from stages.profiles import check_params
+
+    params = profile_params("default")
+    path = tmp_path / "params.yaml"
+    params.update({"tofu": {"l": TRACK}, "tofu_verify": {"npo": {"track": "l", "model": "open-unlearning/npo"}}})
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    check_params(path)  # the README's example passes
+    params.update(change)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(InputError, match=re.escape(message)):
+        check_params(path)
+
+
 def test_dvc_expands_a_verify_entry_into_a_stage_with_the_model_on_its_command_line(tmp_path):
     """dvc.yaml's verify foreach, with one entry: DVC's own parser resolves it against the first forget set's and
     seed's references."""

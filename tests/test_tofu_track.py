@@ -69,6 +69,7 @@ def tofu_repo(tmp_path_factory, tiny_model_dir):
                                "evaluate": {"chat-template": TEMPLATE, "retain-samples": 4}}}
     params["tofu_verify"] = {"their-npo": {"track": "mini", "model": "their-lab/tofu-npo"}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([str(BIN / "python"), "-m", "stages.profiles", "check"], repo)  # as `make run` checks params.yaml first
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "a TOFU track")
     environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HOME": str(root / "hf-home"),
