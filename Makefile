@@ -5,13 +5,17 @@ HERE := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# SkyPilot, the launcher's engine, in a venv of its own: it pins click below what this project and DVC use.
+SKY_VENV := .venv-sky
+SKYPILOT ?= skypilot==0.14.1
+SKY_STAMP := $(SKY_VENV)/.installed
 # torch 2.13.0 is the CPU build on this kind of machine; images install a CUDA build instead.
 TORCH ?= torch==2.13.0
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: gpu-check setup run remote pull data exp-show plots test test-fast test-images images image push base-image buildah-base lint bench check-methods clean help
+.PHONY: cloud cloud-setup gpu-check setup run remote pull data exp-show plots test test-fast test-images images image push base-image buildah-base lint bench check-methods clean help
 
 help:
 	@echo "make run    - set up .venv and run the default pipeline (dvc repro)"
@@ -24,6 +28,7 @@ help:
 	@echo "make push REGISTRY=<registry/namespace> - tag and push the stage images"
 	@echo "make test-images - build the images on a local Debian base (no registry) and test them (root, buildah)"
 	@echo "make run PROFILE=paper - the paper profile (profiles/paper.yaml) as a DVC experiment"
+	@echo "make cloud PROFILE=paper [CLOUD_ARGS='--cluster NAME' | '--dry-run'] - its stages as SkyPilot jobs in waves, merged here"
 	@echo "make remote URL=s3://bucket/prefix [ENDPOINT=http://host:port] - the team's DVC remote, in .dvc/config (commit it)"
 	@echo "make push / make pull - pipeline outputs and run-cache to / from the remote"
 	@echo "make data   - snapshot the WMDP-Bio retain corpus and TOFU into data/ (when the hub is reachable) and dvc add it"
@@ -41,6 +46,18 @@ $(STAMP): $(HERE)pyproject.toml $(HERE)constraints.txt
 
 setup: $(STAMP)
 
+$(SKY_STAMP):
+	$(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/pip install -q '$(SKYPILOT)'
+	touch $@
+
+cloud-setup: $(SKY_STAMP)
+
+# The pipeline (PROFILE on top of params.yaml) as SkyPilot jobs, wave by wave, merged here through the run-cache
+# (stages/cloud.py); CLOUD_ARGS: --cluster NAME (one multi-GPU cluster's job queue), --gpu, --dry-run.
+cloud: setup $(SKY_STAMP)
+	PATH=$(abspath $(SKY_VENV))/bin:$$PATH $(BIN)/python -m stages.cloud launch --profile $(PROFILE) $(CLOUD_ARGS)
+
 # PROFILE=default runs params.yaml as it is; PROFILE=<name> runs profiles/<name>.yaml as a DVC experiment on top of it.
 PROFILE ?= default
 run: setup
@@ -53,7 +70,7 @@ else
 	$(BIN)/python -m stages.profiles run $(PROFILE)
 endif
 
-test: setup
+test: setup $(SKY_STAMP)
 	$(BIN)/ruff check stages tests bench
 	$(BIN)/python -m pytest -q
 

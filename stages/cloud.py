@@ -13,6 +13,7 @@ alone cannot: it checks outputs out by dvc.lock, which has no entry for a stage 
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 
 def home_only(stage):
@@ -52,8 +53,6 @@ def plan(repo_dir=".", targets=None):
 
 def dvc(*args, cwd="."):
     """dvc, as this interpreter's environment has it; its output passed through, and returned."""
-    from pathlib import Path
-
     executable = Path(sys.executable).with_name("dvc")
     result = subprocess.run([str(executable) if executable.exists() else "dvc", *args], cwd=cwd,
                             capture_output=True, text=True)
@@ -64,10 +63,16 @@ def dvc(*args, cwd="."):
     return result.stdout + result.stderr
 
 
-def job(stage, cwd="."):
+def job(stage, cwd=".", profile=None):
     """One stage in this clone: its inputs restored from the remote's run-cache, the stage run, its outputs and
     run-cache entry pushed. An upstream stage that had to run here means an earlier wave did not finish (or pushed
-    nothing): that is an error, not a silent recomputation."""
+    nothing): that is an error, not a silent recomputation. With a profile, params.yaml first takes its values
+    (this clone is the job's own)."""
+    if profile and profile != "default":
+        import yaml
+
+        params = profile_params(profile, Path(cwd) / "params.yaml", Path(cwd) / "profiles")
+        (Path(cwd) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     out = dvc("repro", "--pull", stage, cwd=cwd)
     ran = re.findall(r"^Running stage '([^']+)'", out, re.M)
     upstream = [s for s in ran if s != stage]
@@ -94,12 +99,224 @@ def push_run_cache(cwd="."):
         raise SystemExit(f"Error: {len(result.failed)} objects of the run-cache's outputs did not reach the remote.")
 
 
+# --- the launcher: SkyPilot jobs, one per stage, wave after wave -------------------------------------------------
+
+# Shapes of the models the profiles name (parameters, hidden size, layers); another model: parameters from a
+# "<N>B" in its name, else no estimate.
+MODELS = {"embedded": (1.35e8, 576, 30), "meta-llama/Llama-3.1-8B-Instruct": (8.03e9, 4096, 32),
+          "meta-llama/Llama-3.2-1B-Instruct": (1.24e9, 2048, 16)}
+# Stated assumptions, used until bench/results/gpu.json has this GPU's measured numbers: bf16 dense peak FLOP/s,
+# and the fraction of it a stage reaches (training: LoRA fine-tuning, 6 N FLOPs a token; measuring: batched
+# scoring and generation, 2 N a token, memory-bound).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A100-80GB": 312e12, "L4": 121e12}
+GPU_MEMORY_GIB = {"H100": 80, "H200": 141, "A100": 40, "A100-80GB": 80, "L4": 24}
+MFU = {"train": 0.35, "measure": 0.10}
+HF_CACHE = "/tmp/unforgotten-hf"  # one cache per machine: a cluster's jobs share its download (HF_HOME)
+
+
+def profile_params(profile=None, params_path="params.yaml", profiles_dir="profiles"):
+    """params.yaml with a profile's values on top (profiles/<name>.yaml; lists and values replace, maps merge):
+    the values `dvc exp run -S` gives the experiment at home, so the run-cache keys of jobs and home agree."""
+    import yaml
+
+    params = yaml.safe_load(Path(params_path).read_text(encoding="utf-8"))
+    if profile and profile != "default":
+        def merge(into, values):
+            for key, value in values.items():
+                if isinstance(value, dict) and isinstance(into.get(key), dict):
+                    merge(into[key], value)
+                else:
+                    into[key] = value
+        merge(params, yaml.safe_load((Path(profiles_dir) / f"{profile}.yaml").read_text(encoding="utf-8")) or {})
+    return params
+
+
+def profile_plan(profile=None, repo_dir="."):
+    """plan() of the pipeline as a profile expands it: dvc.yaml with the profile's params, in a scratch copy."""
+    import shutil
+    import tempfile
+
+    import yaml
+
+    root = Path(repo_dir)
+    with tempfile.TemporaryDirectory(prefix="unforgotten-plan-") as scratch:
+        scratch = Path(scratch)
+        subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=scratch, check=True)
+        for name in ("dvc.yaml", "data.dvc"):
+            shutil.copy(root / name, scratch / name)
+        params = profile_params(profile, root / "params.yaml", root / "profiles") if profile else None
+        if params is None:
+            shutil.copy(root / "params.yaml", scratch / "params.yaml")
+        else:
+            (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return plan(scratch), yaml.safe_load((scratch / "params.yaml").read_text())
+
+
+def estimate(stage, params, gpu="H100"):
+    """GPU-hours and peak GPU memory of one stage, from the model's size, the stage's token count and the stated
+    throughput assumptions (MFU of PEAK_FLOPS); None where the model's size is unknown. Rough by design: it is
+    there to say whether a run costs ten GPU-hours or a thousand before any is paid."""
+    import re
+
+    model = params.get("base_model", "embedded")
+    shape = MODELS.get(model)
+    if shape is None:
+        size = re.search(r"(\d+(?:\.\d+)?)[bB]\b", model)
+        shape = (float(size.group(1)) * 1e9, None, None) if size else None
+    if shape is None:
+        return None
+    n, hidden, layers = shape
+    kind, _, item = stage.partition("@")
+    seq = params.get("max_seq_length", 256)
+    records = params["generate"]["n-record"] * (1 - params["prepare_medical"]["holdout-ratio"])
+    training = params.get("training", {})
+    pairs = int(bool(training.get("with-notes"))) + len(params["prepare_medical"]["probe-facts"]) * int(
+        bool(training.get("with-probes", True)))
+    evaluate, attacks = params.get("evaluate", {}), params.get("attacks", {})
+    if kind.startswith("finetune"):
+        if kind == "finetune-retain":  # the full set without the forget set
+            records *= 1 - float(item.split("-")[0]) / 100
+        tokens, flops, batch = records * pairs * seq * params["finetune"]["num-epochs"], 6, params["finetune"][
+            "batch-size"]
+    elif kind == "unlearn":
+        unlearn = params["unlearn"]
+        tokens, flops, batch = 2 * unlearn["steps"] * unlearn["samples-per-step"] * seq, 6, unlearn["batch-size"]
+    elif kind.startswith(("evaluate", "verify")):
+        forget = max((float(f) / 100 for f in params.get("forget_sets", ["10"])), default=0.1) * records
+        probes = len(params["prepare_medical"]["probe-facts"]) * (forget + 2 * evaluate.get("retain-samples", 16))
+        answers = evaluate.get("answer-tokens", 16) * (1 + attacks.get("leak-samples", 16))
+        tokens = probes * (seq + answers)
+        if "@" in stage and not kind.endswith("oracle"):  # the retain model and the unlearned: the attacks
+            steps = max(attacks.get("relearn-steps", [0]))
+            tokens += 3 * (2 * steps * attacks.get("relearn-batch-size", 4) * seq * 3 + probes * seq)
+        flops, batch = 2, evaluate.get("batch-size", 16)
+    else:
+        return {"gpu_hours": 0.0, "peak_gib": 0.0, "basis": "no model: a CPU job"}
+    rate = MFU["train" if flops == 6 else "measure"] * PEAK_FLOPS.get(gpu, PEAK_FLOPS["H100"]) / (flops * n)
+    weights = 2 * n  # bf16
+    activations = batch * seq * (hidden or 4096) * (layers or 32) * 2 * 16 if flops == 6 else batch * seq * (
+        hidden or 4096) * 2 * 8
+    return {"gpu_hours": tokens / rate / 3600, "peak_gib": (weights + activations) * 1.1 / 2**30,
+            "basis": f"{tokens:.3g} tokens at {rate:.3g} tokens/s ({flops} N FLOPs a token, MFU "
+                     f"{MFU['train' if flops == 6 else 'measure']} of {gpu})"}
+
+
+def uses_gpu(stage):
+    return stage.partition("@")[0].startswith(("finetune", "unlearn", "evaluate", "verify"))
+
+
+def slug(stage):
+    return re.sub(r"[^a-z0-9-]+", "-", stage.lower()).strip("-")
+
+
+def task(stage, gpu="H100", managed=False, profile=None):
+    """The SkyPilot task of one job: its stage in the workdir the launcher syncs (the launching checkout), one GPU,
+    the secrets by name from the launching shell, docker/cloud/run-stage.sh as its command. A managed job runs on
+    a spot machine SkyPilot replaces when it is preempted (the job then starts its stage again)."""
+    envs = {"STAGE": stage, "PROFILE": profile or "", "REGISTRY": "", "DVC_REMOTE_URL": "",
+            "DVC_REMOTE_ENDPOINT": "", "HF_HOME": HF_CACHE}
+    # the data stages load no model: a CPU machine (on a GPU cluster's queue, a job that takes no GPU)
+    resources = {"accelerators": f"{gpu}:1"} if uses_gpu(stage) else {"cpus": "4+"}
+    spec = {"name": f"unforgotten-{slug(stage)}", "workdir": ".", "resources": {**resources, "disk_size": 256},
+            "envs": envs, "secrets": {"HF_TOKEN": None, "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
+            "run": 'bash docker/cloud/run-stage.sh "$STAGE"'}
+    if managed:
+        spec["resources"].update({"use_spot": True, "job_recovery": {"strategy": "EAGER_NEXT_REGION",
+                                                                      "max_restarts_on_errors": 2}})
+    return spec
+
+
+def write_tasks(planned, out_dir, **options):
+    """One task file per job of every wave under out_dir (wave-NN/<stage>.sky.yaml); their paths by wave."""
+    import yaml
+
+    paths = []
+    for number, layer in enumerate(planned["waves"], start=1):
+        wave = Path(out_dir) / f"wave-{number:02d}"
+        wave.mkdir(parents=True, exist_ok=True)
+        paths.append([])
+        for stage in layer:
+            path = wave / f"{slug(stage)}.sky.yaml"
+            path.write_text(yaml.safe_dump(task(stage, **options), sort_keys=False))
+            paths[-1].append(path)
+    return paths
+
+
+def sky_commands(paths, cluster=None):
+    """The `sky` command lines of each wave: on a cluster's job queue (`sky exec`, one GPU per job, SkyPilot sets
+    the job's CUDA_VISIBLE_DEVICES) or as managed jobs (`sky jobs launch`); detached, then waited for."""
+    waves_ = []
+    for layer in paths:
+        if cluster:
+            waves_.append([["sky", "exec", cluster, str(p), "--detach-run", "--yes"] for p in layer])
+        else:
+            waves_.append([["sky", "jobs", "launch", str(p), "--name", p.name.removesuffix(".sky.yaml"), "--yes",
+                            "--detach-run"] for p in layer])
+    return waves_
+
+
+def wait(command, cluster):
+    """Run one `sky` job command detached and return a waiter that blocks until the job ends and says whether it
+    succeeded: `sky logs <cluster> <id>` follows a cluster job, `sky jobs logs --name` a managed one."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"Error: `{' '.join(command)}` failed: {result.stderr.strip()[-500:]}")
+    if cluster:
+        found = re.search(r"Job ID: (\d+)", result.stdout + result.stderr)
+        if not found:
+            raise SystemExit(f"Error: `{' '.join(command)}` named no job id.")
+        follow = ["sky", "logs", cluster, found.group(1)]
+        status = [*follow, "--status"]
+    else:
+        name = command[command.index("--name") + 1]
+        follow = status = ["sky", "jobs", "logs", "--name", name]
+    return lambda: subprocess.run(follow).returncode == 0 and subprocess.run(status).returncode == 0
+
+
+def launch(profile=None, cluster=None, gpu="H100", tasks_dir="outputs/cloud", dry_run=False, echo=print):
+    """`make cloud`: the waves as SkyPilot jobs, each wave after the one before has succeeded, then the merge at
+    home (`dvc repro --pull`, or for a profile its experiment with --pull). With dry_run: the waves, the jobs and
+    the bill's estimate, and the task files written, nothing launched."""
+    planned, params = profile_plan(profile)
+    paths = write_tasks(planned, tasks_dir, gpu=gpu, managed=cluster is None, profile=profile)
+    total, peak = 0.0, 0.0
+    echo(f"{sum(map(len, planned['waves']))} jobs in {len(planned['waves'])} waves on {gpu} "
+         f"({'cluster ' + cluster + ' job queue' if cluster else 'managed spot jobs'}); task files in {tasks_dir}")
+    for number, layer in enumerate(planned["waves"], start=1):
+        echo(f"wave {number}: {len(layer)} jobs")
+        for stage in layer:
+            guess = estimate(stage, params, gpu)
+            if guess is None:
+                echo(f"  {stage}: no estimate (the model's size is unknown)")
+                continue
+            total, peak = total + guess["gpu_hours"], max(peak, guess["peak_gib"])
+            echo(f"  {stage}: {guess['gpu_hours']:.2f} GPU-h, peak {guess['peak_gib']:.1f} GiB ({guess['basis']})")
+    echo(f"at home after the waves: {' '.join(planned['home']) or 'nothing'}")
+    fits = "fits" if peak <= GPU_MEMORY_GIB.get(gpu, 80) else "does NOT fit"
+    echo(f"estimate: {total:.1f} GPU-hours, peak {peak:.1f} GiB ({fits} one {gpu}); assumptions: MFU {MFU} of "
+         f"{PEAK_FLOPS.get(gpu, PEAK_FLOPS['H100']):.3g} FLOP/s (no measured bench/results/gpu.json), bf16 weights")
+    if dry_run:
+        return planned
+    for number, commands in enumerate(sky_commands(paths, cluster), start=1):
+        waiters = [(command, wait(command, cluster)) for command in commands]
+        failed = [command for command, done in waiters if not done()]
+        if failed:
+            raise SystemExit(f"Error: wave {number}: {len(failed)} jobs failed (first: {' '.join(failed[0])}); the "
+                             "finished ones are on the remote, and a relaunch restores them from its run-cache.")
+        echo(f"wave {number}: {len(commands)} jobs done")
+    home = ([sys.executable, "-m", "stages.profiles", "run", profile, "--pull"] if profile and profile != "default"
+            else [str(Path(sys.executable).with_name("dvc")), "repro", "--pull"])
+    echo("merge: " + " ".join(home))
+    subprocess.run(home, check=True)
+    return planned
+
+
 def main(argv=None):
     import click
 
     @click.group()
     def cli():
-        """The pipeline on many machines (the launcher's parts)."""
+        """The pipeline on many machines: SkyPilot jobs in waves, merged through DVC's run-cache."""
 
     @cli.command("waves")
     @click.argument("targets", nargs=-1)
@@ -112,9 +329,23 @@ def main(argv=None):
 
     @cli.command("job")
     @click.argument("stage")
-    def run_job(stage):
+    @click.option("--profile", default=None, help="profiles/<name>.yaml on top of params.yaml, as the launch's.")
+    def run_job(stage, profile):
         """Run one stage as a job: restore its inputs from the run-cache, run it, push it with its run-cache entry."""
-        job(stage)
+        job(stage, profile=profile)
+
+    @cli.command("launch")
+    @click.option("--profile", default=None, help="profiles/<name>.yaml on top of params.yaml [default: none].")
+    @click.option("--cluster", default=None,
+                  help="A SkyPilot cluster (e.g. 8 GPUs on one node) whose job queue runs the jobs, one GPU each; "
+                       "without it every job is a managed spot job.")
+    @click.option("--gpu", default="H100", show_default=True, help="The accelerator of each job (SkyPilot's name).")
+    @click.option("--tasks-dir", default="outputs/cloud", show_default=True, help="Where the task files go.")
+    @click.option("--dry-run", is_flag=True, help="The waves, jobs and estimate; write the task files, launch "
+                                                   "nothing.")
+    def run_launch(**options):
+        """Launch the pipeline's stages as SkyPilot jobs, wave by wave, then merge them here."""
+        launch(**options, echo=click.echo)
 
     cli(args=argv)
 

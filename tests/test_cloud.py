@@ -3,6 +3,7 @@ one stage of the micro profile as a job (`python -m stages.cloud job`: inputs fr
 with --run-cache) against the SeaweedFS remote, a wave's jobs at once; the coordinator's `dvc repro --pull` then
 recomputes nothing and writes the dvc.lock of a serial run."""
 
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from tests.micro import BIN, commit, dvc, git, make, make_micro_repo, run
+from tests.micro import BIN, ROOT, commit, dvc, git, make, make_micro_repo, run
 from tests.test_remote import s3  # noqa: F401 (the SeaweedFS server fixture)
 
 pytestmark = pytest.mark.pipeline
@@ -84,3 +85,116 @@ def test_a_job_whose_inputs_are_not_on_the_remote_fails_instead_of_recomputing_t
     result = run([sys.executable, "-m", "stages.cloud", "job", "prepare-medical"], clone, check=False)
     assert result.returncode == 1
     assert "generate ran in the job of prepare-medical: not in the remote's run-cache" in result.stderr
+
+
+def sky_python():
+    """SkyPilot's own Python (`make test` builds .venv-sky: SkyPilot pins an older click than this project's)."""
+    path = ROOT / ".venv-sky/bin/python"
+    assert path.exists(), "run `make cloud-setup` (make test does): SkyPilot's venv is missing"
+    return path
+
+
+def test_the_paper_profiles_task_files_are_skypilot_tasks_in_waves_that_follow_dvcs_dag(tmp_path, monkeypatch):
+    from stages.cloud import launch, profile_params
+
+    monkeypatch.chdir(ROOT)
+    lines = []
+    planned = launch(profile="paper", dry_run=True, tasks_dir=str(tmp_path / "tasks"), echo=lines.append)
+    # the same DAG from DVC itself, on a scratch copy with the paper profile's params
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    run([str(BIN / "dvc"), "init", "--no-scm", "-q"], scratch)
+    for name in ("dvc.yaml", "data.dvc"):
+        (scratch / name).write_text((ROOT / name).read_text())
+    (scratch / "params.yaml").write_text(yaml.safe_dump(profile_params("paper"), sort_keys=False))
+    stages = dvc(scratch, "stage", "list", "--name-only").split()
+    position = {stage: i for i, layer in enumerate(planned["waves"]) for stage in layer}
+    assert sorted([*position, *planned["home"]]) == sorted(stages) and planned["home"] == ["report"]
+    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', dvc(scratch, "dag", "--dot"))
+    assert edges and all(position[a] < position[b] for a, b in edges if a in position and b in position)
+    assert len(position) == 63 and sum(1 for s in position if s.startswith("unlearn@")) == 24  # 6 methods x 4
+    assert lines[0].startswith("63 jobs in 5 waves on H100 (managed spot jobs)")
+    assert any(line.startswith("estimate: ") and "GPU-hours" in line for line in lines)
+    # every task file loads and validates with SkyPilot's own API (no cloud credentials needed for that)
+    check = (
+        "import glob, json, sys, sky\n"
+        "out = []\n"
+        "for path in sorted(glob.glob(sys.argv[1] + '/*/*.sky.yaml')):\n"
+        "    task = sky.Task.from_yaml(path)\n"
+        "    (resources,) = task.resources\n"
+        "    out.append({'name': task.name, 'stage': task.envs['STAGE'], 'profile': task.envs['PROFILE'],\n"
+        "                'gpus': resources.accelerators, 'spot': resources.use_spot, 'run': task.run})\n"
+        "print(json.dumps(out))\n")
+    result = subprocess.run([str(sky_python()), "-c", check, str(tmp_path / "tasks")], capture_output=True,
+                            text=True, env={**os.environ, "HOME": str(tmp_path)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tasks = {t["stage"]: t for t in json.loads(result.stdout.splitlines()[-1])}
+    assert sorted(tasks) == sorted(position)
+    assert tasks["unlearn@rmu-20-42"]["gpus"] == {"H100": 1} and tasks["unlearn@rmu-20-42"]["spot"]
+    assert tasks["generate"]["gpus"] is None  # the data stages take no GPU
+    assert all(t["profile"] == "paper" and t["run"].strip() == 'bash docker/cloud/run-stage.sh "$STAGE"'
+               for t in tasks.values())
+    # and SkyPilot refuses what is not a task: the check can fail
+    (tmp_path / "tasks/wave-01/bad.sky.yaml").write_text("name: x\nresources:\n  use_spott: true\nrun: echo\n")
+    result = subprocess.run([str(sky_python()), "-c", check, str(tmp_path / "tasks")], capture_output=True,
+                            text=True, env={**os.environ, "HOME": str(tmp_path)}, timeout=300)
+    assert result.returncode != 0 and "use_spot" in result.stderr
+
+
+FAKE_SKY = """#!{python}
+import json, os, sys
+with open({record!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+args = sys.argv[1:]
+if args[0] == "exec":
+    print("Job submitted, ID: 7\\nJob ID: " + str(sum(1 for _ in open({record!r}))))
+elif args[0] == "logs" and "--status" in args:
+    sys.exit(1 if args[2] == os.environ.get("FAIL_JOB") else 0)
+"""
+
+
+def fake_sky(tmp_path):
+    bin_dir, record = tmp_path / "bin", tmp_path / "sky.jsonl"
+    bin_dir.mkdir()
+    (bin_dir / "sky").write_text(FAKE_SKY.format(python=sys.executable, record=str(record)))
+    (bin_dir / "sky").chmod(0o755)
+    return bin_dir, record
+
+
+def test_launch_submits_each_wave_after_the_one_before_has_succeeded_then_merges_at_home(coordinator, tmp_path,
+                                                                                        monkeypatch):
+    """On a cluster's job queue (a recording `sky`): every job of a wave is submitted and waited for before the
+    next wave's; the merge at home is `dvc repro --pull` (the jobs of the earlier test are on the remote)."""
+    from stages.cloud import launch, plan
+
+    bin_dir, record = fake_sky(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{BIN}:{os.environ['PATH']}")
+    monkeypatch.chdir(coordinator)
+    launch(cluster="gpus8", tasks_dir=str(tmp_path / "tasks"), echo=lambda line: None)
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    submitted = [c for c in calls if c[0] == "exec"]
+    waves = plan(coordinator)["waves"]
+    assert len(submitted) == sum(map(len, waves))
+    seen = []
+    for layer in waves:  # a wave's submissions, then its waits, then the next wave
+        count = len(layer)
+        block, calls = calls[:count], calls[count:]
+        assert all(c[0] == "exec" and c[1] == "gpus8" for c in block)
+        assert sorted(yaml.safe_load(open(c[2]))["envs"]["STAGE"] for c in block) == layer
+        waits, calls = calls[:2 * count], calls[2 * count:]
+        assert all(c[0] == "logs" for c in waits)
+        seen += layer
+    assert not calls and "Data and pipelines are up to date." in dvc(coordinator, "status")
+
+
+def test_a_failed_job_stops_the_launch_before_the_next_wave(coordinator, tmp_path, monkeypatch):
+    from stages.cloud import launch
+
+    bin_dir, record = fake_sky(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{BIN}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAIL_JOB", "2")  # the second job submitted: one of the first wave's
+    monkeypatch.chdir(coordinator)
+    with pytest.raises(SystemExit, match="wave 1: 1 jobs failed"):
+        launch(cluster="gpus8", tasks_dir=str(tmp_path / "tasks"), echo=lambda line: None)
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert sum(1 for c in calls if c[0] == "exec") == 3  # the first wave only
