@@ -111,7 +111,7 @@ MODELS = {"embedded": (1.35e8, 576, 30), "meta-llama/Llama-3.1-8B-Instruct": (8.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A100-80GB": 312e12, "L4": 121e12}
 GPU_MEMORY_GIB = {"H100": 80, "H200": 141, "A100": 40, "A100-80GB": 80, "L4": 24}
 MFU = {"train": 0.35, "measure": 0.10}
-HF_CACHE = "/tmp/unforgotten-hf"  # one cache per machine: a cluster's jobs share its download (HF_HOME)
+CHECKPOINTS = "/checkpoints"  # the bucket of finetune's checkpoints, mounted on every managed job's machine
 
 
 def profile_params(profile=None, params_path="params.yaml", profiles_dir="profiles"):
@@ -209,12 +209,14 @@ def slug(stage):
     return re.sub(r"[^a-z0-9-]+", "-", stage.lower()).strip("-")
 
 
-def task(stage, gpu="H100", managed=False, profile=None):
+def task(stage, gpu="H100", managed=False, profile=None, bucket=None):
     """The SkyPilot task of one job: its stage in the workdir the launcher syncs (the launching checkout), one GPU,
     the secrets by name from the launching shell, docker/cloud/run-stage.sh as its command. A managed job runs on
-    a spot machine SkyPilot replaces when it is preempted (the job then starts its stage again)."""
+    a spot machine SkyPilot replaces when it is preempted; with a bucket, finetune keeps its checkpoints there
+    (MOUNT_CACHED at CHECKPOINTS, UNFORGOTTEN_CHECKPOINT_ROOT), and the replacement resumes from them. The stage
+    images keep the hub's downloads in a volume of the machine (/cache): a cluster's jobs download a model once."""
     envs = {"STAGE": stage, "PROFILE": profile or "", "REGISTRY": "", "DVC_REMOTE_URL": "",
-            "DVC_REMOTE_ENDPOINT": "", "HF_HOME": HF_CACHE}
+            "DVC_REMOTE_ENDPOINT": ""}
     # the data stages load no model: a CPU machine (on a GPU cluster's queue, a job that takes no GPU)
     resources = {"accelerators": f"{gpu}:1"} if uses_gpu(stage) else {"cpus": "4+"}
     spec = {"name": f"unforgotten-{slug(stage)}", "workdir": ".", "resources": {**resources, "disk_size": 256},
@@ -223,6 +225,9 @@ def task(stage, gpu="H100", managed=False, profile=None):
     if managed:
         spec["resources"].update({"use_spot": True, "job_recovery": {"strategy": "EAGER_NEXT_REGION",
                                                                       "max_restarts_on_errors": 2}})
+        if bucket and stage.startswith("finetune"):
+            spec["file_mounts"] = {CHECKPOINTS: {"source": bucket, "mode": "MOUNT_CACHED"}}
+            envs["UNFORGOTTEN_CHECKPOINT_ROOT"] = CHECKPOINTS
     return spec
 
 
@@ -273,12 +278,13 @@ def wait(command, cluster):
     return lambda: subprocess.run(follow).returncode == 0 and subprocess.run(status).returncode == 0
 
 
-def launch(profile=None, cluster=None, gpu="H100", tasks_dir="outputs/cloud", dry_run=False, echo=print):
+def launch(profile=None, cluster=None, gpu="H100", bucket=None, tasks_dir="outputs/cloud", dry_run=False,
+           echo=print):
     """`make cloud`: the waves as SkyPilot jobs, each wave after the one before has succeeded, then the merge at
     home (`dvc repro --pull`, or for a profile its experiment with --pull). With dry_run: the waves, the jobs and
     the bill's estimate, and the task files written, nothing launched."""
     planned, params = profile_plan(profile)
-    paths = write_tasks(planned, tasks_dir, gpu=gpu, managed=cluster is None, profile=profile)
+    paths = write_tasks(planned, tasks_dir, gpu=gpu, managed=cluster is None, profile=profile, bucket=bucket)
     total, peak = 0.0, 0.0
     echo(f"{sum(map(len, planned['waves']))} jobs in {len(planned['waves'])} waves on {gpu} "
          f"({'cluster ' + cluster + ' job queue' if cluster else 'managed spot jobs'}); task files in {tasks_dir}")
@@ -340,6 +346,9 @@ def main(argv=None):
                   help="A SkyPilot cluster (e.g. 8 GPUs on one node) whose job queue runs the jobs, one GPU each; "
                        "without it every job is a managed spot job.")
     @click.option("--gpu", default="H100", show_default=True, help="The accelerator of each job (SkyPilot's name).")
+    @click.option("--bucket", default=None,
+                  help="A bucket (s3://..., gs://...) for finetune's checkpoints on managed jobs: a preempted job's "
+                       "replacement resumes from them.")
     @click.option("--tasks-dir", default="outputs/cloud", show_default=True, help="Where the task files go.")
     @click.option("--dry-run", is_flag=True, help="The waves, jobs and estimate; write the task files, launch "
                                                    "nothing.")

@@ -21,7 +21,7 @@ from stages.table import image_of
 RUNNERS = ("local", "docker", "podman", "buildah")
 PASS_ENV = ("HF_TOKEN", "TINKER_API_KEY", "TINKER_BASE_URL", "HF_HUB_OFFLINE", "HF_ENDPOINT", "TQDM_DISABLE",
             "UNFORGOTTEN_DEBUG", "UNFORGOTTEN_HUB_TIMEOUT", "UNFORGOTTEN_HUB_ATTEMPTS", "UNFORGOTTEN_RETRY_DELAY",
-            "UNFORGOTTEN_TINKER_TIMEOUT")
+            "UNFORGOTTEN_TINKER_TIMEOUT", "UNFORGOTTEN_CHECKPOINT_ROOT")
 DEFAULT_IMAGE = "unforgotten-{stage}:{version}"
 
 
@@ -58,12 +58,19 @@ def gpu_flags(engine, environ):
     return [*flags, "--ipc=host"]
 
 
+def checkpoint_volume(environ):
+    """UNFORGOTTEN_CHECKPOINT_ROOT (finetune's checkpoints on a bucket a preempted job's replacement mounts too),
+    mounted at its own path, as the repository is."""
+    root = environ.get("UNFORGOTTEN_CHECKPOINT_ROOT")
+    return ["--volume", f"{root}:{root}"] if root else []
+
+
 def container_command(runner, stage, args, environ, cwd):
     """The engine command line that runs `unforgotten <stage> <args>` in the stage's image (docker / podman)."""
     root = repository_root(cwd)
     env = [flag for name in PASS_ENV if name in environ for flag in ("--env", name)]
     return [runner, "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}",
-            "--volume", f"{root}:{root}", "--workdir", str(cwd),
+            "--volume", f"{root}:{root}", *checkpoint_volume(environ), "--workdir", str(cwd),
             "--volume", f"{environ.get('UNFORGOTTEN_CACHE_VOLUME', 'unforgotten-cache')}:/cache",
             *gpu_flags(runner, environ), *env,
             "--entrypoint", "unforgotten", image_for(stage, environ), stage, *args]
@@ -86,7 +93,8 @@ def run_in_buildah(stage, args, environ, cwd):
         (Path(secrets) / "env").write_text(
             "".join(f"export {name}={shlex.quote(environ[name])}\n" for name in PASS_ENV if name in environ))
         command = [*buildah, "run", "--isolation", "chroot", "--user", f"{os.getuid()}:{os.getgid()}",
-                   "--volume", f"{root}:{root}", "--volume", f"{secrets}:/run/unforgotten-env:ro",
+                   "--volume", f"{root}:{root}", *checkpoint_volume(environ),
+                   "--volume", f"{secrets}:/run/unforgotten-env:ro",
                    "--workingdir", str(cwd), container, "--",
                    "sh", "-c", '. /run/unforgotten-env/env && exec unforgotten "$@"', "unforgotten", stage, *args]
         try:

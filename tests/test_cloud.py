@@ -99,7 +99,8 @@ def test_the_paper_profiles_task_files_are_skypilot_tasks_in_waves_that_follow_d
 
     monkeypatch.chdir(ROOT)
     lines = []
-    planned = launch(profile="paper", dry_run=True, tasks_dir=str(tmp_path / "tasks"), echo=lines.append)
+    planned = launch(profile="paper", dry_run=True, tasks_dir=str(tmp_path / "tasks"), echo=lines.append,
+                     bucket="s3://team-bucket/checkpoints")
     # the same DAG from DVC itself, on a scratch copy with the paper profile's params
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -123,7 +124,9 @@ def test_the_paper_profiles_task_files_are_skypilot_tasks_in_waves_that_follow_d
         "    task = sky.Task.from_yaml(path)\n"
         "    (resources,) = task.resources\n"
         "    out.append({'name': task.name, 'stage': task.envs['STAGE'], 'profile': task.envs['PROFILE'],\n"
-        "                'gpus': resources.accelerators, 'spot': resources.use_spot, 'run': task.run})\n"
+        "                'gpus': resources.accelerators, 'spot': resources.use_spot, 'run': task.run,\n"
+        "                'checkpoints': task.envs.get('UNFORGOTTEN_CHECKPOINT_ROOT'),\n"
+        "                'mounts': {p: [m.source, m.mode.value] for p, m in task.storage_mounts.items()}})\n"
         "print(json.dumps(out))\n")
     result = subprocess.run([str(sky_python()), "-c", check, str(tmp_path / "tasks")], capture_output=True,
                             text=True, env={**os.environ, "HOME": str(tmp_path)}, timeout=300)
@@ -132,6 +135,11 @@ def test_the_paper_profiles_task_files_are_skypilot_tasks_in_waves_that_follow_d
     assert sorted(tasks) == sorted(position)
     assert tasks["unlearn@rmu-20-42"]["gpus"] == {"H100": 1} and tasks["unlearn@rmu-20-42"]["spot"]
     assert tasks["generate"]["gpus"] is None  # the data stages take no GPU
+    # a preempted fine-tune's replacement finds its checkpoints on the bucket, mounted where finetune writes them
+    for stage, t in tasks.items():
+        mounted = stage.startswith("finetune")
+        assert (t["checkpoints"] == "/checkpoints") == mounted, stage
+        assert t["mounts"] == ({"/checkpoints": ["s3://team-bucket/checkpoints", "MOUNT_CACHED"]} if mounted else {})
     assert all(t["profile"] == "paper" and t["run"].strip() == 'bash docker/cloud/run-stage.sh "$STAGE"'
                for t in tasks.values())
     # and SkyPilot refuses what is not a task: the check can fail

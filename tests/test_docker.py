@@ -127,6 +127,16 @@ def test_a_jobs_visible_gpus_are_the_only_ones_its_container_gets(engine):
     assert not any("CUDA_VISIBLE_DEVICES" in a for a in one["argv"])  # inside, the pinned GPU is device 0
 
 
+def test_the_checkpoint_root_of_a_cloud_job_is_mounted_and_named_to_the_stage(engine):
+    run, _ = engine
+    _, (call,) = run("finetune", UNFORGOTTEN_CHECKPOINT_ROOT="/checkpoints")
+    argv = call["argv"]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"][1] == "/checkpoints:/checkpoints"
+    assert argv[argv.index("UNFORGOTTEN_CHECKPOINT_ROOT") - 1] == "--env"
+    _, (plain,) = run("finetune")
+    assert not any("checkpoints" in a for a in plain["argv"])
+
+
 def test_report_and_prepare_tofu_run_in_the_images_they_share_and_the_image_name_is_configurable(engine):
     run, _ = engine
     _, (report,) = run("report", "--eval-dir", "e")

@@ -129,8 +129,12 @@ def test_batches_are_length_grouped_and_cover_every_example_each_epoch():
     assert batch_schedule(lengths, 4, 2, seed=1) == schedule != batch_schedule(lengths, 4, 2, seed=2)
 
 
+@pytest.mark.parametrize("where", ["beside the output", "on a bucket another machine mounts"])
 def test_killed_finetune_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_ends(
-        tmp_path, tiny_model_dir, medical_dir):
+        where, tmp_path, tiny_model_dir, medical_dir):
+    """Killed in the middle, finetune resumes from its checkpoint: beside the output on the same machine, or (a
+    preempted cloud job) from UNFORGOTTEN_CHECKPOINT_ROOT in a checkout of its own, as the machine that replaces
+    the first one runs it."""
     import os
     import signal
     import subprocess
@@ -147,10 +151,15 @@ def test_killed_finetune_resumes_from_its_checkpoint_and_ends_where_an_unbroken_
                 "2", "--learning-rate", "1e-3", "--max-seq-length", "80", "--checkpoint-every", "2"]
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    broken = tmp_path / "broken"
-    process = subprocess.Popen(command(broken), env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    meta = tmp_path / "broken.checkpoint" / "meta.json"
+    first = second = tmp_path
+    broken, meta = tmp_path / "broken", tmp_path / "broken.checkpoint" / "meta.json"
+    if where != "beside the output":
+        env["UNFORGOTTEN_CHECKPOINT_ROOT"] = str(tmp_path / "bucket")
+        first, second = tmp_path / "machine-1", tmp_path / "machine-2"  # the same relative output on each
+        first.mkdir(), second.mkdir()
+        broken, meta = Path("models/broken"), tmp_path / "bucket/models/broken.checkpoint/meta.json"
+    process = subprocess.Popen(command(broken), env=env, cwd=first, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def micro_steps():  # the checkpoint directory is swapped whole: between two checks it may be briefly absent
         try:
@@ -163,18 +172,20 @@ def test_killed_finetune_resumes_from_its_checkpoint_and_ends_where_an_unbroken_
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not broken.exists() and meta.is_file()
-    resumed = subprocess.run(command(broken), env=env, capture_output=True, text=True, check=True)
+    assert not (first / broken).exists() and meta.is_file()
+    resumed = subprocess.run(command(broken), env=env, cwd=second, capture_output=True, text=True, check=True)
     assert "resumed from the checkpoint at step" in resumed.stdout
-    assert not (tmp_path / "broken.checkpoint").exists()
+    assert not meta.parent.exists() and not (second / "models/broken.checkpoint").exists()
+    broken = second / broken
     unbroken = tmp_path / "unbroken"
-    subprocess.run(command(unbroken), env=env, capture_output=True, check=True)
+    subprocess.run(command(unbroken), env={k: v for k, v in env.items() if k != "UNFORGOTTEN_CHECKPOINT_ROOT"},
+                   capture_output=True, check=True)
     a, b = load_file(broken / "adapter_model.safetensors"), load_file(unbroken / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.isfinite(t).all() for t in a.values())
     log = json.loads((broken / "train_log.json").read_text())
     total = len(json.loads((unbroken / "train_log.json").read_text())["steps"])
-    assert 10 <= json.loads((tmp_path / "broken.timings.json").read_text())["resumed_from_step"] < total
+    assert 10 <= json.loads(broken.with_name("broken.timings.json").read_text())["resumed_from_step"] < total
     assert [s["step"] for s in log["steps"]] == list(range(1, total + 1))
     assert (broken / "train_log.json").read_bytes() == (unbroken / "train_log.json").read_bytes()
 

@@ -71,7 +71,8 @@ TIMINGS = ["tokens_per_s", "peak_memory_gb"]  # per step, in <output-dir>.timing
 @click.option("--checkpoint-every", "--checkpoint_every", "checkpoint_every", type=click.IntRange(min=1), default=25,
               show_default=True, help="Save a resumable checkpoint every N optimizer steps.")
 @click.option("--checkpoint-dir", "--checkpoint_dir", "checkpoint_dir", type=click.Path(file_okay=False),
-              default=None, help="Where checkpoints go [default: <output-dir>.checkpoint]; removed on success.")
+              default=None, help="Where checkpoints go [default: <output-dir>.checkpoint, under "
+                                 "$UNFORGOTTEN_CHECKPOINT_ROOT when that is set]; removed on success.")
 @seed_option
 @hf_token_option
 @trust_remote_code_option
@@ -79,6 +80,18 @@ def finetune(**options):
     """LoRA-fine-tune a base model on records: the oracle on the full set, the retain model without the forget set."""
     run(config_of(finetune, options))
 
+
+
+def default_checkpoint_dir(output_dir):
+    """<output-dir>.checkpoint, beside the output; with UNFORGOTTEN_CHECKPOINT_ROOT set, at that path under the root
+    (a bucket that the machine replacing a preempted cloud job mounts too, stages/cloud.py), so the replacement
+    resumes where the first machine stopped."""
+    import os
+    from pathlib import Path
+
+    path = f"{output_dir.rstrip('/')}.checkpoint"
+    root = os.environ.get("UNFORGOTTEN_CHECKPOINT_ROOT")
+    return str(Path(root) / path.lstrip("/")) if root else path
 
 def run(config):
     """finetune's work: load the base model and the training pairs, train a LoRA (stages/finetune/train.py, with
@@ -142,7 +155,7 @@ def run(config):
     options = [getattr(config, name) for name in trained]
     identity = {"data": hashlib.sha256(Path(config.data_file).read_bytes()).hexdigest(),
                 "base_model": config.base_model, "options": options}
-    checkpoint = Checkpoint(config.checkpoint_dir or f"{config.output_dir.rstrip('/')}.checkpoint",
+    checkpoint = Checkpoint(config.checkpoint_dir or default_checkpoint_dir(config.output_dir),
                             hashlib.sha256(json.dumps(identity).encode()).hexdigest())
     model, log, resumed_from = train_lora(
         model, tokenizer, examples, num_epochs=config.num_epochs, batch_size=config.batch_size,
