@@ -52,35 +52,69 @@ def plan(repo_dir=".", targets=None):
 
 
 def dvc(*args, cwd="."):
-    """dvc, as this interpreter's environment has it; its output passed through, and returned."""
+    """dvc, as this interpreter's environment has it; its output streamed through as it comes (a job's log shows
+    its stage's progress), and returned."""
     executable = Path(sys.executable).with_name("dvc")
-    result = subprocess.run([str(executable) if executable.exists() else "dvc", *args], cwd=cwd,
-                            capture_output=True, text=True)
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
-    if result.returncode:
-        raise SystemExit(f"Error: `dvc {' '.join(args)}` failed (exit {result.returncode}).")
-    return result.stdout + result.stderr
+    process = subprocess.Popen([str(executable) if executable.exists() else "dvc", *args], cwd=cwd, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    for line in process.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        lines.append(line)
+    if process.wait():
+        raise SystemExit(f"Error: `dvc {' '.join(args)}` failed (exit {process.returncode}).")
+    return "".join(lines)
+
+
+def restore_upstream(stage_name, cwd="."):
+    """Every stage `stage_name` depends on, restored from the remote's run-cache (its outputs fetched and checked
+    out, nothing run), in the DAG's order; the data files (data.dvc) pulled. Returns the stages the run-cache does
+    not hold: an earlier wave that did not finish or pushed nothing."""
+    import networkx as nx
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    with Repo(cwd) as repo:
+        graph = repo.index.graph
+        (target,) = [s for s in graph.nodes if isinstance(s, PipelineStage) and s.name == stage_name] or [None]
+        if target is None:
+            raise SystemExit(f"Error: dvc.yaml has no stage {stage_name!r}.")
+        upstream = list(reversed(list(nx.topological_sort(graph.subgraph(nx.descendants(graph, target))))))
+        data = [s.relpath for s in upstream if not isinstance(s, PipelineStage)]
+        repo.stage_cache.pull(None)  # the remote's run-cache entries
+    if data:
+        dvc("pull", *data, cwd=cwd)
+    missing = []
+    with Repo(cwd) as repo, repo.lock:
+        stages = {s.name: s for s in repo.index.graph.nodes if isinstance(s, PipelineStage)}
+        for name in (s.name for s in upstream if isinstance(s, PipelineStage)):
+            try:
+                repo.stage_cache.restore(stages[name], pull=True)
+            except RunCacheNotFoundError:
+                missing.append(name)
+                break  # what follows it cannot be restored either
+    return missing
 
 
 def job(stage, cwd=".", profile=None):
-    """One stage in this clone: its inputs restored from the remote's run-cache, the stage run, its outputs and
-    run-cache entry pushed. An upstream stage that had to run here means an earlier wave did not finish (or pushed
-    nothing): that is an error, not a silent recomputation. With a profile, params.yaml first takes its values
-    (this clone is the job's own)."""
+    """One stage in its own checkout: its inputs restored from the remote's run-cache (restore_upstream), then the
+    stage (`dvc repro --pull --single-item`: restored too, if a relaunch finds it done, else run), then its outputs
+    and run-cache entry pushed. An upstream stage the run-cache lacks is an error before anything runs, not a
+    silent recomputation. With a profile, params.yaml first takes its values (the checkout is the job's own)."""
     if profile and profile != "default":
         import yaml
 
         params = profile_params(profile, Path(cwd) / "params.yaml", Path(cwd) / "profiles")
         (Path(cwd) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    out = dvc("repro", "--pull", stage, cwd=cwd)
-    ran = re.findall(r"^Running stage '([^']+)'", out, re.M)
-    upstream = [s for s in ran if s != stage]
-    if upstream:
-        raise SystemExit(f"Error: {', '.join(upstream)} ran in the job of {stage}: not in the remote's run-cache "
-                         "(run the waves in order, each after the one before has pushed).")
+    missing = restore_upstream(stage, cwd)
+    if missing:
+        raise SystemExit(f"Error: {', '.join(missing)}, which {stage} needs, is not in the remote's run-cache (run "
+                         "the waves in order, each after the one before has pushed).")
+    out = dvc("repro", "--pull", "--single-item", stage, cwd=cwd)
     push_run_cache(cwd)
-    return ran
+    return re.findall(r"^Running stage '([^']+)'", out, re.M)
 
 
 def push_run_cache(cwd="."):
@@ -121,6 +155,9 @@ def profile_params(profile=None, params_path="params.yaml", profiles_dir="profil
 
     params = yaml.safe_load(Path(params_path).read_text(encoding="utf-8"))
     if profile and profile != "default":
+        from stages.profiles import overrides
+
+        overrides(Path(profiles_dir) / f"{profile}.yaml", params_path)  # a key params.yaml lacks: an error here
         def merge(into, values):
             for key, value in values.items():
                 if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -149,6 +186,9 @@ def profile_plan(profile=None, repo_dir="."):
             shutil.copy(root / "params.yaml", scratch / "params.yaml")
         else:
             (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        from stages.profiles import check_params
+
+        check_params(scratch / "params.yaml")  # as `make run` checks it, before any machine is paid for
         return plan(scratch), yaml.safe_load((scratch / "params.yaml").read_text())
 
 
@@ -158,6 +198,8 @@ def estimate(stage, params, gpu="H100"):
     there to say whether a run costs ten GPU-hours or a thousand before any is paid."""
     import re
 
+    if "tofu" in stage:  # the TOFU track's models and sets are not the profile's
+        return None
     model = params.get("base_model", "embedded")
     shape = MODELS.get(model)
     if shape is None:
@@ -209,22 +251,30 @@ def slug(stage):
     return re.sub(r"[^a-z0-9-]+", "-", stage.lower()).strip("-")
 
 
-def task(stage, gpu="H100", managed=False, profile=None, bucket=None):
+SECRETS = ("HF_TOKEN", "TINKER_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def task(stage, gpu="H100", managed=False, profile=None, bucket=None, registry="", secrets=()):
     """The SkyPilot task of one job: its stage in the workdir the launcher syncs (the launching checkout), one GPU,
     the secrets by name from the launching shell, docker/cloud/run-stage.sh as its command. A managed job runs on
     a spot machine SkyPilot replaces when it is preempted; with a bucket, finetune keeps its checkpoints there
     (MOUNT_CACHED at CHECKPOINTS, UNFORGOTTEN_CHECKPOINT_ROOT), and the replacement resumes from them. The stage
     images keep the hub's downloads in a volume of the machine (/cache): a cluster's jobs download a model once."""
-    envs = {"STAGE": stage, "PROFILE": profile or "", "REGISTRY": "", "DVC_REMOTE_URL": "",
-            "DVC_REMOTE_ENDPOINT": ""}
+    import os
+
+    envs = {"STAGE": stage, "PROFILE": profile or "", "REGISTRY": registry,
+            # the committed remote (`make remote`) serves unless the launching shell names another
+            "DVC_REMOTE_URL": os.environ.get("DVC_REMOTE_URL", ""),
+            "DVC_REMOTE_ENDPOINT": os.environ.get("DVC_REMOTE_ENDPOINT", "")}
     # the data stages load no model: a CPU machine (on a GPU cluster's queue, a job that takes no GPU)
     resources = {"accelerators": f"{gpu}:1"} if uses_gpu(stage) else {"cpus": "4+"}
     spec = {"name": f"unforgotten-{slug(stage)}", "workdir": ".", "resources": {**resources, "disk_size": 256},
-            "envs": envs, "secrets": {"HF_TOKEN": None, "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
+            # by name only: each value comes from the launching shell through `--secret NAME` (sky_commands)
+            "envs": envs, "secrets": {name: None for name in secrets},
             "run": 'bash docker/cloud/run-stage.sh "$STAGE"'}
     if managed:
-        spec["resources"].update({"use_spot": True, "job_recovery": {"strategy": "EAGER_NEXT_REGION",
-                                                                      "max_restarts_on_errors": 2}})
+        # preemption recovery; a failing stage is not restarted (its error would repeat on a paid machine)
+        spec["resources"].update({"use_spot": True, "job_recovery": {"strategy": "EAGER_NEXT_REGION"}})
         if bucket and stage.startswith("finetune"):
             spec["file_mounts"] = {CHECKPOINTS: {"source": bucket, "mode": "MOUNT_CACHED"}}
             envs["UNFORGOTTEN_CHECKPOINT_ROOT"] = CHECKPOINTS
@@ -247,16 +297,18 @@ def write_tasks(planned, out_dir, **options):
     return paths
 
 
-def sky_commands(paths, cluster=None):
+def sky_commands(paths, cluster=None, secrets=()):
     """The `sky` command lines of each wave: on a cluster's job queue (`sky exec`, one GPU per job, SkyPilot sets
-    the job's CUDA_VISIBLE_DEVICES) or as managed jobs (`sky jobs launch`); detached, then waited for."""
+    the job's CUDA_VISIBLE_DEVICES) or as managed jobs (`sky jobs launch`); detached, then waited for. Each secret
+    by name (`--secret NAME`: SkyPilot reads its value from this process's environment)."""
+    flags = [flag for name in secrets for flag in ("--secret", name)]
     waves_ = []
     for layer in paths:
         if cluster:
-            waves_.append([["sky", "exec", cluster, str(p), "--detach-run", "--yes"] for p in layer])
+            waves_.append([["sky", "exec", cluster, str(p), *flags, "--detach-run", "--yes"] for p in layer])
         else:
-            waves_.append([["sky", "jobs", "launch", str(p), "--name", p.name.removesuffix(".sky.yaml"), "--yes",
-                            "--detach-run"] for p in layer])
+            waves_.append([["sky", "jobs", "launch", str(p), "--name", p.name.removesuffix(".sky.yaml"), *flags,
+                            "--yes", "--detach-run"] for p in layer])
     return waves_
 
 
@@ -266,25 +318,32 @@ def wait(command, cluster):
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"Error: `{' '.join(command)}` failed: {result.stderr.strip()[-500:]}")
-    if cluster:
-        found = re.search(r"Job ID: (\d+)", result.stdout + result.stderr)
-        if not found:
-            raise SystemExit(f"Error: `{' '.join(command)}` named no job id.")
-        follow = ["sky", "logs", cluster, found.group(1)]
-        status = [*follow, "--status"]
-    else:
-        name = command[command.index("--name") + 1]
-        follow = status = ["sky", "jobs", "logs", "--name", name]
-    return lambda: subprocess.run(follow).returncode == 0 and subprocess.run(status).returncode == 0
+    found = re.search(r"^(?:Managed job ID|Job ID): (\d+)" if not cluster else r"^Job ID: (\d+)",
+                      result.stdout + result.stderr, re.M | re.I)
+    if not found:
+        raise SystemExit(f"Error: `{' '.join(command)}` named no job id.")
+    if cluster:  # follow the log to the end, then the job's status as the exit code
+        follow, status = ["sky", "logs", cluster, found.group(1)], ["sky", "logs", cluster, found.group(1), "--status"]
+        return lambda: subprocess.run(follow).returncode == 0 and subprocess.run(status).returncode == 0
+    follow = ["sky", "jobs", "logs", found.group(1)]  # follows to the end; its exit code is the job's status
+    return lambda: subprocess.run(follow).returncode == 0
 
 
-def launch(profile=None, cluster=None, gpu="H100", bucket=None, tasks_dir="outputs/cloud", dry_run=False,
-           echo=print):
+def launch(profile=None, cluster=None, gpu="H100", bucket=None, registry=None, tasks_dir="outputs/cloud",
+           dry_run=False, echo=print):
     """`make cloud`: the waves as SkyPilot jobs, each wave after the one before has succeeded, then the merge at
     home (`dvc repro --pull`, or for a profile its experiment with --pull). With dry_run: the waves, the jobs and
     the bill's estimate, and the task files written, nothing launched."""
+    import os
+
+    registry = os.environ.get("REGISTRY", "") if registry is None else registry
+    if not registry and not dry_run:
+        raise SystemExit("Error: give --registry (where `make push REGISTRY=...` put the stage images): a cloud "
+                         "machine has no local image.")
+    secrets = [name for name in SECRETS if os.environ.get(name)]
     planned, params = profile_plan(profile)
-    paths = write_tasks(planned, tasks_dir, gpu=gpu, managed=cluster is None, profile=profile, bucket=bucket)
+    paths = write_tasks(planned, tasks_dir, gpu=gpu, managed=cluster is None, profile=profile, bucket=bucket,
+                        registry=registry, secrets=secrets)
     total, peak = 0.0, 0.0
     echo(f"{sum(map(len, planned['waves']))} jobs in {len(planned['waves'])} waves on {gpu} "
          f"({'cluster ' + cluster + ' job queue' if cluster else 'managed spot jobs'}); task files in {tasks_dir}")
@@ -303,7 +362,7 @@ def launch(profile=None, cluster=None, gpu="H100", bucket=None, tasks_dir="outpu
          f"{PEAK_FLOPS.get(gpu, PEAK_FLOPS['H100']):.3g} FLOP/s (no measured bench/results/gpu.json), bf16 weights")
     if dry_run:
         return planned
-    for number, commands in enumerate(sky_commands(paths, cluster), start=1):
+    for number, commands in enumerate(sky_commands(paths, cluster, secrets), start=1):
         waiters = [(command, wait(command, cluster)) for command in commands]
         failed = [command for command, done in waiters if not done()]
         if failed:
@@ -349,6 +408,8 @@ def main(argv=None):
     @click.option("--bucket", default=None,
                   help="A bucket (s3://..., gs://...) for finetune's checkpoints on managed jobs: a preempted job's "
                        "replacement resumes from them.")
+    @click.option("--registry", default=None,
+                  help="Where the stage images are (`make push REGISTRY=...`) [default: $REGISTRY].")
     @click.option("--tasks-dir", default="outputs/cloud", show_default=True, help="Where the task files go.")
     @click.option("--dry-run", is_flag=True, help="The waves, jobs and estimate; write the task files, launch "
                                                    "nothing.")

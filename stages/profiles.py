@@ -65,6 +65,13 @@ SHARED = {"with-notes": "training.with-notes", "with-probes": "training.with-pro
 SHARED_BY = {"finetune": {"max-seq-length": "max_seq_length"}, "unlearn": {"max-seq-length": "max_seq_length"}}
 
 
+# Options params.yaml never holds: a secret (it would be on a command line, in dvc.lock and in every log).
+NEVER = {"hf-token"}
+# evaluate options a TOFU track's stages set themselves (dvc.yaml, verify --tofu): a track may not set them again.
+TOFU_SET = {"forget-file", "retain-file", "holdout-file", "output-dir", "run-name", "method", "forget-set", "seed",
+            "base-model", "adapter", "reference", "oracle", "retain", "attacks", "no-attacks"}
+
+
 def valid_keys():
     """Every key params.yaml may hold: the top-level ones and, per section, the long option names its commands
     all have, but those a shared key sets (a stage's own copy of a shared setting could disagree with it)."""
@@ -79,7 +86,7 @@ def valid_keys():
             if section != "training":
                 options -= {*SHARED, *SHARED_BY.get(command, {})}
             common = options if common is None else common & options
-        keys |= {f"{section}.{o}" for o in common}
+        keys |= {f"{section}.{o}" for o in common - NEVER}
     return keys
 
 
@@ -127,7 +134,7 @@ def check_tofu(params, params_path):
     tracks, runs = params.get("tofu", {}), params.get("tofu_verify", {})
     if not isinstance(tracks, dict) or not isinstance(runs, dict):
         raise InputError(f"{params_path}: tofu and tofu_verify: expected maps ({{}} for none).")
-    options = {o[2:] for p in cli.commands["evaluate"].params for o in p.opts if o.startswith("--")}
+    options = {o[2:] for p in cli.commands["evaluate"].params for o in p.opts if o.startswith("--")} - NEVER - TOFU_SET
     for name, track in tracks.items():
         where = f"{params_path}: tofu: {name}"
         if not isinstance(name, str) or not re.fullmatch(RUN_NAME, name):
@@ -143,7 +150,9 @@ def check_tofu(params, params_path):
                 raise InputError(f"{where}: {role}: {track[role]!r} is not a directory or hub id.")
         unknown = sorted(set(track["evaluate"] or {}) - options) if isinstance(track["evaluate"], dict) else ["?"]
         if unknown:
-            raise InputError(f"{where}: evaluate: {unknown[0]!r} is not an option of evaluate.")
+            raise InputError(f"{where}: evaluate: {unknown[0]!r} is not an option of evaluate a track may set "
+                             "(the track's stages set the files, models and run names; secrets come from the "
+                             "environment).")
     for name, entry in runs.items():
         where = f"{params_path}: tofu_verify: {name}"
         if not isinstance(name, str) or not re.fullmatch(RUN_NAME, name) or re.fullmatch(REFERENCE, name):

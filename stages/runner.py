@@ -49,7 +49,9 @@ def gpu_flags(engine, environ):
         return []
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     devices = [d.strip() for d in visible.split(",") if d.strip()] if visible is not None else ["all"]
-    if not devices or devices[0] == "-1":  # CUDA's spelling of no GPU (CUDA stops at the first invalid entry)
+    if "-1" in devices:  # CUDA stops at the first invalid entry: -1 hides it and every GPU after it
+        devices = devices[:devices.index("-1")]
+    if not devices:
         return []
     if engine == "docker":  # docker's --gpus value is CSV: a list of devices goes in double quotes
         flags = ["--gpus", "all" if devices == ["all"] else f'"device={",".join(devices)}"']

@@ -84,7 +84,26 @@ def test_a_job_whose_inputs_are_not_on_the_remote_fails_instead_of_recomputing_t
     dvc(clone, "remote", "add", "--local", "--default", "empty", str(tmp_path / "empty-remote"))
     result = run([sys.executable, "-m", "stages.cloud", "job", "prepare-medical"], clone, check=False)
     assert result.returncode == 1
-    assert "generate ran in the job of prepare-medical: not in the remote's run-cache" in result.stderr
+    assert "generate, which prepare-medical needs, is not in the remote's run-cache" in result.stderr
+    assert "Running stage" not in result.stdout and not (clone / "dataset").exists()  # nothing ran
+
+
+def test_run_stage_sh_runs_a_job_in_a_copy_of_its_own(coordinator, tmp_path):
+    """docker/cloud/run-stage.sh as SkyPilot runs it (here with the local runner and this venv as the host's):
+    the job works in $HOME/unforgotten-jobs/<task id>, never in the shared workdir, and restores and pushes as a
+    job does."""
+    workdir = tmp_path / "sky_workdir"
+    git(coordinator.parent, "clone", "-q", str(coordinator), str(workdir))
+    (workdir / "docker/cloud").mkdir(parents=True)  # the micro copy holds the pipeline's files, not docker/
+    (workdir / "docker/cloud/run-stage.sh").write_text((ROOT / "docker/cloud/run-stage.sh").read_text())
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "UNFORGOTTEN_HOST_VENV": str(BIN.parent),
+           "UNFORGOTTEN_RUNNER": "local", "SKYPILOT_TASK_ID": "sky-job-7", "STAGE": "prepare-medical"}
+    result = subprocess.run(["bash", "docker/cloud/run-stage.sh", "prepare-medical"], cwd=workdir, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = tmp_path / "home/unforgotten-jobs/sky-job-7"
+    assert (job / "dataset/med_synthetic_full.json").is_file() and not (workdir / "dataset").exists()
+    assert (tmp_path / "home/unforgotten-dvc-cache").is_dir()  # the machine's DVC cache, shared by its jobs
 
 
 def sky_python():
@@ -154,9 +173,14 @@ import json, os, sys
 with open({record!r}, "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
 args = sys.argv[1:]
+count = str(sum(1 for _ in open({record!r})))
 if args[0] == "exec":
-    print("Job submitted, ID: 7\\nJob ID: " + str(sum(1 for _ in open({record!r}))))
+    print("Submitted sky.exec request\\nJob ID: " + count)
+elif args[:2] == ["jobs", "launch"]:
+    print("Managed job ID: " + count)
 elif args[0] == "logs" and "--status" in args:
+    sys.exit(1 if args[2] == os.environ.get("FAIL_JOB") else 0)
+elif args[:2] == ["jobs", "logs"]:
     sys.exit(1 if args[2] == os.environ.get("FAIL_JOB") else 0)
 """
 
@@ -170,29 +194,40 @@ def fake_sky(tmp_path):
 
 
 def test_launch_submits_each_wave_after_the_one_before_has_succeeded_then_merges_at_home(coordinator, tmp_path,
-                                                                                        monkeypatch):
+                                                                                        monkeypatch, capfd):
     """On a cluster's job queue (a recording `sky`): every job of a wave is submitted and waited for before the
     next wave's; the merge at home is `dvc repro --pull` (the jobs of the earlier test are on the remote)."""
-    from stages.cloud import launch, plan
+    from stages.cloud import launch
 
     bin_dir, record = fake_sky(tmp_path)
     monkeypatch.setenv("PATH", f"{bin_dir}:{BIN}:{os.environ['PATH']}")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_never_in_a_file")
     monkeypatch.chdir(coordinator)
-    launch(cluster="gpus8", tasks_dir=str(tmp_path / "tasks"), echo=lambda line: None)
+    launch(cluster="gpus8", registry="ghcr.io/team", tasks_dir=str(tmp_path / "tasks"), echo=lambda line: None)
+    merged = capfd.readouterr().out
     calls = [json.loads(line) for line in record.read_text().splitlines()]
+    for path in (tmp_path / "tasks").rglob("*.sky.yaml"):  # the secret by name, its value nowhere
+        text = path.read_text()
+        declared = yaml.safe_load(text)["secrets"]  # those the launching shell has (the S3 keys here too)
+        assert "hf_secret_value" not in text and declared["HF_TOKEN"] is None and set(declared.values()) == {None}
+        assert set(declared) == {n for n in ("HF_TOKEN", "TINKER_API_KEY", "AWS_ACCESS_KEY_ID",
+                                             "AWS_SECRET_ACCESS_KEY") if os.environ.get(n)}
+        assert yaml.safe_load(text)["envs"]["REGISTRY"] == "ghcr.io/team"
     submitted = [c for c in calls if c[0] == "exec"]
+    from stages.cloud import plan
+
     waves = plan(coordinator)["waves"]
     assert len(submitted) == sum(map(len, waves))
-    seen = []
     for layer in waves:  # a wave's submissions, then its waits, then the next wave
         count = len(layer)
         block, calls = calls[:count], calls[count:]
-        assert all(c[0] == "exec" and c[1] == "gpus8" for c in block)
+        assert all(c[0] == "exec" and c[1] == "gpus8" and c[3:5] == ["--secret", "HF_TOKEN"] for c in block)
         assert sorted(yaml.safe_load(open(c[2]))["envs"]["STAGE"] for c in block) == layer
         waits, calls = calls[:2 * count], calls[2 * count:]
         assert all(c[0] == "logs" for c in waits)
-        seen += layer
-    assert not calls and "Data and pipelines are up to date." in dvc(coordinator, "status")
+    # the merge at home: everything was restored by the earlier test, so nothing runs
+    assert not calls and "Running stage" not in merged and "Data and pipelines are up to date." in merged
+    assert "Data and pipelines are up to date." in dvc(coordinator, "status")
 
 
 def test_a_failed_job_stops_the_launch_before_the_next_wave(coordinator, tmp_path, monkeypatch):
@@ -203,6 +238,15 @@ def test_a_failed_job_stops_the_launch_before_the_next_wave(coordinator, tmp_pat
     monkeypatch.setenv("FAIL_JOB", "2")  # the second job submitted: one of the first wave's
     monkeypatch.chdir(coordinator)
     with pytest.raises(SystemExit, match="wave 1: 1 jobs failed"):
-        launch(cluster="gpus8", tasks_dir=str(tmp_path / "tasks"), echo=lambda line: None)
+        launch(cluster="gpus8", registry="ghcr.io/team", tasks_dir=str(tmp_path / "tasks"), echo=lambda line: None)
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     assert sum(1 for c in calls if c[0] == "exec") == 3  # the first wave only
+    # managed jobs: `sky jobs launch`, each waited for by its id (`sky jobs logs <id>`: the job's status)
+    record.unlink()
+    with pytest.raises(SystemExit, match="wave 1: 1 jobs failed"):
+        launch(registry="ghcr.io/team", tasks_dir=str(tmp_path / "managed"), echo=lambda line: None)
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [c[:2] for c in calls] == [["jobs", "launch"]] * 3 + [["jobs", "logs"]] * 3
+    assert [c[2] for c in calls[3:]] == ["1", "2", "3"]
+    with pytest.raises(SystemExit, match="give --registry"):  # a cloud machine has no local image
+        launch(registry="", tasks_dir=str(tmp_path / "none"), echo=lambda line: None)

@@ -157,11 +157,16 @@ def test_killed_finetune_resumes_from_its_checkpoint_and_ends_where_an_unbroken_
         env["UNFORGOTTEN_CHECKPOINT_ROOT"] = str(tmp_path / "bucket")
         first, second = tmp_path / "machine-1", tmp_path / "machine-2"  # the same relative output on each
         first.mkdir(), second.mkdir()
-        broken, meta = Path("models/broken"), tmp_path / "bucket/models/broken.checkpoint/meta.json"
+        broken, meta = Path("models/broken"), None  # under the bucket, in a directory of the run's fingerprint
     process = subprocess.Popen(command(broken), env=env, cwd=first, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def micro_steps():  # the checkpoint directory is swapped whole: between two checks it may be briefly absent
+        nonlocal meta
+        if meta is None:
+            meta = next((tmp_path / "bucket").glob("*/broken.checkpoint/meta.json"), None)
+            if meta is None:
+                return 0
         try:
             return json.loads(meta.read_text())["micro"]
         except (FileNotFoundError, json.JSONDecodeError):

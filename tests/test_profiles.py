@@ -183,6 +183,9 @@ TRACK = {"split": "10", "base": "meta-llama/Llama-3.2-1B-Instruct", "oracle": "o
     ({"tofu": {"l": {**TRACK, "oracle": "my model"}}}, "oracle: 'my model' is not a directory or hub id"),
     ({"tofu_verify": {"npo": {"track": "big", "model": "a/b"}}}, "track 'big' is not a track of tofu (l)"),
     ({"tofu_verify": {"retain": {"track": "l", "model": "a/b"}}}, "tofu_verify: retain: not a run name"),
+    ({"tofu": {"l": {**TRACK, "evaluate": {"hf-token": "hf_x"}}}}, "'hf-token' is not an option of evaluate"),
+    ({"tofu": {"l": {**TRACK, "evaluate": {"output-dir": "x"}}}}, "'output-dir' is not an option of evaluate"),
+    ({"evaluate": {"hf-token": "hf_x"}}, "'evaluate.hf-token' is not a known key"),
     ({"tofu": []}, "tofu and tofu_verify: expected maps")])
 def test_a_tofu_track_names_its_split_three_references_and_evaluate_options(change, message, tmp_path):
     import yaml

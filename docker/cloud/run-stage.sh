@@ -9,8 +9,15 @@ set -euo pipefail
 STAGE=${1:?usage: run-stage.sh <dvc stage name, e.g. finetune-oracle@42 or unlearn@npo-10-42>}
 cd "$(dirname "$0")/../.."
 
-# The orchestrator only (dvc and the `unforgotten` entry point, whose runner starts the stage's image; no torch),
-# in a venv outside the synced workdir, built once per machine: the jobs of one cluster share it (under a lock).
+# The jobs of one cluster share SkyPilot's workdir, which each new job re-syncs: every job works in a copy of its
+# own, with a DVC cache per machine that its jobs share.
+JOB_DIR=$HOME/unforgotten-jobs/${SKYPILOT_TASK_ID:-$$}
+mkdir -p "$JOB_DIR"
+cp -a . "$JOB_DIR/"
+cd "$JOB_DIR"
+
+# The orchestrator only (dvc; no torch), in a venv outside the workdir, built once per machine under a lock. The
+# `unforgotten` entry point runs this copy's code (nothing is installed that another job could be importing).
 VENV=${UNFORGOTTEN_HOST_VENV:-$HOME/.unforgotten-host}
 (
   flock 9
@@ -18,9 +25,13 @@ VENV=${UNFORGOTTEN_HOST_VENV:-$HOME/.unforgotten-host}
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q 'dvc[s3]>=3.50' click pyyaml networkx
   fi
-  "$VENV/bin/pip" install -q --no-deps --force-reinstall .
 ) 9>"$VENV.lock"
-export PATH="$VENV/bin:$PATH"
+mkdir -p .job-bin
+printf '#!/bin/sh\nexec "%s/bin/python" -c "import sys; from stages.runner import main; sys.exit(main())" "$@"\n' \
+  "$VENV" > .job-bin/unforgotten
+chmod +x .job-bin/unforgotten
+export PATH="$JOB_DIR/.job-bin:$VENV/bin:$PATH" PYTHONPATH="$JOB_DIR"
+dvc config --local cache.dir "$HOME/unforgotten-dvc-cache"
 
 if [ -n "${DVC_REMOTE_URL:-}" ]; then
   dvc remote add --local --default --force cloud "$DVC_REMOTE_URL"
@@ -30,4 +41,4 @@ fi
 export UNFORGOTTEN_RUNNER=${UNFORGOTTEN_RUNNER:-docker}   # GPUs: this job's CUDA_VISIBLE_DEVICES (SkyPilot's)
 if [ -n "${REGISTRY:-}" ]; then export UNFORGOTTEN_IMAGE="$REGISTRY/unforgotten-{stage}:{version}"; fi
 
-exec python -m stages.cloud job "$STAGE" ${PROFILE:+--profile "$PROFILE"}
+exec "$VENV/bin/python" -m stages.cloud job "$STAGE" ${PROFILE:+--profile "$PROFILE"}

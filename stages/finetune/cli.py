@@ -71,8 +71,9 @@ TIMINGS = ["tokens_per_s", "peak_memory_gb"]  # per step, in <output-dir>.timing
 @click.option("--checkpoint-every", "--checkpoint_every", "checkpoint_every", type=click.IntRange(min=1), default=25,
               show_default=True, help="Save a resumable checkpoint every N optimizer steps.")
 @click.option("--checkpoint-dir", "--checkpoint_dir", "checkpoint_dir", type=click.Path(file_okay=False),
-              default=None, help="Where checkpoints go [default: <output-dir>.checkpoint, under "
-                                 "$UNFORGOTTEN_CHECKPOINT_ROOT when that is set]; removed on success.")
+              default=None, help="Where checkpoints go [default: <output-dir>.checkpoint; with "
+                                 "$UNFORGOTTEN_CHECKPOINT_ROOT set, <root>/<run fingerprint>/<name>.checkpoint]; "
+                                 "removed on success.")
 @seed_option
 @hf_token_option
 @trust_remote_code_option
@@ -82,16 +83,20 @@ def finetune(**options):
 
 
 
-def default_checkpoint_dir(output_dir):
-    """<output-dir>.checkpoint, beside the output; with UNFORGOTTEN_CHECKPOINT_ROOT set, at that path under the root
-    (a bucket that the machine replacing a preempted cloud job mounts too, stages/cloud.py), so the replacement
-    resumes where the first machine stopped."""
+def default_checkpoint_dir(output_dir, fingerprint):
+    """<output-dir>.checkpoint, beside the output; with UNFORGOTTEN_CHECKPOINT_ROOT set, under that root in a
+    directory of this run's own (a bucket that the machine replacing a preempted cloud job mounts too,
+    stages/cloud.py): the replacement resumes where the first machine stopped, and two runs with the same output
+    path (another profile on the same bucket) never share one."""
     import os
     from pathlib import Path
 
     path = f"{output_dir.rstrip('/')}.checkpoint"
     root = os.environ.get("UNFORGOTTEN_CHECKPOINT_ROOT")
-    return str(Path(root) / path.lstrip("/")) if root else path
+    if not root:
+        return path
+    return str(Path(root) / fingerprint[:16] / Path(path).name)
+
 
 def run(config):
     """finetune's work: load the base model and the training pairs, train a LoRA (stages/finetune/train.py, with
@@ -155,8 +160,9 @@ def run(config):
     options = [getattr(config, name) for name in trained]
     identity = {"data": hashlib.sha256(Path(config.data_file).read_bytes()).hexdigest(),
                 "base_model": config.base_model, "options": options}
-    checkpoint = Checkpoint(config.checkpoint_dir or default_checkpoint_dir(config.output_dir),
-                            hashlib.sha256(json.dumps(identity).encode()).hexdigest())
+    fingerprint = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+    checkpoint = Checkpoint(config.checkpoint_dir or default_checkpoint_dir(config.output_dir, fingerprint),
+                            fingerprint)
     model, log, resumed_from = train_lora(
         model, tokenizer, examples, num_epochs=config.num_epochs, batch_size=config.batch_size,
         grad_accum=config.gradient_accumulation_steps, learning_rate=config.learning_rate,
