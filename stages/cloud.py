@@ -198,6 +198,8 @@ def estimate(stage, params, gpu="H100"):
     there to say whether a run costs ten GPU-hours or a thousand before any is paid."""
     import re
 
+    if not uses_gpu(stage):
+        return {"gpu_hours": 0.0, "peak_gib": 0.0, "basis": "no model: a CPU job"}
     if "tofu" in stage:  # the TOFU track's models and sets are not the profile's
         return None
     model = params.get("base_model", "embedded")
@@ -352,7 +354,7 @@ def launch(profile=None, cluster=None, gpu="H100", bucket=None, registry=None, t
         for stage in layer:
             guess = estimate(stage, params, gpu)
             if guess is None:
-                echo(f"  {stage}: no estimate (the model's size is unknown)")
+                echo(f"  {stage}: no estimate (a TOFU track's stage, or a model of unknown size)")
                 continue
             total, peak = total + guess["gpu_hours"], max(peak, guess["peak_gib"])
             echo(f"  {stage}: {guess['gpu_hours']:.2f} GPU-h, peak {guess['peak_gib']:.1f} GiB ({guess['basis']})")
