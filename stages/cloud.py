@@ -307,7 +307,7 @@ def sky_commands(paths, cluster=None, secrets=()):
     waves_ = []
     for layer in paths:
         if cluster:
-            waves_.append([["sky", "exec", cluster, str(p), *flags, "--detach-run", "--yes"] for p in layer])
+            waves_.append([["sky", "exec", cluster, str(p), *flags, "--detach-run"] for p in layer])
         else:
             waves_.append([["sky", "jobs", "launch", str(p), "--name", p.name.removesuffix(".sky.yaml"), *flags,
                             "--yes", "--detach-run"] for p in layer])
@@ -320,8 +320,9 @@ def wait(command, cluster):
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"Error: `{' '.join(command)}` failed: {result.stderr.strip()[-500:]}")
-    found = re.search(r"^(?:Managed job ID|Job ID): (\d+)" if not cluster else r"^Job ID: (\d+)",
-                      result.stdout + result.stderr, re.M | re.I)
+    # what SkyPilot prints (sky/utils/ux_utils.py): "Job ID: N" for a cluster job, "Managed Job ID: N" for a managed
+    found = re.search(r"^Job ID: (\d+)" if cluster else r"^Managed Job ID: (\d+)", result.stdout + result.stderr,
+                      re.M | re.I)
     if not found:
         raise SystemExit(f"Error: `{' '.join(command)}` named no job id.")
     if cluster:  # follow the log to the end, then the job's status as the exit code

@@ -161,6 +161,28 @@ def test_the_paper_profiles_task_files_are_skypilot_tasks_in_waves_that_follow_d
         assert t["mounts"] == ({"/checkpoints": ["s3://team-bucket/checkpoints", "MOUNT_CACHED"]} if mounted else {})
     assert all(t["profile"] == "paper" and t["run"].strip() == 'bash docker/cloud/run-stage.sh "$STAGE"'
                for t in tasks.values())
+    # the command lines launch runs, parsed by SkyPilot's own CLI (click): every option exists
+    from stages.cloud import sky_commands, write_tasks
+
+    paths = write_tasks(planned, tmp_path / "tasks", profile="paper")
+    commands = [c[1:] for mode in ("gpus8", None) for layer in sky_commands(paths, mode, ["HF_TOKEN"]) for c in layer]
+    commands += [["logs", "gpus8", "3"], ["logs", "gpus8", "3", "--status"], ["jobs", "logs", "3"]]
+    parse = (
+        "import json, sys\n"
+        "from sky.client.cli import command\n"
+        "cli = {'exec': command.exec, 'logs': command.logs, ('jobs', 'launch'): command.jobs_launch,\n"
+        "       ('jobs', 'logs'): command.jobs_logs}\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    name = tuple(args[:2]) if args[0] == 'jobs' else args[0]\n"
+        "    rest = args[2:] if args[0] == 'jobs' else args[1:]\n"
+        "    cli[name].make_context(str(name), rest)\n"
+        "print('parsed', len(json.loads(sys.argv[1])))\n")
+    result = subprocess.run([str(sky_python()), "-c", parse, json.dumps(commands)], capture_output=True, text=True,
+                            env={**os.environ, "HOME": str(tmp_path), "HF_TOKEN": "hf_x"}, timeout=300)
+    assert result.returncode == 0 and f"parsed {len(commands)}" in result.stdout, result.stderr[-2000:]
+    result = subprocess.run([str(sky_python()), "-c", parse, json.dumps([["exec", "c", "t.yaml", "--yes"]])],
+                            capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)}, timeout=300)
+    assert result.returncode != 0 and "No such option: --yes" in result.stderr  # the parse can fail
     # and SkyPilot refuses what is not a task: the check can fail
     (tmp_path / "tasks/wave-01/bad.sky.yaml").write_text("name: x\nresources:\n  use_spott: true\nrun: echo\n")
     result = subprocess.run([str(sky_python()), "-c", check, str(tmp_path / "tasks")], capture_output=True,
