@@ -145,6 +145,19 @@ MODELS = {"embedded": (1.35e8, 576, 30), "meta-llama/Llama-3.1-8B-Instruct": (8.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A100-80GB": 312e12, "L4": 121e12}
 GPU_MEMORY_GIB = {"H100": 80, "H200": 141, "A100": 40, "A100-80GB": 80, "L4": 24}
 MFU = {"train": 0.35, "measure": 0.10}
+GPU_RESULTS = Path("bench/results/gpu.json")  # `make gpu-check`: the 8B LoRA MFU measured on a GPU ("ours")
+
+
+def train_mfu():
+    """The training MFU the estimate uses: the one `make gpu-check` measured where bench/results/gpu.json exists,
+    else the stated assumption. Returns (mfu, where it comes from)."""
+    import json
+
+    if GPU_RESULTS.is_file():
+        measured = json.loads(GPU_RESULTS.read_text()).get("ours")
+        if measured:
+            return float(measured), f"measured ({GPU_RESULTS})"
+    return MFU["train"], f"assumed (no {GPU_RESULTS})"
 CHECKPOINTS = "/checkpoints"  # the bucket of finetune's checkpoints, mounted on every managed job's machine
 
 
@@ -236,13 +249,13 @@ def estimate(stage, params, gpu="H100"):
         flops, batch = 2, evaluate.get("batch-size", 16)
     else:
         return {"gpu_hours": 0.0, "peak_gib": 0.0, "basis": "no model: a CPU job"}
-    rate = MFU["train" if flops == 6 else "measure"] * PEAK_FLOPS.get(gpu, PEAK_FLOPS["H100"]) / (flops * n)
+    mfu = train_mfu()[0] if flops == 6 else MFU["measure"]
+    rate = mfu * PEAK_FLOPS.get(gpu, PEAK_FLOPS["H100"]) / (flops * n)
     weights = 2 * n  # bf16
     activations = batch * seq * (hidden or 4096) * (layers or 32) * 2 * 16 if flops == 6 else batch * seq * (
         hidden or 4096) * 2 * 8
     return {"gpu_hours": tokens / rate / 3600, "peak_gib": (weights + activations) * 1.1 / 2**30,
-            "basis": f"{tokens:.3g} tokens at {rate:.3g} tokens/s ({flops} N FLOPs a token, MFU "
-                     f"{MFU['train' if flops == 6 else 'measure']} of {gpu})"}
+            "basis": f"{tokens:.3g} tokens at {rate:.3g} tokens/s ({flops} N FLOPs a token, MFU {mfu:.3g} of {gpu})"}
 
 
 def uses_gpu(stage):
@@ -361,8 +374,10 @@ def launch(profile=None, cluster=None, gpu="H100", bucket=None, registry=None, t
             echo(f"  {stage}: {guess['gpu_hours']:.2f} GPU-h, peak {guess['peak_gib']:.1f} GiB ({guess['basis']})")
     echo(f"at home after the waves: {' '.join(planned['home']) or 'nothing'}")
     fits = "fits" if peak <= GPU_MEMORY_GIB.get(gpu, 80) else "does NOT fit"
-    echo(f"estimate: {total:.1f} GPU-hours, peak {peak:.1f} GiB ({fits} one {gpu}); assumptions: MFU {MFU} of "
-         f"{PEAK_FLOPS.get(gpu, PEAK_FLOPS['H100']):.3g} FLOP/s (no measured bench/results/gpu.json), bf16 weights")
+    mfu, source = train_mfu()
+    echo(f"estimate: {total:.1f} GPU-hours, peak {peak:.1f} GiB ({fits} one {gpu}); training MFU {mfu:.3g} {source}, "
+         f"measuring MFU {MFU['measure']} assumed, of {PEAK_FLOPS.get(gpu, PEAK_FLOPS['H100']):.3g} FLOP/s bf16 peak; "
+         "bf16 weights")
     if dry_run:
         return planned
     for number, commands in enumerate(sky_commands(paths, cluster, secrets), start=1):

@@ -135,6 +135,16 @@ def test_the_paper_profiles_task_files_are_skypilot_tasks_in_waves_that_follow_d
     assert len(position) == 63 and sum(1 for s in position if s.startswith("unlearn@")) == 24  # 6 methods x 4
     assert lines[0].startswith("63 jobs in 5 waves on H100 (managed spot jobs)")
     assert any(line.startswith("estimate: ") and "GPU-hours" in line for line in lines)
+    assert any("training MFU 0.35 assumed (no bench/results/gpu.json)" in line for line in lines)
+    # a measured MFU (`make gpu-check`) replaces the assumption: half the MFU, twice the fine-tune's GPU-hours
+    from stages import cloud
+
+    before = cloud.estimate("finetune-oracle@42", profile_params("paper"))["gpu_hours"]
+    (tmp_path / "gpu.json").write_text(json.dumps({"name": "gpu", "ours": 0.175}))
+    monkeypatch.setattr(cloud, "GPU_RESULTS", tmp_path / "gpu.json")
+    after = cloud.estimate("finetune-oracle@42", profile_params("paper"))
+    assert after["gpu_hours"] == pytest.approx(2 * before) and "MFU 0.175" in after["basis"]
+    assert cloud.train_mfu() == (0.175, f"measured ({tmp_path / 'gpu.json'})")
     # every task file loads and validates with SkyPilot's own API (no cloud credentials needed for that)
     check = (
         "import glob, json, sys, sky\n"
