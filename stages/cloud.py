@@ -209,8 +209,6 @@ def estimate(stage, params, gpu="H100"):
     """GPU-hours and peak GPU memory of one stage, from the model's size, the stage's token count and the stated
     throughput assumptions (MFU of PEAK_FLOPS); None where the model's size is unknown. Rough by design: it is
     there to say whether a run costs ten GPU-hours or a thousand before any is paid."""
-    import re
-
     if not uses_gpu(stage):
         return {"gpu_hours": 0.0, "peak_gib": 0.0, "basis": "no model: a CPU job"}
     if "tofu" in stage:  # the TOFU track's models and sets are not the profile's
